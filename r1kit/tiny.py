@@ -1,0 +1,153 @@
+"""The embedded tiny policies: a tiny Qwen3-MoE and a tiny DeepSeek-V3, built locally from a seed.
+
+Both are ordinary HF checkpoints (``config.json``, ``model.safetensors``, tokenizer files) that
+``AutoModelForCausalLM``, peft and vLLM load. Weights are random-init; nothing is downloaded. The
+tokenizer is a byte-level BPE trained here on text from the synthetic task family, with
+``<think>``, ``</think>``, ``<answer>``, ``</answer>`` as single tokens and a chat template.
+
+Sizes are chosen for what vLLM's CPU backend accepts: attention head_dim 32 (16 is rejected), and
+for DeepSeek-V3's Multi-head Latent Attention ``kv_lora_rank=512, qk_rope_head_dim=64``.
+
+A build is cached under ``cache_dir / f"{family}-seed{seed}-v{BUILD_VERSION}"``; a second call
+returns that path without work. A build writes to a temporary folder and renames it, so an
+interrupted build never leaves a half checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from r1kit.tasks import arithmetic_tasks
+from rollouts.prompts import r1_zero_prompt
+
+FAMILIES = ("qwen3_moe", "deepseek_v3")
+BUILD_VERSION = 1  # bump when the recipe below changes, so old caches are not reused
+SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<answer>", "</answer>",
+]
+VOCAB_SIZE = 1024
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>{% endif %}"
+)
+
+
+def default_cache_dir() -> Path:
+    """``$R1KIT_CACHE`` or ``~/.cache/r1kit``."""
+    return Path(os.environ.get("R1KIT_CACHE", Path.home() / ".cache" / "r1kit"))
+
+
+def _corpus(seed: int) -> list[str]:
+    tasks = arithmetic_tasks("train", 2000, seed=seed) + arithmetic_tasks("heldout", 300, seed=seed)
+    lines = []
+    for t in tasks:
+        lines.append(r1_zero_prompt(t.question))
+        lines.append(f" {t.expression} = {t.answer} </think> <answer> {t.answer} </answer>")
+    return lines
+
+
+def build_tokenizer(seed: int = 0):
+    """A byte-level BPE tokenizer trained on task text; deterministic for a seed."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(seed), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def tiny_config(family: str, vocab_size: int, eos_id: int):
+    """The model config of a family; a few million parameters at most."""
+    common = dict(
+        vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=2048, tie_word_embeddings=False, eos_token_id=eos_id,
+        pad_token_id=eos_id, bos_token_id=None,
+    )
+    if family == "qwen3_moe":
+        from transformers import Qwen3MoeConfig
+
+        return Qwen3MoeConfig(
+            **common, num_key_value_heads=1, head_dim=32, intermediate_size=128,
+            moe_intermediate_size=64, num_experts=8, num_experts_per_tok=2, norm_topk_prob=True,
+            decoder_sparse_step=1,
+        )
+    if family == "deepseek_v3":
+        from transformers import DeepseekV3Config
+
+        cfg = DeepseekV3Config(
+            **common, num_key_value_heads=2, intermediate_size=128, moe_intermediate_size=32,
+            n_shared_experts=1, n_routed_experts=16, num_experts_per_tok=2, n_group=1,
+            topk_group=1, first_k_dense_replace=1, norm_topk_prob=True, routed_scaling_factor=2.5,
+            kv_lora_rank=512, q_lora_rank=None, qk_rope_head_dim=64, qk_nope_head_dim=32,
+            v_head_dim=32, num_mtp_layers=0,
+        )
+        # What DeepSeek-V3's own config.json states and vLLM reads: sigmoid scores with the
+        # aux-loss-free correction bias (e_score_correction_bias) used for top-k selection.
+        cfg.topk_method = "noaux_tc"
+        cfg.scoring_func = "sigmoid"
+        return cfg
+    raise ValueError(f"unknown tiny family {family!r}; expected one of {FAMILIES}")
+
+
+def build_tiny(
+    family: str = "qwen3_moe", seed: int = 0, cache_dir: Path | None = None, force: bool = False
+) -> Path:
+    """Build (or reuse) the tiny checkpoint of ``family`` and return its folder."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown tiny family {family!r}; expected one of {FAMILIES}")
+    out = Path(cache_dir or default_cache_dir()) / f"{family}-seed{seed}-v{BUILD_VERSION}"
+    if out.is_dir() and (out / "model.safetensors").exists() and not force:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        tokenizer = build_tokenizer(seed)
+        config = tiny_config(family, len(tokenizer), tokenizer.eos_token_id)
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        if family == "deepseek_v3":
+            _randomize_correction_bias(model, seed)
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        meta = {"family": family, "seed": seed, "build_version": BUILD_VERSION,
+                "parameters": sum(p.numel() for p in model.parameters())}
+        (tmp / "r1kit_tiny.json").write_text(json.dumps(meta, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _randomize_correction_bias(model, seed: int) -> None:
+    """Give the routing correction bias non-zero values, so a sync that drops it is caught."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed + 1)
+    for name, buf in model.named_buffers():
+        if name.endswith("e_score_correction_bias"):
+            buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)

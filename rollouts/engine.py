@@ -1,0 +1,47 @@
+"""The one interface the trainer sees: a rollout engine.
+
+HF (``rollouts.hf``), colocated vLLM (``rollouts.vllm_engine``) and vLLM server
+(``rollouts.server``) engines all satisfy ``Engine``; the trainer never asks which it holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+from rollouts.types import GenerationStats, Group, Sampling
+
+
+@runtime_checkable
+class Engine(Protocol):
+    last_stats: GenerationStats | None
+    """Cost of the most recent ``generate`` call (tokens/s, peak memory)."""
+
+    def generate(self, prompts: Sequence[str], n: int, sampling: Sampling) -> list[Group]:
+        """Sample ``n`` completions for each prompt; one ``Group`` per prompt, in order."""
+        ...
+
+    def update_weights(self, model: Any) -> None:
+        """Make the engine sample from ``model``'s current weights (a transformers or peft
+        model, possibly MoE, possibly LoRA-wrapped)."""
+        ...
+
+    def sleep(self) -> None:
+        """Give accelerator memory back while the trainer runs; a no-op where the backend has
+        nothing to give back (documented per engine)."""
+        ...
+
+    def wake(self) -> None:
+        """Undo ``sleep``."""
+        ...
+
+    def close(self) -> None:
+        """Free everything the engine holds, child processes included."""
+        ...
+
+
+def check_generate_args(prompts: Sequence[str], n: int) -> None:
+    """Errors every engine raises the same way for bad ``generate`` input."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a sequence of strings, not one string")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")

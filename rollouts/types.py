@@ -1,0 +1,107 @@
+"""Types that flow out of a rollout engine: prompts in, groups of completions out.
+
+A ``Group`` is the unit GRPO works on: one prompt and the ``n`` completions sampled for it. Every
+engine (HF, colocated vLLM, vLLM server) returns exactly these types, so nothing downstream knows
+which engine produced them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+_THINK_RE = re.compile(r"^(.*?)</think>(.*)$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to sample. Engine-independent; each engine maps it onto its own sampler."""
+
+    max_tokens: int = 256
+    """Most new tokens per completion."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling mass; 1.0 keeps the whole distribution (what GRPO's ratio assumes)."""
+    top_k: int = -1
+    """Keep the k most likely tokens; -1 keeps all."""
+    seed: int | None = None
+    """Seed for reproducible sampling; None draws fresh randomness."""
+    stop: tuple[str, ...] = ()
+    """Strings that end a completion (not included in its text)."""
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def split_think(text: str) -> tuple[str, str]:
+    """Split a completion into its reasoning and its answer part.
+
+    The R1-Zero prompt ends with ``<think>``, so a completion usually starts inside the think
+    block; a leading ``<think>`` is accepted too. With no ``</think>`` the whole text is reasoning
+    and the answer is empty.
+
+    >>> split_think("add 2 and 2</think> <answer>4</answer>")
+    ('add 2 and 2', ' <answer>4</answer>')
+    >>> split_think("<think>hmm")
+    ('hmm', '')
+    """
+    body = text[len(THINK_OPEN):] if text.startswith(THINK_OPEN) else text
+    m = _THINK_RE.match(body)
+    if m is None:
+        return body, ""
+    return m.group(1), m.group(2)
+
+
+@dataclass
+class Completion:
+    """One sampled continuation of a prompt."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    """The sampler's log-probability of each sampled token (same length as ``token_ids``)."""
+    finish_reason: str
+    """``"stop"`` (EOS or a stop string) or ``"length"`` (hit ``max_tokens``)."""
+    routed_experts: list[list[list[int]]] | None = None
+    """Per generated token, per MoE layer, the expert ids the router chose; None where the
+    engine cannot report them."""
+
+    @property
+    def think(self) -> str:
+        return split_think(self.text)[0]
+
+    @property
+    def answer(self) -> str:
+        return split_think(self.text)[1]
+
+
+@dataclass
+class Group:
+    """One prompt and the ``n`` completions sampled for it."""
+
+    prompt: str
+    prompt_token_ids: list[int]
+    completions: list[Completion] = field(default_factory=list)
+
+
+@dataclass
+class GenerationStats:
+    """What one ``generate`` call cost."""
+
+    prompts: int
+    completions: int
+    new_tokens: int
+    seconds: float
+    peak_memory_bytes: int
+    """Peak resident memory of this process (CPU) or peak allocated device memory (GPU)."""
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else float("nan")
