@@ -25,10 +25,11 @@ from r1kit.tasks import arithmetic_tasks
 from rollouts.prompts import r1_zero_prompt
 
 FAMILIES = ("qwen3_moe", "deepseek_v3")
-BUILD_VERSION = 1  # bump when the recipe below changes, so old caches are not reused
-SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<answer>", "</answer>",
-]
+BUILD_VERSION = 2  # bump when the recipe below changes, so old caches are not reused
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Single tokens but not "special": decoding with skip_special_tokens=True keeps them, as in the
+# tokenizers of Qwen3 and DeepSeek-R1.
+REASONING_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
 VOCAB_SIZE = 1024
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -52,7 +53,7 @@ def _corpus(seed: int) -> list[str]:
 
 def build_tokenizer(seed: int = 0):
     """A byte-level BPE tokenizer trained on task text; deterministic for a seed."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -65,6 +66,7 @@ def build_tokenizer(seed: int = 0):
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(seed), trainer=trainer)
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in REASONING_TOKENS])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|endoftext|>",

@@ -1,0 +1,121 @@
+"""The ``r1kit`` console script: one entry point, a subcommand per job.
+
+Recipe-driven subcommands take ``[RECIPE.yaml] [section.key=value ...]``; their ``--help`` lists
+every setting from the config dataclasses' field docs. Tool subcommands (``grade``, ``sandbox``,
+``bench``) hand their arguments to the module that owns them, which also runs as ``python -m``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Callable
+
+from r1kit.config import ConfigError, config_help, load_config
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+def cmd_tiny(argv: list[str]) -> int:
+    from r1kit.tiny import FAMILIES, build_tiny, default_cache_dir
+
+    ap = argparse.ArgumentParser(
+        prog="r1kit tiny",
+        description="Build (or reuse from the cache) the embedded tiny policy: a random-init "
+        "Qwen3-MoE or DeepSeek-V3 with a locally trained tokenizer. Prints the checkpoint path.")
+    ap.add_argument("--family", choices=[*FAMILIES, "all"], default="qwen3_moe")
+    ap.add_argument("--seed", type=int, default=0, help="random-init seed (default 0)")
+    ap.add_argument("--cache-dir", default=None,
+                    help=f"where checkpoints are kept (default {default_cache_dir()})")
+    ap.add_argument("--force", action="store_true", help="rebuild even if cached")
+    args = ap.parse_args(argv)
+    for family in FAMILIES if args.family == "all" else [args.family]:
+        print(build_tiny(family, seed=args.seed, cache_dir=args.cache_dir, force=args.force))
+    return 0
+
+
+def _recipe_parser(prog: str, description: str, sections: list[str]) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="settings (section.key=value):\n" + config_help(sections))
+
+
+def cmd_generate(argv: list[str]) -> int:
+    ap = _recipe_parser(
+        "r1kit generate",
+        "Sample groups of completions for a recipe's problems, score them with its rewards, and "
+        "write completions.jsonl and metrics.json to log.out_dir.",
+        ["model", "data", "rollout", "reward", "log"])
+    ap.add_argument("recipe", nargs="?", help="recipe YAML (defaults apply without one)")
+    ap.add_argument("overrides", nargs="*", help="section.key=value")
+    args = ap.parse_args(argv)
+    recipe, overrides = args.recipe, args.overrides
+    if recipe is not None and "=" in recipe:  # no recipe, only overrides
+        recipe, overrides = None, [recipe, *overrides]
+    cfg = load_config(recipe, overrides)
+    _setup_logging(cfg.log.level)
+    from r1kit.generate import run_generate
+
+    metrics = run_generate(cfg)
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
+def _delegate(module: str) -> Callable[[list[str]], int]:
+    def run(argv: list[str]) -> int:
+        import importlib
+
+        return importlib.import_module(module).main(argv)
+
+    return run
+
+
+BENCHES: dict[str, str] = {
+    "rollout": "rollouts.bench",
+    "rewards": "rewards.bench",
+}
+
+
+def cmd_bench(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHES:
+        print(f"usage: r1kit bench {{{','.join(BENCHES)}}} [options]\n"
+              "  rollout  tokens/s of the HF and vLLM engines and weight-sync time\n"
+              "  rewards  math grading and sandbox throughput against peers", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return _delegate(BENCHES[argv[0]])(argv[1:])
+
+
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "tiny": (cmd_tiny, "build the embedded tiny policy (Qwen3-MoE or DeepSeek-V3)"),
+    "generate": (cmd_generate, "sample and score groups of completions from a recipe"),
+    "grade": (_delegate("rewards.math"), "grade math answers from a JSONL file"),
+    "sandbox": (_delegate("rewards.sandbox"), "run a Python file in the sandbox, print JSON"),
+    "bench": (cmd_bench, "benchmarks: rollout, rewards"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = [f"  {name:10s}{doc}" for name, (_, doc) in COMMANDS.items()]
+        print("usage: r1kit COMMAND [options]\n\ncommands:\n" + "\n".join(lines)
+              + "\n\nr1kit COMMAND --help for a command's options.",
+              file=sys.stdout if argv else sys.stderr)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"r1kit: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0 if argv else 2
+    try:
+        return COMMANDS[argv[0]][0](argv[1:])
+    except ConfigError as e:
+        print(f"r1kit: config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

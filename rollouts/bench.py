@@ -1,0 +1,129 @@
+"""``r1kit bench rollout``: tokens/s of the HF and vLLM engines and weight-sync time, in one run.
+
+Both engines sample the same prompts from the same tiny policy over a grid of
+(prompts x n x max_tokens); cells alternate between engines so that machine noise hits both
+alike. Each cell is run once as warm-up, then timed. Weight sync is timed by pushing the live HF
+policy into the vLLM engine (``update_weights``) several times. Prints a table and writes JSON.
+
+Run: ``r1kit bench rollout [--family qwen3_moe] [--out bench_rollout.json] [--quick]``
+(also ``python -m rollouts.bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+GRID = {"prompts": (4, 16), "n": (1, 8), "max_tokens": (32, 128)}
+QUICK_GRID = {"prompts": (2,), "n": (2,), "max_tokens": (16,)}
+
+
+def _prompts(count: int) -> list[str]:
+    from r1kit.tasks import arithmetic_tasks
+    from rollouts.prompts import r1_zero_prompt
+
+    return [r1_zero_prompt(t.question) for t in arithmetic_tasks("heldout", count, seed=1)]
+
+
+def _time_cell(engine, prompts: list[str], n: int, max_tokens: int) -> dict:
+    from rollouts.types import Sampling
+
+    # ignore_eos is not in the Protocol; a long max_tokens with a random-init policy rarely
+    # stops early, and the figure counts the tokens actually produced.
+    s = Sampling(max_tokens=max_tokens, temperature=1.0, seed=0)
+    engine.generate(prompts, n, s)  # warm-up
+    engine.generate(prompts, n, s)
+    st = engine.last_stats
+    return {"new_tokens": st.new_tokens, "seconds": round(st.seconds, 4),
+            "tokens_per_s": round(st.tokens_per_s, 1),
+            "peak_memory_mb": round(st.peak_memory_bytes / 2**20, 1)}
+
+
+def run(family: str, grid: dict, sync_repeats: int, max_model_len: int = 512) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from r1kit.tiny import build_tiny
+    from rollouts.hf import HFEngine
+    from rollouts.vllm_engine import VLLMEngine
+
+    path = build_tiny(family)
+    tok = AutoTokenizer.from_pretrained(path)
+    policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    hf = HFEngine(policy, tok, batch_size=64, max_model_len=max_model_len)
+    vllm = VLLMEngine(path, dtype="float32", max_model_len=max_model_len, seed=0)
+    cells = []
+    try:
+        keys = list(grid)
+        for values in itertools.product(*(grid[k] for k in keys)):
+            cell = dict(zip(keys, values))
+            prompts = _prompts(cell["prompts"])
+            for name, engine in (("hf", hf), ("vllm", vllm)):
+                res = _time_cell(engine, prompts, cell["n"], cell["max_tokens"])
+                cells.append({"engine": name, **cell, **res})
+                print(f"  {name:5s} prompts={cell['prompts']:3d} n={cell['n']:2d} "
+                      f"max_tokens={cell['max_tokens']:4d}  {res['tokens_per_s']:9.1f} tok/s",
+                      file=sys.stderr)
+        sync = []
+        for _ in range(sync_repeats):
+            with torch.no_grad():
+                next(policy.parameters()).add_(1e-4)  # a real change each time
+            vllm.update_weights(policy)
+            sync.append(vllm.last_sync_seconds)
+    finally:
+        vllm.close()
+    n_params = sum(p.numel() for p in policy.parameters())
+    return {
+        "benchmark": "rollout",
+        "family": family,
+        "parameters": n_params,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "torch": torch.__version__, "cuda": torch.cuda.is_available()},
+        "cells": cells,
+        "weight_sync_seconds": {"median": statistics.median(sync), "min": min(sync),
+                                "max": max(sync), "repeats": len(sync)},
+    }
+
+
+def _table(result: dict) -> str:
+    rows = {}
+    for c in result["cells"]:
+        rows.setdefault((c["prompts"], c["n"], c["max_tokens"]), {})[c["engine"]] = c
+    lines = [f"rollout benchmark: tiny {result['family']} ({result['parameters']:,} params)",
+             f"{'prompts':>7} {'n':>3} {'max_tok':>7} {'hf tok/s':>10} {'vllm tok/s':>11} "
+             f"{'vllm/hf':>8}"]
+    for (p, n, mt), e in rows.items():
+        ratio = e["vllm"]["tokens_per_s"] / e["hf"]["tokens_per_s"]
+        lines.append(f"{p:7d} {n:3d} {mt:7d} {e['hf']['tokens_per_s']:10.1f} "
+                     f"{e['vllm']['tokens_per_s']:11.1f} {ratio:8.2f}")
+    s = result["weight_sync_seconds"]
+    lines.append(f"weight sync into vLLM: median {s['median'] * 1e3:.1f} ms "
+                 f"(min {s['min'] * 1e3:.1f}, max {s['max'] * 1e3:.1f}, {s['repeats']} runs)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from r1kit.tiny import FAMILIES
+
+    ap = argparse.ArgumentParser(prog="r1kit bench rollout", description=__doc__.split("\n")[0])
+    ap.add_argument("--family", choices=FAMILIES, default="qwen3_moe")
+    ap.add_argument("--out", default="bench_rollout.json", help="JSON output path")
+    ap.add_argument("--quick", action="store_true", help="one small cell (for smoke tests)")
+    ap.add_argument("--sync-repeats", type=int, default=5)
+    args = ap.parse_args(argv)
+    result = run(args.family, QUICK_GRID if args.quick else GRID, args.sync_repeats)
+    print(_table(result))
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""The one place a rollout engine is chosen from configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rollouts.engine import Engine
+
+ENGINES = ("hf", "vllm", "vllm_server")
+
+
+def make_engine(
+    kind: str,
+    model_path: str | Path,
+    *,
+    dtype: str = "float32",
+    max_model_len: int = 1024,
+    seed: int = 0,
+    gpu_memory_utilization: float = 0.5,
+    batch_size: int = 16,
+) -> Engine:
+    """Start an engine of ``kind`` on the checkpoint at ``model_path``."""
+    if kind == "hf":
+        import torch
+
+        from rollouts.hf import HFEngine
+
+        return HFEngine(model_path, dtype=getattr(torch, dtype), batch_size=batch_size,
+                        max_model_len=max_model_len)
+    if kind == "vllm":
+        from rollouts.vllm_engine import VLLMEngine
+
+        return VLLMEngine(model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
+                          gpu_memory_utilization=gpu_memory_utilization)
+    if kind == "vllm_server":
+        from rollouts.server import VLLMServerEngine
+
+        return VLLMServerEngine(
+            model_path,
+            extra_args=("--dtype", dtype, "--max-model-len", str(max_model_len),
+                        "--seed", str(seed),
+                        "--gpu-memory-utilization", str(gpu_memory_utilization)),
+        )
+    raise ValueError(f"unknown engine {kind!r}; expected one of {ENGINES}")

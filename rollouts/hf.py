@@ -1,0 +1,162 @@
+"""``HFEngine``: batched transformers generation with a KV cache, on CPU or GPU.
+
+It samples from a live transformers (or peft) model, so ``update_weights(model)`` only swaps the
+reference: the engine then samples from exactly the weights the trainer holds, at no copy cost.
+
+Logprobs are those of the raw model distribution (temperature 1, before top-p/top-k), taken from
+``generate``'s unprocessed logits: the quantity GRPO's importance ratio needs, and what the vLLM
+engines report. ``sleep``/``wake`` do nothing here: the weights are the trainer's own.
+
+Seeded sampling (``Sampling.seed``) reproduces exactly for the same prompts, ``n`` and batch size,
+without touching the caller's global RNG state.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from rollouts.checkpoint import check_causal_lm
+from rollouts.engine import check_generate_args
+from rollouts.types import Completion, GenerationStats, Group, Sampling
+
+
+class HFEngine:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any = None,
+        *,
+        device: str | None = None,
+        dtype: torch.dtype = torch.float32,
+        batch_size: int = 16,
+        max_model_len: int | None = None,
+    ):
+        """``model`` is a live model or a checkpoint folder; ``batch_size`` counts sequences
+        (prompt x completion) per forward batch."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if isinstance(model, (str, Path)):
+            check_causal_lm(model)
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
+            model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
+            model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if tokenizer is None:
+            raise ValueError("a tokenizer is required when passing a live model")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_model_len = max_model_len or model.config.max_position_embeddings
+        self.last_stats: GenerationStats | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def generate(self, prompts: Sequence[str], n: int, sampling: Sampling) -> list[Group]:
+        check_generate_args(prompts, n)
+        tok = self.tokenizer
+        prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        for i, ids in enumerate(prompt_ids):
+            if len(ids) + sampling.max_tokens > self.max_model_len:
+                raise ValueError(
+                    f"prompt {i} has {len(ids)} tokens; with max_tokens={sampling.max_tokens} it "
+                    f"exceeds the context of {self.max_model_len} tokens"
+                )
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start = time.perf_counter()
+        # One row per (prompt, sample), prompt-major, so a group's samples are contiguous.
+        rows = [(i, ids) for i, ids in enumerate(prompt_ids) for _ in range(n)]
+        groups = [Group(p, ids, []) for p, ids in zip(prompts, prompt_ids)]
+        was_training = self.model.training
+        self.model.eval()
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                if sampling.seed is not None:
+                    torch.manual_seed(sampling.seed)
+                for b in range(0, len(rows), self.batch_size):
+                    batch = rows[b : b + self.batch_size]
+                    for (i, _), c in zip(batch, self._sample([r[1] for r in batch], sampling)):
+                        groups[i].completions.append(c)
+        finally:
+            self.model.train(was_training)
+        self.last_stats = GenerationStats(
+            prompts=len(prompts),
+            completions=len(rows),
+            new_tokens=sum(len(c.token_ids) for g in groups for c in g.completions),
+            seconds=time.perf_counter() - start,
+            peak_memory_bytes=self._peak_memory(),
+        )
+        return groups
+
+    def _sample(self, prompt_ids: list[list[int]], s: Sampling) -> list[Completion]:
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        width = max(len(ids) for ids in prompt_ids)
+        # Left padding: every row's last prompt token sits at the same position.
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in prompt_ids])  # (B, T)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in prompt_ids])
+        greedy = s.temperature == 0
+        out = self.model.generate(
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            max_new_tokens=s.max_tokens,
+            do_sample=not greedy,
+            temperature=None if greedy else s.temperature,
+            top_p=None if greedy else s.top_p,
+            top_k=None if greedy or s.top_k < 1 else s.top_k,
+            stop_strings=list(s.stop) or None,
+            tokenizer=tok if s.stop else None,
+            pad_token_id=pad,
+            eos_token_id=tok.eos_token_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        new = out.sequences[:, width:]  # (B, S)
+        logits = torch.stack(out.logits, dim=1).float()  # (B, S, V), raw
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        return [self._completion(new[r].tolist(), logp[r].tolist(), s) for r in range(len(new))]
+
+    def _completion(self, ids: list[int], logps: list[float], s: Sampling) -> Completion:
+        eos = self.tokenizer.eos_token_id
+        finish = "length"
+        if eos in ids:  # keep the EOS token: the policy must learn to stop
+            ids, finish = ids[: ids.index(eos) + 1], "stop"
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        for stop in s.stop:
+            cut = text.find(stop)
+            if cut >= 0:
+                text, finish = text[:cut], "stop"
+        return Completion(text, ids, logps[: len(ids)], finish)
+
+    def _peak_memory(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+    def update_weights(self, model: Any) -> None:
+        """Sample from ``model`` from now on (a reference, not a copy)."""
+        self.model = model
+
+    def sleep(self) -> None:
+        """Nothing to release: the weights belong to the trainer."""
+
+    def wake(self) -> None:
+        """Nothing to restore."""
+
+    def close(self) -> None:
+        self.model = None
+
+    def __enter__(self) -> "HFEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,116 @@
+"""HFEngine against a real transformers model (the tiny Qwen3-MoE)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rollouts.checkpoint import CheckpointError
+from rollouts.engine import Engine
+from rollouts.hf import HFEngine
+from rollouts.prompts import r1_zero_prompt
+from rollouts.types import Sampling
+
+PROMPTS = [r1_zero_prompt("What is 2 + 2?"), r1_zero_prompt("What is 17 * 3 - 4 + 11?"), "Hi"]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_qwen):
+    return HFEngine(tiny_qwen, batch_size=5)
+
+
+def _hf_logprobs(model, prompt_ids, ids) -> torch.Tensor:
+    full = torch.tensor([prompt_ids + ids])
+    with torch.no_grad():
+        lp = torch.log_softmax(model(full).logits.float(), dim=-1)[0]
+    return lp[len(prompt_ids) - 1 : -1].gather(-1, torch.tensor(ids)[:, None]).squeeze(-1)
+
+
+def test_satisfies_protocol(engine):
+    assert isinstance(engine, Engine)
+
+
+def test_groups_and_logprobs_match_a_plain_forward(engine):
+    groups = engine.generate(PROMPTS, 3, Sampling(max_tokens=12, seed=0))
+    assert [g.prompt for g in groups] == PROMPTS
+    # prompts of different lengths share batches: left padding must not shift logprobs
+    assert len({len(g.prompt_token_ids) for g in groups}) == 3
+    for g in groups:
+        assert len(g.completions) == 3
+        for c in g.completions:
+            assert len(c.token_ids) == len(c.logprobs) >= 1
+            assert c.finish_reason in ("stop", "length")
+            ref = _hf_logprobs(engine.model, g.prompt_token_ids, c.token_ids)
+            assert (ref - torch.tensor(c.logprobs)).abs().max() < 1e-4
+    st = engine.last_stats
+    assert st.completions == 9 and st.new_tokens > 0 and st.tokens_per_s > 0
+    assert st.peak_memory_bytes > 0
+
+
+def test_seeded_sampling_reproduces_exactly(engine):
+    s = Sampling(max_tokens=16, seed=1234)
+    a = engine.generate(PROMPTS[:2], 4, s)
+    torch.manual_seed(99)  # the caller's RNG state must not matter
+    b = engine.generate(PROMPTS[:2], 4, s)
+    assert [c.token_ids for g in a for c in g.completions] == \
+           [c.token_ids for g in b for c in g.completions]
+    c = engine.generate(PROMPTS[:2], 4, Sampling(max_tokens=16, seed=4321))
+    assert [x.token_ids for g in a for x in g.completions] != \
+           [x.token_ids for g in c for x in g.completions]
+
+
+def test_sampling_leaves_the_callers_rng_alone(engine):
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    engine.generate(PROMPTS[:1], 2, Sampling(max_tokens=4, seed=0))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_update_weights_samples_from_the_new_model(tiny_qwen):
+    tok = AutoTokenizer.from_pretrained(tiny_qwen)
+    engine = HFEngine(AutoModelForCausalLM.from_pretrained(tiny_qwen), tok)
+    policy = AutoModelForCausalLM.from_pretrained(tiny_qwen)
+    with torch.no_grad():
+        policy.lm_head.weight.mul_(3.0)
+    g = engine.generate(PROMPTS[:1], 1, Sampling(max_tokens=8, seed=0))[0]
+    c = g.completions[0]
+    before = _hf_logprobs(policy, g.prompt_token_ids, c.token_ids)
+    assert (before - torch.tensor(c.logprobs)).abs().max() > 1e-3
+    engine.update_weights(policy)
+    g = engine.generate(PROMPTS[:1], 1, Sampling(max_tokens=8, seed=0))[0]
+    c = g.completions[0]
+    after = _hf_logprobs(policy, g.prompt_token_ids, c.token_ids)
+    assert (after - torch.tensor(c.logprobs)).abs().max() < 1e-4
+
+
+def test_stop_strings_and_greedy(engine):
+    greedy = Sampling(max_tokens=10, temperature=0)
+    a = engine.generate(PROMPTS[:1], 2, greedy)[0].completions
+    assert a[0].token_ids == a[1].token_ids  # greedy ignores the seed
+    first = engine.tokenizer.decode(a[0].token_ids[3:5])
+    if first.strip():
+        stopped = engine.generate(PROMPTS[:1], 1, Sampling(max_tokens=10, temperature=0,
+                                                           stop=(first.strip(),)))
+        c = stopped[0].completions[0]
+        assert c.finish_reason == "stop" and first.strip() not in c.text
+
+
+def test_bad_input(engine, tmp_path):
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        engine.generate(PROMPTS, 0, Sampling())
+    with pytest.raises(TypeError, match="sequence of strings"):
+        engine.generate("a prompt", 1, Sampling())
+    with pytest.raises(ValueError, match="prompt 1 has .* exceeds the context"):
+        engine.generate(["short", "x " * 3000], 1, Sampling(max_tokens=8))
+    with pytest.raises(ValueError, match="max_tokens must be >= 1"):
+        Sampling(max_tokens=0)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        HFEngine(tmp_path / "missing")
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=37)).save_pretrained(tmp_path / "bert")
+    with pytest.raises(CheckpointError, match="not a causal language model"):
+        HFEngine(tmp_path / "bert")
