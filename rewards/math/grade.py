@@ -1,0 +1,77 @@
+r"""Grade completions against reference answers: the public entry points.
+
+Guarantees: :func:`grade` and :func:`grade_batch` never raise on string
+input, never use signals (safe from threads and from daemonic worker
+processes), and return within ``timeout_s`` per pair, plus the one-time
+start-up of the symbolic helper (see :mod:`rewards.math.bounded`). Every
+:class:`Verdict` says which stage decided, so a surprising reward can be
+traced.
+
+The prediction goes through :func:`~rewards.math.extract.extract_answer`
+(``\boxed``, ``<answer>``, "final answer is", ``####``, or a bare short
+answer; the last-number fallback is off). The gold goes through it too, and
+is used whole when it has no marker, so both a bare MATH answer and a GSM8K
+solution ending in ``#### 72`` work as gold.
+
+Does not: score format or length, or give partial credit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rewards.math.equiv import answers_equal
+from rewards.math.extract import extract_answer
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The grade of one prediction."""
+
+    correct: bool  # the extracted answer equals the gold answer
+    extracted: str | None  # the answer found in the prediction, None if none was
+    reason: str  # the stage that decided ("string", "rational", ...) or why it failed
+
+
+def grade_one(
+    pred: str, gold: str, *, timeout_s: float = 5.0, last_number: bool = False
+) -> Verdict:
+    r"""Grade one prediction and say why.
+
+    >>> grade_one(r"so the answer is $\boxed{0.5}$", r"\frac{1}{2}")
+    Verdict(correct=True, extracted='0.5', reason='rational')
+    >>> grade_one("I give up.\nNo idea at all.", "3")
+    Verdict(correct=False, extracted=None, reason='no answer found')
+    """
+    if not isinstance(pred, str) or not isinstance(gold, str):
+        return Verdict(False, None, "not a string")
+    extracted = extract_answer(pred, last_number=last_number)
+    if extracted is None:
+        return Verdict(False, None, "no answer found")
+    gold_answer = extract_answer(gold) or gold.strip()
+    correct, reason = answers_equal(extracted, gold_answer, timeout_s=timeout_s)
+    return Verdict(correct, extracted, reason)
+
+
+def grade(completion_or_answer: str, gold: str, *, timeout_s: float = 5.0) -> bool:
+    r"""True when the answer in ``completion_or_answer`` equals ``gold``.
+
+    >>> grade("0.5", r"\frac{1}{2}")
+    True
+    >>> grade(r"\boxed{\frac{1}{2^{99}}}", r"\frac{1}{2^{98}}", timeout_s=30)
+    False
+    >>> grade("The final answer is $(3, 2)$.", "(2, 3)")
+    False
+    """
+    return grade_one(completion_or_answer, gold, timeout_s=timeout_s).correct
+
+
+def grade_batch(preds: list[str], golds: list[str], *, timeout_s: float = 5.0) -> list[Verdict]:
+    r"""Grade ``preds[i]`` against ``golds[i]`` for every i; ``timeout_s`` bounds each pair.
+
+    >>> [v.reason for v in grade_batch(["#### 1,000", "7"], ["1000", "8"])]
+    ['string', 'rational']
+    """
+    if len(preds) != len(golds):
+        raise ValueError(f"{len(preds)} predictions but {len(golds)} golds")
+    return [grade_one(p, g, timeout_s=timeout_s) for p, g in zip(preds, golds)]

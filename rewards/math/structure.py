@@ -1,0 +1,178 @@
+r"""Split a normalised answer into its structure: tuples, intervals, sets, matrices, relations.
+
+Guarantees: :func:`parse_structure` never raises, runs in time linear in the
+input per nesting level, and only splits at top level (commas inside
+``\frac{a,b}`` or ``f(x, y)`` stay put). It is bracket matching, not a LaTeX
+grammar: the pieces (leaves) are parsed by sympy later.
+
+Rules (how :mod:`rewards.math.equiv` reads the kinds):
+
+* ``(a, b)`` is an ordered ``tuple`` (also an open interval: both compare the
+  same way); ``[a, b]``, ``[a, b)``, ``(a, b]`` are ``interval``s whose ends
+  (open or closed) must match.
+* ``\{a, b\}`` is a ``set``: order-free.
+* a bare ``a, b`` is a ``list`` of several answers (e.g. the solutions of an
+  equation): order-free, and the count must match.
+* ``A \cup B`` is a ``union``: order-free.
+* ``\begin{pmatrix}...\end{pmatrix}`` (and ``bmatrix``, ``matrix``) is a
+  ``matrix`` of ``row``s, ordered.
+* ``a \pm b`` is the ``list`` ``a+b, a-b``.
+* one top-level ``=``, ``<``, ``>``, ``\leq``, ``\geq`` makes a :class:`Rel`;
+  ``>`` and ``\geq`` are turned around into ``<`` and ``<=``.
+
+Does not: read ``x > 2`` as the interval ``(2, \infty)``, nor chained
+relations ``1 < x < 3`` (kept as one leaf).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+MAX_ITEMS = 32  # a longer list is kept as one leaf (bounds the pairwise work)
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """One expression, compared by value."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Rel:
+    """``lhs op rhs`` with ``op`` one of ``=``, ``<``, ``<=``."""
+
+    op: str
+    lhs: str
+    rhs: str
+
+
+@dataclass(frozen=True)
+class Seq:
+    """A compound answer; ``closed`` gives the (left, right) ends of an interval."""
+
+    kind: str  # tuple | interval | set | list | union | matrix | row
+    items: tuple
+    closed: tuple[bool, bool] = (False, False)
+
+
+Node = Leaf | Rel | Seq
+
+_OPEN, _CLOSE = "([{", ")]}"
+_REL = re.compile(r"\\leq|\\geq|\\lt(?![a-z])|\\gt(?![a-z])|<=|>=|\\neq|\\ne(?![a-z])|=|<|>")
+_REL_OP = {
+    "=": "=",
+    "<": "<",
+    "\\lt": "<",
+    "<=": "<=",
+    "\\leq": "<=",
+    ">": ">",
+    "\\gt": ">",
+    ">=": ">=",
+    "\\geq": ">=",
+}
+_MATRIX = re.compile(r"\\begin\{([pbBvV]?matrix)\}(.*)\\end\{\1\}", re.DOTALL)
+
+
+def split_top(s: str, sep: str) -> list[str]:
+    r"""Split ``s`` at ``sep`` where no bracket is open.
+
+    >>> split_top(r"\frac{1,2}{3},(4,5),6", ",")
+    ['\\frac{1,2}{3}', '(4,5)', '6']
+    """
+    parts, depth, last, i = [], 0, 0, 0
+    n = len(sep)
+    while i < len(s):
+        c = s[i]
+        if c in _OPEN:
+            depth += 1
+        elif c in _CLOSE:
+            depth -= 1
+        elif depth == 0 and s.startswith(sep, i):
+            parts.append(s[last:i])
+            last = i + n
+            i += n
+            continue
+        i += 1
+    parts.append(s[last:])
+    return parts
+
+
+def _wraps(s: str) -> bool:
+    """True when the bracket opening ``s`` closes at its last character."""
+    depth = 0
+    for i, c in enumerate(s):
+        depth += (c in _OPEN) - (c in _CLOSE)
+        if depth == 0:
+            return i == len(s) - 1
+    return False
+
+
+def _relation(s: str) -> Rel | None:
+    ops, depth = [], 0
+    for m in _REL.finditer(s):
+        prefix = s[: m.start()]
+        depth = sum(prefix.count(c) for c in _OPEN) - sum(prefix.count(c) for c in _CLOSE)
+        if depth == 0:
+            ops.append(m)
+        if len(ops) > 1:
+            return None
+    if len(ops) != 1 or ops[0].group(0) in ("\\neq", "\\ne"):
+        return None
+    m = ops[0]
+    lhs, rhs, op = s[: m.start()].strip(), s[m.end() :].strip(), _REL_OP[m.group(0)]
+    if not lhs or not rhs:
+        return None
+    if op in (">", ">="):
+        return Rel(op.replace(">", "<"), rhs, lhs)
+    return Rel(op, lhs, rhs)
+
+
+def _brackets(s: str) -> Node | None:
+    if s.startswith("\\{") and s.endswith("\\}") and _wraps(s[1:]):
+        return Seq("set", tuple(parse_structure(p) for p in split_top(s[2:-2], ",")))
+    if s[:1] in "([" and s[-1:] in ")]" and _wraps(s):
+        parts = split_top(s[1:-1], ",")
+        if len(parts) == 1:
+            return parse_structure(parts[0])
+        items = tuple(parse_structure(p) for p in parts)
+        if len(parts) == 2 and (s[0] == "[" or s[-1] == "]"):
+            return Seq("interval", items, (s[0] == "[", s[-1] == "]"))
+        return Seq("tuple", items)
+    return None
+
+
+def parse_structure(s: str) -> Node:
+    r"""Structure of a normalised answer.
+
+    >>> parse_structure("(1,2]")
+    Seq(kind='interval', items=(Leaf(text='1'), Leaf(text='2')), closed=(False, True))
+    >>> parse_structure("y=2x+1")
+    Rel(op='=', lhs='y', rhs='2x+1')
+    >>> parse_structure(r"1\pm\sqrt{2}").kind
+    'list'
+    """
+    s = s.strip()
+    if len(s) > 2000 or not s:
+        return Leaf(s)
+    for sep, kind in (("\\cup", "union"), (",", "list")):
+        parts = split_top(s, sep)
+        if 1 < len(parts) <= MAX_ITEMS:
+            return Seq(kind, tuple(parse_structure(p) for p in parts))
+    matrix = _MATRIX.fullmatch(s)
+    if matrix:
+        rows = [r for r in matrix.group(2).split("\\\\") if r.strip()]
+        return Seq(
+            "matrix", tuple(Seq("row", tuple(Leaf(c.strip()) for c in r.split("&"))) for r in rows)
+        )
+    rel = _relation(s)
+    if rel is not None:
+        return rel
+    bracketed = _brackets(s)
+    if bracketed is not None:
+        return bracketed
+    pm = split_top(s, "\\pm")
+    if len(pm) == 2 and pm[0] and pm[1]:
+        return Seq("list", (Leaf(f"{pm[0]}+{pm[1]}"), Leaf(f"{pm[0]}-({pm[1]})")))
+    return Leaf(s)

@@ -1,0 +1,121 @@
+"""Side-by-side benchmark of the r1kit math grader and Math-Verify.
+
+:func:`bench_math` grades the same (prediction, gold) pairs with
+:func:`rewards.math.grade` and with ``math_verify.verify(parse(gold),
+parse(pred))``, and reports throughput (pairs/s), accuracy against the
+expected verdicts (all True unless given) and the agreement between the two.
+
+Guarantees: both graders see identical pairs in the same order, one process,
+one thread; each is warmed up on the first pair before timing (r1kit's helper
+start-up and Math-Verify's lazy imports are excluded). Math-Verify runs with
+its own defaults (its signal-based timeout needs the main thread); a gold
+without ``$`` is wrapped in ``$...$``, as its documentation does.
+
+Does not: assert anything about speed (it is a measurement, not a test), nor
+decide which grader is right where they disagree: ``disagreements`` lists them.
+``python -m rewards.math_bench`` runs it on MATH-500 and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from rewards.math import grade, warm_up
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "math500" / "test.jsonl"
+
+
+def _time(fn, pairs: list[tuple[str, str]]) -> tuple[list[bool], float]:
+    fn(*pairs[0])  # warm-up, not timed
+    start = time.perf_counter()
+    verdicts = [bool(fn(pred, gold)) for pred, gold in pairs]
+    return verdicts, time.perf_counter() - start
+
+
+def _math_verify(pred: str, gold: str) -> bool:
+    from math_verify import parse, verify
+
+    try:  # a bare gold needs "$...$" for Math-Verify's LaTeX extraction (its documented usage)
+        return bool(verify(parse(gold if "$" in gold else f"${gold}$"), parse(pred)))
+    except Exception:  # noqa: BLE001 - Math-Verify may raise on odd input; count it as "not equal"
+        return False
+
+
+def bench_math(pairs: list[tuple[str, str]], expected: list[bool] | None = None) -> dict:
+    """Grade ``pairs`` with r1kit and Math-Verify; return throughput, accuracy and agreement.
+
+    ``expected[i]`` is the right verdict for ``pairs[i]`` (default: all True,
+    as for MATH-500 solution/answer pairs).
+
+    >>> r = bench_math([(r"so $\\boxed{0.5}$", r"\\frac{1}{2}"), ("7", "8")], [True, False])
+    >>> r["r1kit"]["accuracy"], r["pairs"]
+    (1.0, 2)
+    """
+    if not pairs:
+        raise ValueError("no pairs to benchmark")
+    expected = [True] * len(pairs) if expected is None else expected
+    warm_up()
+    result: dict = {"pairs": len(pairs)}
+    verdicts = {}
+    for name, fn in (("r1kit", grade), ("math_verify", _math_verify)):
+        verdicts[name], seconds = _time(fn, pairs)
+        right = sum(v == e for v, e in zip(verdicts[name], expected))
+        result[name] = {
+            "seconds": seconds,
+            "pairs_per_s": len(pairs) / seconds if seconds > 0 else float("inf"),
+            "accuracy": right / len(pairs),
+        }
+    both = list(zip(verdicts["r1kit"], verdicts["math_verify"]))
+    result["agreement"] = sum(a == b for a, b in both) / len(pairs)
+    result["speedup"] = result["r1kit"]["pairs_per_s"] / result["math_verify"]["pairs_per_s"]
+    result["disagreements"] = [
+        {
+            "index": i,
+            "pred_tail": pairs[i][0][-80:],
+            "gold": pairs[i][1],
+            "r1kit": a,
+            "math_verify": b,
+        }
+        for i, (a, b) in enumerate(both)
+        if a != b
+    ]
+    return result
+
+
+def math500_pairs(path: Path = DEFAULT_DATA, shift: int = 0) -> list[tuple[str, str]]:
+    """MATH-500 (solution, answer) pairs; ``shift`` pairs row i with the answer of row i+shift."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [(r["solution"], rows[(i + shift) % len(rows)]["answer"]) for i, r in enumerate(rows)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Benchmark on MATH-500: matching pairs, and with ``--negatives`` shifted (wrong) pairs too."""
+    parser = argparse.ArgumentParser(prog="python -m rewards.math_bench", description=main.__doc__)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MATH-500 test.jsonl")
+    parser.add_argument(
+        "--negatives", action="store_true", help="also grade row i against answer i+1"
+    )
+    parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    args = parser.parse_args(argv)
+    pairs = math500_pairs(args.data)
+    expected = [True] * len(pairs)
+    if args.negatives:
+        negatives = math500_pairs(args.data, shift=1)
+        pairs += negatives
+        expected += [False] * len(negatives)  # three rows share an answer with the next: see report
+    result = bench_math(pairs, expected)
+    for name in ("r1kit", "math_verify"):
+        r = result[name]
+        print(f"{name:12} {r['pairs_per_s']:10.1f} pairs/s  accuracy {r['accuracy']:.4f}")
+    print(f"speedup {result['speedup']:.1f}x  agreement {result['agreement']:.4f}")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
