@@ -1,0 +1,263 @@
+"""``r1kit bench rewards``: math grading, sandbox and scorer throughput in one run.
+
+Three parts, each a measurement, never an assertion:
+
+1. Math grading on MATH-500 (solution, answer) pairs, r1kit against Math-Verify
+   (``rewards.math_bench.bench_math``): pairs/s, accuracy (every pair should grade as
+   equal), agreement. Pairs are graded in slices so progress can be shown; each slice
+   warms both graders on its first pair before timing, as ``bench_math`` does.
+2. The code sandbox on HumanEval canonical solutions and their tests
+   (``rewards.sandbox_bench.bench_sandbox``): runs/s and p50/p99 latency, sandboxed and as
+   plain unsandboxed subprocesses.
+3. The reward scorer (``rewards.scorer.Scorer``) on distinct synthetic batches built from
+   MATH-500 (half right, half wrong boxed answers after a think block) with the accuracy,
+   format, tag and soft-overlong rewards: start-up time, samples/s through the worker pool,
+   and samples/s of the same rewards run in-process (``rewards.registry.combine``), with a
+   check that both give the same scores.
+
+It prints a table, writes every figure as JSON (``--out``), and reports the targets:
+r1kit at least 5x Math-Verify's pairs/s at equal or better accuracy, and sandboxed runs
+at most 2x the time of plain subprocess runs. Progress goes to stderr (tqdm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from rewards.code import load_humaneval
+from rewards.math_bench import bench_math
+from rewards.registry import RewardSpec, build, combine
+from rewards.sandbox_bench import bench_sandbox
+from rewards.scorer import Scorer, ScorerConfig
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SCORER_SPECS = [
+    RewardSpec("accuracy", 1.0),
+    RewardSpec("format", 0.5),
+    RewardSpec("tag_format", 0.25),
+    RewardSpec("soft_overlong", 1.0, {"max_len": 1024, "cache_len": 256}),
+]
+
+
+def _read_jsonl(path: Path, limit: int | None) -> list[dict]:
+    with path.open(encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return rows[:limit]
+
+
+def bench_math_sliced(pairs: list[tuple[str, str]], slice_size: int = 50) -> dict:
+    """``bench_math`` over slices of ``pairs`` with a progress bar, figures pooled."""
+    parts = [
+        bench_math(pairs[i : i + slice_size])
+        for i in tqdm(
+            range(0, len(pairs), slice_size), desc="math grading", unit="slice", file=sys.stderr
+        )
+    ]
+    out: dict = {"pairs": len(pairs)}
+    for name in ("r1kit", "math_verify"):
+        seconds = sum(p[name]["seconds"] for p in parts)
+        right = sum(p[name]["accuracy"] * p["pairs"] for p in parts)
+        out[name] = {
+            "seconds": seconds,
+            "pairs_per_s": len(pairs) / seconds,
+            "accuracy": right / len(pairs),
+        }
+    out["agreement"] = sum(p["agreement"] * p["pairs"] for p in parts) / len(pairs)
+    out["speedup"] = out["r1kit"]["pairs_per_s"] / out["math_verify"]["pairs_per_s"]
+    out["disagreements"] = [
+        {**d, "index": d["index"] + k * slice_size}
+        for k, p in enumerate(parts)
+        for d in p["disagreements"]
+    ]
+    return out
+
+
+def synthetic_batch(
+    rows: list[dict], size: int, offset: int = 0
+) -> tuple[list[str], dict[str, list]]:
+    """``size`` completions from MATH-500 rows ``offset``, ``offset + 1``, ... (cycling):
+    even ones box the right answer, odd ones a wrong one; with their columns."""
+    completions, answers, lengths = [], [], []
+    for i in range(size):
+        row = rows[(offset + i) % len(rows)]
+        boxed = row["answer"] if i % 2 == 0 else f"{row['answer']}+1"
+        text = f"{row['solution']}</think>\nThe answer is $\\boxed{{{boxed}}}$."
+        completions.append(text)
+        answers.append(row["answer"])
+        lengths.append(len(text) // 4)
+    return completions, {"answer": answers, "completion_lengths": lengths}
+
+
+def _timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def bench_scorer(rows: list[dict], batch_size: int, batches: int, workers: int) -> dict:
+    """Scorer start-up and throughput on distinct synthetic batches, against ``combine``
+    in-process on the same batches. The first batch of each also pays the math grader's
+    cold start (its parser caches fill as it parses), so warm rates leave it out."""
+    data = [synthetic_batch(rows, batch_size, k * batch_size) for k in range(batches)]
+    start = time.perf_counter()
+    with Scorer(SCORER_SPECS, ScorerConfig(workers=workers)) as scorer:
+        scorer.warmup()
+        startup_s = time.perf_counter() - start
+        results = [
+            scorer.score(completions, **columns)
+            for completions, columns in tqdm(data, desc="scorer", unit="batch", file=sys.stderr)
+        ]
+    rewards = build(SCORER_SPECS)
+    inline = [
+        _timed(combine, rewards, completions, **columns)
+        for completions, columns in tqdm(data, desc="in-process", unit="batch", file=sys.stderr)
+    ]
+    pooled = [r.seconds for r in results]
+    inline_s = [seconds for _, seconds in inline]
+    warm = slice(1, None) if batches > 1 else slice(None)
+    samples = batch_size * batches
+    return {
+        "batch_size": batch_size,
+        "batches": batches,
+        "workers": workers,
+        "rewards": [s.name for s in SCORER_SPECS],
+        "startup_s": startup_s,
+        "seconds_per_batch": pooled,
+        "inprocess_seconds_per_batch": inline_s,
+        "samples_per_s": samples / sum(pooled),
+        "warm_samples_per_s": batch_size * len(pooled[warm]) / sum(pooled[warm]),
+        "inprocess_samples_per_s": samples / sum(inline_s),
+        "inprocess_warm_samples_per_s": batch_size * len(inline_s[warm]) / sum(inline_s[warm]),
+        "matches_inprocess": all(
+            r.per_reward == c.per_reward for r, (c, _) in zip(results, inline)
+        ),
+        "failures": sum(c.total for r in results for c in r.failures.values()),
+        "accuracy_reward_mean": sum(sum(r.per_reward["accuracy"]) for r in results) / samples,
+    }
+
+
+def targets(math_figures: dict, sandbox_figures: dict) -> dict:
+    """The stated targets, met or not."""
+    mv, r1 = math_figures["math_verify"], math_figures["r1kit"]
+    # Sequential runs: total sandboxed time over total plain time is the runs/s ratio.
+    time_ratio = sandbox_figures["plain"]["runs_per_s"] / sandbox_figures["sandboxed"]["runs_per_s"]
+    return {
+        "math_speedup": math_figures["speedup"],
+        "math_speedup_ok": math_figures["speedup"] >= 5.0 and r1["accuracy"] >= mv["accuracy"],
+        "sandbox_time_ratio": time_ratio,
+        "sandbox_time_ratio_ok": time_ratio <= 2.0,
+    }
+
+
+def _table(report: dict) -> str:
+    m, s, c = report["math"], report["sandbox"], report["scorer"]
+    rows = [("part", "figure", "value")]
+    for name in ("r1kit", "math_verify"):
+        rows += [
+            ("math", f"{name} pairs/s", f"{m[name]['pairs_per_s']:.1f}"),
+            ("math", f"{name} accuracy", f"{m[name]['accuracy']:.4f}"),
+        ]
+    rows += [
+        ("math", "agreement", f"{m['agreement']:.4f}"),
+        ("math", "speedup (target >= 5x)", f"{m['speedup']:.1f}x"),
+    ]
+    for mode, figures in s.items():  # sandboxed, plain, and any other way it timed
+        if isinstance(figures, dict) and "runs_per_s" in figures:
+            rows += [
+                ("sandbox", f"{mode} runs/s", f"{figures['runs_per_s']:.1f}"),
+                (
+                    "sandbox",
+                    f"{mode} p50 / p99 ms",
+                    f"{figures.get('p50_ms', math.nan):.0f} / {figures.get('p99_ms', math.nan):.0f}",
+                ),
+            ]
+    rows += [
+        (
+            "sandbox",
+            f"time vs plain, {s.get('mode')} (target <= 2x)",
+            f"{report['targets']['sandbox_time_ratio']:.2f}x",
+        ),
+        ("scorer", "start-up s", f"{c['startup_s']:.2f}"),
+        (
+            "scorer",
+            f"samples/s, {c['workers']} workers (warm)",
+            f"{c['samples_per_s']:.1f} ({c['warm_samples_per_s']:.1f})",
+        ),
+        (
+            "scorer",
+            "samples/s in-process (warm)",
+            f"{c['inprocess_samples_per_s']:.1f} ({c['inprocess_warm_samples_per_s']:.1f})",
+        ),
+        ("scorer", "same scores as in-process", str(c["matches_inprocess"])),
+        ("scorer", "failures", str(c["failures"])),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the three reward benchmarks, print a table, write JSON."""
+    parser = argparse.ArgumentParser(
+        prog="r1kit bench rewards",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench_rewards.json"),
+        help="JSON file for the figures (default: bench_rewards.json)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA,
+        help=f"evaluation data (default: {DEFAULT_DATA})",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="use only the first N MATH-500 pairs and HumanEval problems",
+    )
+    parser.add_argument("--batch-size", type=int, default=256, help="scorer batch size")
+    parser.add_argument("--batches", type=int, default=3, help="scorer batches to time")
+    parser.add_argument("--workers", type=int, default=2, help="scorer worker processes")
+    args = parser.parse_args(argv)
+
+    math_rows = _read_jsonl(args.data_dir / "math500" / "test.jsonl", args.limit)
+    problems = load_humaneval(args.data_dir / "humaneval" / "HumanEval.jsonl.gz")[: args.limit]
+    started = time.perf_counter()
+    report = {"math": bench_math_sliced([(r["solution"], r["answer"]) for r in math_rows])}
+    print(f"sandbox: {len(problems)} HumanEval programs, sandboxed and plain ...", file=sys.stderr)
+    report["sandbox"] = bench_sandbox(problems)
+    report["scorer"] = bench_scorer(math_rows, args.batch_size, args.batches, args.workers)
+    report["targets"] = targets(report["math"], report["sandbox"])
+    report["config"] = {
+        "data_dir": str(args.data_dir),
+        "limit": args.limit,
+        "math_pairs": len(math_rows),
+        "humaneval_problems": len(problems),
+        "seconds": time.perf_counter() - started,
+    }
+    print(_table(report))
+    t = report["targets"]
+    print(
+        f"targets: math speedup >= 5x at >= accuracy: {'met' if t['math_speedup_ok'] else 'MISSED'}; "
+        f"sandbox <= 2x plain: {'met' if t['sandbox_time_ratio_ok'] else 'MISSED'}"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, allow_nan=False), encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""``r1kit bench rewards`` on a small subset: it runs end to end and writes finite figures."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+
+def _numbers(obj):
+    if isinstance(obj, bool):
+        return
+    if isinstance(obj, (int, float)):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _numbers(v)
+
+
+def test_bench_rewards_small_subset(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "rewards.bench",
+        "--limit",
+        "12",
+        "--data-dir",
+        str(DATA),
+        "--out",
+        str(out),
+        "--batch-size",
+        "16",
+        "--batches",
+        "1",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "speedup" in proc.stdout and "targets:" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["math"]["pairs"] == 12
+    assert report["config"]["humaneval_problems"] == 12
+    assert report["scorer"]["batch_size"] == 16
+    for part, key in [
+        ("math", "agreement"),
+        ("sandbox", "plain"),
+        ("scorer", "samples_per_s"),
+        ("targets", "sandbox_time_ratio"),
+    ]:
+        assert key in report[part]
+    numbers = list(_numbers(report))
+    assert len(numbers) > 20
+    assert all(math.isfinite(x) for x in numbers)
+    assert report["math"]["r1kit"]["pairs_per_s"] > 0 and report["scorer"]["samples_per_s"] > 0
+    # The MATH-500 solutions box their own answers: every grader should mostly say "equal".
+    assert report["math"]["r1kit"]["accuracy"] >= 0.75
