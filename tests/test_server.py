@@ -1,0 +1,280 @@
+"""``rollouts.server`` against a real vLLM CPU server on the tiny Qwen3-MoE.
+
+One module-scoped server serves the sampling, weight-sync and crash tests; two short-lived servers,
+each started by a child Python process, check that SIGKILL or SIGINT of r1kit leaves no orphan.
+Data parallelism is only exercised at size 1 here (one CPU engine); sizes > 1 need GPUs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from rollouts.checkpoint import CheckpointError
+from rollouts.server import CompletionsClient, ServerError, VLLMServerEngine, free_port
+from rollouts.types import Sampling
+
+REPO = Path(__file__).resolve().parents[1]
+SERVER_ARGS = ("--dtype", "float32", "--max-model-len", "1024", "--enforce-eager")
+PROMPTS = ["What is 2 + 2? <think>", "Compute 7 * 6. <think>", "hello"]
+
+
+def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out
+
+
+def _wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout_s
+    while _alive(procs) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return _alive(procs)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_qwen, tmp_path_factory):
+    engine = VLLMServerEngine(tiny_qwen, extra_args=SERVER_ARGS, startup_timeout_s=400,
+                              log_path=tmp_path_factory.mktemp("server") / "server.log")
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_qwen):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_qwen)
+
+
+# -- no server needed -------------------------------------------------------------------------
+
+
+def test_bad_model_path_fails_before_starting_a_child(tmp_path):
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with pytest.raises(CheckpointError, match="does not exist"):
+        VLLMServerEngine(tmp_path / "missing")
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text('{"model_type": "bert", "architectures": ["BertModel"]}')
+    with pytest.raises(CheckpointError, match="not a causal language model"):
+        VLLMServerEngine(bert)
+    assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_server_is_a_clear_error_not_a_hang():
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens here
+    client = CompletionsClient(url, "m", connect_timeout_s=2.0, request_timeout_s=2.0)
+    with pytest.raises(ServerError, match=f"{url}/v1/completions is unreachable"):
+        client.generate(["x"], 1, Sampling(max_tokens=4))
+    assert not client.is_healthy()
+    # A socket that accepts connections but never answers: the read timeout fires.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        client = CompletionsClient(url, "m", connect_timeout_s=2.0, request_timeout_s=2.0)
+        with pytest.raises(ServerError, match="ReadTimeout"):
+            client.generate(["x", "y"], 1, Sampling(max_tokens=4))
+
+
+# -- the shared server ----------------------------------------------------------------------
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_server_health_and_process_tree(server):
+    assert server.client.is_healthy()
+    names = [p.name() for p in server.processes()]
+    assert any("EngineCor" in n for n in names), names  # vLLM's engine core runs under it
+    assert server.startup_seconds > 0 and server.log_path.is_file()
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_sampling_tokens_logprobs_seeds(server, tokenizer):
+    sampling = Sampling(max_tokens=12, seed=7, stop=(" 2",))
+    groups = server.generate(PROMPTS, 3, sampling)
+    assert [g.prompt for g in groups] == PROMPTS
+    for g in groups:
+        assert g.prompt_token_ids == tokenizer(g.prompt)["input_ids"]
+        assert len(g.completions) == 3
+        for c in g.completions:
+            assert len(c.token_ids) == len(c.logprobs) >= 1
+            assert all(math.isfinite(x) and x <= 0 for x in c.logprobs)
+            assert c.finish_reason in ("stop", "length")
+            decoded = tokenizer.decode(c.token_ids, skip_special_tokens=True)
+            if c.finish_reason == "length":
+                assert len(c.token_ids) == sampling.max_tokens
+                assert decoded == c.text
+            else:  # a stop string is cut from the text but its token stays in token_ids
+                assert decoded == c.text or decoded.startswith(c.text + " 2")
+    again = server.generate(PROMPTS, 3, sampling)
+    for g, h in zip(groups, again):
+        for c, d in zip(g.completions, h.completions):
+            assert c.token_ids == d.token_ids
+            assert c.logprobs == pytest.approx(d.logprobs, abs=1e-5)
+    other = server.generate(PROMPTS, 3, Sampling(max_tokens=12, seed=8, stop=(" 2",)))
+    assert tokens(other) != tokens(groups)
+    assert len({tuple(ids) for ids in tokens(groups)}) > 1  # n samples of a prompt differ
+    stats = server.last_stats
+    assert (stats.prompts, stats.completions) == (3, 9)
+    assert stats.new_tokens == sum(len(ids) for ids in tokens(other))
+    assert stats.peak_memory_bytes > 100 * 2**20  # the server tree, not this process
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_seeded_batch_larger_than_one_prefill_step(server):
+    # With chunked prefill, this batch crashed vLLM 0.32's CPU engine core (seeded requests whose
+    # prompt is split across steps); the engine turns chunked prefill off on CPU.
+    from r1kit.tasks import arithmetic_tasks
+    from rollouts.prompts import r1_zero_prompt
+
+    prompts = [r1_zero_prompt(t.question) for t in arithmetic_tasks("heldout", 8, seed=1)]
+    groups = server.generate(prompts, 4, Sampling(max_tokens=4, seed=0))
+    assert [len(g.completions) for g in groups] == [4] * 8
+    assert server.client.is_healthy()
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_sleep_and_wake_are_logged_no_ops_on_cpu(server, caplog):
+    caplog.set_level("INFO", logger="rollouts.server")
+    server.sleep()
+    server.wake()
+    assert "sleep() frees nothing" in caplog.text
+    assert server.generate(PROMPTS[:1], 1, Sampling(max_tokens=2))[0].completions
+
+
+def tokens(groups) -> list[list[int]]:
+    return [c.token_ids for g in groups for c in g.completions]
+
+
+def _hf_logprobs(model, prompt_ids: list[int], ids: list[int]) -> list[float]:
+    import torch
+
+    x = torch.tensor([prompt_ids + ids])
+    with torch.no_grad():
+        logits = model(x).logits[0, len(prompt_ids) - 1:-1].float()
+    lp = torch.log_softmax(logits, dim=-1)
+    return lp.gather(-1, torch.tensor(ids)[:, None])[:, 0].tolist()
+
+
+def _max_gap(model, groups) -> float:
+    return max(abs(a - b) for g in groups for c in g.completions
+               for a, b in zip(c.logprobs, _hf_logprobs(model, g.prompt_token_ids, c.token_ids)))
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_weight_sync_matches_hf_policy_after_an_optimizer_step(server, tiny_qwen, tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen, dtype=torch.float32)
+    sampling = Sampling(max_tokens=16, seed=3)
+    before = server.generate(PROMPTS[:2], 2, sampling)
+    model.eval()
+    assert _max_gap(model, before) <= 1e-3  # server and HF agree on the initial weights
+    model.train()
+    batch = tokenizer([" 12 + 30 = 42 </think> <answer> 42 </answer>"], return_tensors="pt")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    optimizer.step()
+    model.eval()
+    assert _max_gap(model, before) > 1e-3  # the step moved the policy away from the server
+    server.update_weights(model)
+    assert server.last_sync_seconds > 0
+    after = server.generate(PROMPTS[:2], 2, sampling)
+    assert _max_gap(model, after) <= 1e-3
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_crashed_server_error_then_close_leaves_no_process(server):
+    recorded = server.processes()
+    api = psutil.Process(server.pid).children()  # the supervisor's one child: the API server
+    assert len(api) == 1 and "api_server.entry" in " ".join(api[0].cmdline())
+    api[0].kill()  # the server crashes; its EngineCore and Worker would be orphans
+    with pytest.raises(ServerError, match=f"{server.url}.*(unreachable|answered 5)"):
+        for _ in range(20):  # until the supervisor has noticed and torn the rest down
+            server.generate(PROMPTS[:1], 1, Sampling(max_tokens=2))
+            time.sleep(0.5)
+    server.close()
+    assert _alive(recorded) == []
+
+
+# -- r1kit itself dies ----------------------------------------------------------------------
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {repo!r})
+    from rollouts.server import VLLMServerEngine
+    engine = VLLMServerEngine({model!r}, extra_args={args!r}, startup_timeout_s=400,
+                              log_path={log!r})
+    print("READY", flush=True)
+    time.sleep(600)
+""")
+
+
+def _start_child(tiny_qwen: Path, tmp_path: Path) -> subprocess.Popen:
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(repo=str(REPO), model=str(tiny_qwen), args=SERVER_ARGS,
+                                   log=str(tmp_path / "server.log")))
+    return subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+
+
+def _descendants_once_engine_core_runs(proc: subprocess.Popen) -> list[psutil.Process]:
+    """Poll the child's tree until vLLM's EngineCore exists; return every process seen."""
+    seen: dict[int, psutil.Process] = {}
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        for p in psutil.Process(proc.pid).children(recursive=True):
+            seen.setdefault(p.pid, p)
+        if any("EngineCor" in p.name() for p in _alive(list(seen.values()))):
+            return list(seen.values())
+        time.sleep(0.5)
+    raise AssertionError(f"no EngineCore appeared under the child (rc {proc.poll()})")
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_sigkill_of_r1kit_leaves_no_orphan(tiny_qwen, tmp_path):
+    proc = _start_child(tiny_qwen, tmp_path)
+    seen = _descendants_once_engine_core_runs(proc)
+    assert len(seen) >= 3  # supervisor, API server, EngineCore (at least)
+    proc.kill()  # no atexit, no signal handler: only the parent-death chain can clean up
+    proc.wait()
+    assert _wait_gone(seen, timeout_s=60) == []
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_sigint_of_r1kit_stops_a_ready_server(tiny_qwen, tmp_path):
+    proc = _start_child(tiny_qwen, tmp_path)
+    assert proc.stdout.readline().strip() == "READY"
+    seen = psutil.Process(proc.pid).children(recursive=True)
+    assert any("EngineCor" in p.name() for p in seen)
+    proc.send_signal(signal.SIGINT)  # the handler closes the engine, then KeyboardInterrupt
+    proc.wait(timeout=60)
+    assert _alive(seen) == []  # gone by the time r1kit exits, not just eventually
