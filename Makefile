@@ -27,6 +27,8 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# vLLM's CPU backend would otherwise reserve a large share of RAM for the tiny policy's KV cache.
+demo: export VLLM_CPU_KVCACHE_SPACE ?= 1
 demo: setup
 	$(BIN)/r1kit tiny --family all
 	$(BIN)/r1kit generate recipes/tiny_generate.yaml

@@ -91,6 +91,9 @@ class RewardConfig:
     """Reward functions by registry name or dotted import path (``pkg.module:function``)."""
     weights: list[float] = field(default_factory=lambda: [1.0, 0.5])
     """One weight per reward function; the total reward is the weighted sum."""
+    overlong_buffer: int = 32
+    """DAPO's soft overlong buffer in tokens: ``soft_overlong`` is 0 up to
+    ``rollout.max_tokens - overlong_buffer``, then falls linearly to -1 at ``rollout.max_tokens``."""
     timeout_s: float = 10.0
     """Per-sample time limit of a reward; a reward past it scores 0 and is counted."""
     workers: int = 2
@@ -271,14 +274,29 @@ def validate(cfg: Config) -> None:
         fail("reward.weights", f"{len(w.weights)} weights for {len(w.funcs)} reward functions")
     if w.timeout_s <= 0:
         fail("reward.timeout_s", f"must be > 0, got {w.timeout_s}")
-    if w.funcs:
-        from rewards.registry import resolve
+    if "soft_overlong" in w.funcs and not 0 < w.overlong_buffer < r.max_tokens:
+        fail("reward.overlong_buffer", f"must be in (0, rollout.max_tokens={r.max_tokens}), "
+             f"got {w.overlong_buffer}")
+    from rewards.registry import build
 
-        for name in w.funcs:
-            try:
-                resolve(name)
-            except (KeyError, ImportError, AttributeError, ValueError) as e:
-                fail("reward.funcs", str(e).strip("'\""))
+    try:
+        build(reward_specs(cfg))
+    except (ImportError, AttributeError, ValueError) as e:
+        fail("reward.funcs", str(e).strip("'\""))
+
+
+def reward_specs(cfg: Config):
+    """The recipe's rewards as ``rewards.registry.RewardSpec`` s. Length rewards take their
+    lengths from the rollout: the completion budget is ``rollout.max_tokens``."""
+    from rewards.registry import RewardSpec
+
+    settings = {
+        "soft_overlong": {"max_len": cfg.rollout.max_tokens,
+                          "cache_len": cfg.reward.overlong_buffer},
+        "cosine": {"max_len": cfg.rollout.max_tokens},
+    }
+    return [RewardSpec(name, weight, settings.get(name, {}))
+            for name, weight in zip(cfg.reward.funcs, cfg.reward.weights)]
 
 
 def config_help(sections: list[str] | None = None) -> str:

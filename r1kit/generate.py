@@ -13,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from r1kit.config import Config, DataConfig, ModelConfig
+from r1kit.config import Config, DataConfig, ModelConfig, reward_specs
 
 log = logging.getLogger("r1kit.generate")
 
@@ -84,7 +84,7 @@ def run_generate(cfg: Config) -> dict:
     texts = [c.text for g in groups for c in g.completions]
     answers = [p.answer for p in problems for _ in range(r.n)]
     lengths = [len(c.token_ids) for g in groups for c in g.completions]
-    with Scorer(_reward_specs(cfg), workers=cfg.reward.workers,
+    with Scorer(reward_specs(cfg), workers=cfg.reward.workers,
                 timeout_s=cfg.reward.timeout_s) as scorer:
         scores = scorer.score(texts, answer=answers, completion_lengths=lengths)
     out = Path(cfg.log.out_dir)
@@ -106,12 +106,6 @@ def run_generate(cfg: Config) -> dict:
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
-
-
-def _reward_specs(cfg: Config):
-    from rewards.registry import RewardSpec
-
-    return [RewardSpec(name, weight) for name, weight in zip(cfg.reward.funcs, cfg.reward.weights)]
 
 
 def _mean(xs) -> float:

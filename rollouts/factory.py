@@ -35,10 +35,11 @@ def make_engine(
     if kind == "vllm_server":
         from rollouts.server import VLLMServerEngine
 
-        return VLLMServerEngine(
-            model_path,
-            extra_args=("--dtype", dtype, "--max-model-len", str(max_model_len),
-                        "--seed", str(seed),
-                        "--gpu-memory-utilization", str(gpu_memory_utilization)),
-        )
+        import torch
+
+        args = ("--dtype", dtype, "--max-model-len", str(max_model_len), "--seed", str(seed),
+                "--gpu-memory-utilization", str(gpu_memory_utilization))
+        if not torch.cuda.is_available():
+            args += ("--enforce-eager",)  # as the colocated engine: no graphs to capture on CPU
+        return VLLMServerEngine(model_path, extra_args=args)
     raise ValueError(f"unknown engine {kind!r}; expected one of {ENGINES}")

@@ -133,6 +133,10 @@ class VLLMEngine:
 
         extra = dict(llm_kwargs)
         extra.setdefault("enforce_eager", cpu)  # no CUDA graphs on CPU; compile time not worth it
+        if cpu:
+            # vLLM 0.32 on CPU: a seeded request whose prompt is split by chunked prefill rewinds
+            # its torch.Generator ("CPU Generator does not use offset") and kills the engine.
+            extra.setdefault("enable_chunked_prefill", False)
         if enable_lora:
             extra.update(enable_lora=True, max_lora_rank=max_lora_rank)
         if return_routed_experts:

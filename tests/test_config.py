@@ -61,6 +61,8 @@ def test_values_and_overrides_apply(tmp_path):
         ("rollout:\n  top_p: 0\n", [], "rollout.top_p"),
         ("reward:\n  funcs: [accuracy]\n  weights: [1, 2]\n", [], "reward.weights: 2 weights for 1"),
         ("reward:\n  funcs: [no_such_reward]\n  weights: [1]\n", [], "reward.funcs"),
+        ("reward:\n  funcs: [soft_overlong]\n  weights: [1]\n  overlong_buffer: 500\n", [],
+         "reward.overlong_buffer: must be in (0, rollout.max_tokens=128)"),
         ("rollout: 3\n", [], "section 'rollout' must be a mapping"),
         ("- a\n- b\n", [], "expected a mapping of sections"),
         ("rollout:\n  n: [\n", [], "not valid YAML"),
