@@ -62,3 +62,34 @@ def test_generate_hf_writes_scored_groups(tiny_cache, tmp_path):
             assert isinstance(c["reward"], float)
     # a random-init policy neither answers correctly nor keeps the format
     assert metrics["reward_mean"] <= 0.0 + 1e-9
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_generate_with_vllm_from_the_demo_recipe(tiny_cache, tmp_path):
+    out = tmp_path / "run"
+    r = r1kit("generate", "recipes/tiny_generate.yaml", "data.num_prompts=4", "rollout.n=4",
+              f"log.out_dir={out}", cache=tiny_cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["engine"] == "vllm" and metrics["completions"] == 16
+    for key in ("reward/accuracy", "reward/format", "reward/soft_overlong"):
+        assert key in metrics
+    # completions respect the recipe's rollout.max_tokens
+    rows = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    lengths = [len(c["token_ids"]) for row in rows for c in row["completions"]]
+    assert max(lengths) <= 96
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_bench_rollout_quick_writes_json(tiny_cache, tmp_path):
+    out = tmp_path / "bench.json"
+    r = r1kit("bench", "rollout", "--quick", "--sync-repeats", "2", "--out", str(out),
+              cache=tiny_cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert {c["engine"] for c in result["cells"]} == {"hf", "vllm"}
+    assert all(c["tokens_per_s"] > 0 for c in result["cells"])
+    assert 0 < result["weight_sync_seconds"]["median"] < 60
+    assert "weight sync into vLLM" in r.stdout
