@@ -41,7 +41,6 @@ What it does not do (vLLM 0.32):
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import resource
@@ -50,6 +49,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rollouts.checkpoint import check_causal_lm
 from rollouts.engine import check_generate_args
 from rollouts.types import Completion, GenerationStats, Group, Sampling
 
@@ -57,27 +57,6 @@ log = logging.getLogger(__name__)
 
 WORKER_EXTENSION = "rollouts.vllm_worker.WeightSyncExtension"
 LORA_MODES = ("merge", "adapter")
-
-
-def check_causal_lm_checkpoint(model_path: str | os.PathLike) -> Path:
-    """The checkpoint folder, if it holds a causal LM's ``config.json``; else a clear error."""
-    path = Path(model_path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"model checkpoint folder {str(path)!r} does not exist")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{str(path)!r} has no config.json; not an HF checkpoint folder")
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    config = json.loads(config_file.read_text())
-    archs = config.get("architectures") or []
-    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
-    if not any(a in causal or a.endswith("ForCausalLM") for a in archs):
-        raise ValueError(
-            f"{str(path)!r} is not a causal language model checkpoint: config.json has "
-            f"model_type={config.get('model_type')!r}, architectures={archs}"
-        )
-    return path
 
 
 def _on_cpu() -> bool:
@@ -112,7 +91,8 @@ class VLLMEngine:
         return_routed_experts: bool = False,
         **llm_kwargs: Any,
     ):
-        self.model_path = check_causal_lm_checkpoint(model_path)
+        check_causal_lm(model_path)
+        self.model_path = Path(model_path).expanduser()
         self.max_model_len = max_model_len
         self.last_stats: GenerationStats | None = None
         self.last_sync_seconds: float | None = None
