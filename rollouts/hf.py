@@ -22,6 +22,7 @@ import torch
 
 from rollouts.checkpoint import check_causal_lm
 from rollouts.engine import check_generate_args
+from rollouts.prompts import encode_prompt
 from rollouts.types import Completion, GenerationStats, Group, Sampling
 
 
@@ -62,7 +63,7 @@ class HFEngine:
     def generate(self, prompts: Sequence[str], n: int, sampling: Sampling) -> list[Group]:
         check_generate_args(prompts, n)
         tok = self.tokenizer
-        prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        prompt_ids = [encode_prompt(tok, p) for p in prompts]
         for i, ids in enumerate(prompt_ids):
             if len(ids) + sampling.max_tokens > self.max_model_len:
                 raise ValueError(

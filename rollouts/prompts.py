@@ -46,3 +46,19 @@ def build_prompt(question: str, style: str, tokenizer: Any = None) -> str:
     if style == "chat":
         return chat_prompt(question, tokenizer)
     raise ValueError(f"unknown prompt style {style!r}; expected one of {PROMPT_STYLES}")
+
+
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """A prompt's token ids with the tokenizer's BOS exactly once.
+
+    Chat templates often write the BOS token into the text themselves, while plain-text prompts
+    (the R1-Zero template) rely on the tokenizer to prepend it; encoding either with the
+    tokenizer's defaults would double or drop it. Every engine encodes prompts here, so all of
+    them feed the policy the same tokens. A tokenizer that adds no BOS (the tiny policies,
+    Qwen) gets the text's tokens unchanged.
+    """
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None and ids[:1] != [bos] and tokenizer("x")["input_ids"][:1] == [bos]:
+        ids.insert(0, bos)
+    return ids

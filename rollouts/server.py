@@ -85,6 +85,7 @@ import psutil
 
 from rollouts.checkpoint import check_causal_lm
 from rollouts.engine import check_generate_args
+from rollouts.prompts import encode_prompt
 from rollouts.procs import (
     PeakSampler,
     ProcessTree,
@@ -160,10 +161,13 @@ class CompletionsClient:
         connect_timeout_s: float = 5.0,
         max_concurrency: int = 64,
         death_note: Callable[[], str] = lambda: "",
+        tokenizer: Any = None,
     ):
         """``model`` is the served model name; ``death_note`` adds context (a dead server's log
-        tail) to transport errors."""
+        tail) to transport errors. With a ``tokenizer``, prompts are sent as token ids encoded by
+        ``rollouts.prompts.encode_prompt``, as the other engines do; without, as text."""
         self.url, self.model, self.max_concurrency = url.rstrip("/"), model, max_concurrency
+        self.tokenizer = tokenizer
         self._death_note = death_note
         self.last_stats: GenerationStats | None = None
         self._http = httpx.Client(
@@ -196,7 +200,8 @@ class CompletionsClient:
 
     def _body(self, prompt: str, n: int, sampling: Sampling, seed: int | None) -> dict:
         return {
-            "model": self.model, "prompt": prompt, "n": n,
+            "model": self.model, "n": n,
+            "prompt": prompt if self.tokenizer is None else encode_prompt(self.tokenizer, prompt),
             "max_tokens": sampling.max_tokens, "temperature": sampling.temperature,
             "top_p": sampling.top_p, "top_k": max(0, sampling.top_k),
             "seed": seed, "stop": list(sampling.stop) or None,
@@ -273,10 +278,12 @@ class VLLMServerEngine:
         self.last_sync_seconds: float | None = None
         self.startup_seconds: float | None = None
         self._closed = False
+        from transformers import AutoTokenizer
+
         self.client = CompletionsClient(
             self.url, str(self.model_path), request_timeout_s=request_timeout_s,
             connect_timeout_s=connect_timeout_s, max_concurrency=max_concurrency,
-            death_note=self._death_note,
+            death_note=self._death_note, tokenizer=AutoTokenizer.from_pretrained(self.model_path),
         )
         cmd = self._server_command(data_parallel_size, extra_args)
         self._proc = self._spawn(cmd, env or {})

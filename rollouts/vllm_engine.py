@@ -51,6 +51,7 @@ from typing import Any
 
 from rollouts.checkpoint import check_causal_lm
 from rollouts.engine import check_generate_args
+from rollouts.prompts import encode_prompt
 from rollouts.types import Completion, GenerationStats, Group, Sampling
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ class VLLMEngine:
         check_generate_args(prompts, n)
         if self._asleep:
             raise RuntimeError("the engine is asleep; call wake() before generate()")
-        prompt_ids = [self.tokenizer.encode(p) for p in prompts]
+        prompt_ids = [encode_prompt(self.tokenizer, p) for p in prompts]
         for i, ids in enumerate(prompt_ids):
             if len(ids) >= self.max_model_len:
                 raise ValueError(
