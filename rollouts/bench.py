@@ -18,7 +18,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 GRID = {"prompts": (4, 16), "n": (1, 8), "max_tokens": (32, 128)}

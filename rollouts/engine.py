@@ -45,3 +45,16 @@ def check_generate_args(prompts: Sequence[str], n: int) -> None:
         raise TypeError("prompts must be a sequence of strings, not one string")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+
+
+def peak_memory_bytes(device: Any = None) -> int:
+    """What ``GenerationStats.peak_memory_bytes`` reports: peak allocated memory of a CUDA
+    ``device`` (the current one if None and CUDA is available), else this process's peak RSS."""
+    import resource
+
+    import torch
+
+    on_gpu = torch.cuda.is_available() if device is None else device.type == "cuda"
+    if on_gpu:
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB

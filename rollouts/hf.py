@@ -13,7 +13,6 @@ without touching the caller's global RNG state.
 
 from __future__ import annotations
 
-import resource
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,7 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from rollouts.checkpoint import check_causal_lm
-from rollouts.engine import check_generate_args
+from rollouts.engine import check_generate_args, peak_memory_bytes
 from rollouts.prompts import encode_prompt
 from rollouts.types import Completion, GenerationStats, Group, Sampling
 
@@ -94,7 +93,7 @@ class HFEngine:
             completions=len(rows),
             new_tokens=sum(len(c.token_ids) for g in groups for c in g.completions),
             seconds=time.perf_counter() - start,
-            peak_memory_bytes=self._peak_memory(),
+            peak_memory_bytes=peak_memory_bytes(self.device),
         )
         return groups
 
@@ -137,11 +136,6 @@ class HFEngine:
             if cut >= 0:
                 text, finish = text[:cut], "stop"
         return Completion(text, ids, logps[: len(ids)], finish)
-
-    def _peak_memory(self) -> int:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device)
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
     def update_weights(self, model: Any) -> None:
         """Sample from ``model`` from now on (a reference, not a copy)."""

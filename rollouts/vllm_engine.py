@@ -43,14 +43,13 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import resource
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rollouts.checkpoint import check_causal_lm
-from rollouts.engine import check_generate_args
+from rollouts.engine import check_generate_args, peak_memory_bytes
 from rollouts.prompts import encode_prompt
 from rollouts.types import Completion, GenerationStats, Group, Sampling
 
@@ -64,15 +63,6 @@ def _on_cpu() -> bool:
     from vllm.platforms import current_platform
 
     return current_platform.is_cpu()
-
-
-def _peak_memory_bytes() -> int:
-    """Peak allocated GPU memory on GPU; peak resident set of this process on CPU."""
-    import torch
-
-    if torch.cuda.is_available():
-        return int(torch.cuda.max_memory_allocated())
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 class VLLMEngine:
@@ -159,7 +149,7 @@ class VLLMEngine:
         new_tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
         self.last_stats = GenerationStats(
             prompts=len(prompts), completions=len(outputs), new_tokens=new_tokens,
-            seconds=seconds, peak_memory_bytes=_peak_memory_bytes(),
+            seconds=seconds, peak_memory_bytes=peak_memory_bytes(),
         )
         return groups
 
