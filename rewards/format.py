@@ -24,6 +24,8 @@ or look inside the reasoning. Tags are matched literally and case-sensitively.
 
 from __future__ import annotations
 
+from rewards.math.extract import braced
+
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 EOS_STRINGS = ("<|im_end|>", "<|endoftext|>", "</s>", "<｜end▁of▁sentence｜>", "<|eot_id|>")
@@ -55,16 +57,8 @@ def _last_boxed_end(text: str) -> tuple[int, str] | None:
     start = text.rfind("\\boxed{")
     if start < 0:
         return None
-    depth, i = 0, start + len("\\boxed")
-    while i < len(text):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return i + 1, text[start + len("\\boxed{") : i]
-        i += 1
-    return None
+    found = braced(text, start + len("\\boxed"))
+    return None if found is None else (found[1], found[0])
 
 
 def _answer_ok(after_think: str, answer_style: str) -> bool:

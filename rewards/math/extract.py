@@ -43,7 +43,7 @@ _GSM = re.compile(r"^####\s*([^\n]+)", re.MULTILINE)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 
-def _braced(text: str, start: int) -> tuple[str, int] | None:
+def braced(text: str, start: int) -> tuple[str, int] | None:
     """Return the content of the brace group opening at ``text[start]`` and the end index."""
     depth, i = 0, start
     stop = min(len(text), start + BOXED_MAX_CHARS)
@@ -77,7 +77,7 @@ def last_boxed(text: str) -> str | None:
         while i < len(text) and text[i] == " ":
             i += 1
         if i < len(text) and text[i] == "{":
-            found = _braced(text, i)
+            found = braced(text, i)
             if found is not None:
                 return found[0].strip()
         elif i > m.end():  # "\boxed 5": one token up to space, "$" or end
