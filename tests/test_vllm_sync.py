@@ -21,6 +21,7 @@ from vllm_fixtures import (
     make_engine,
     max_logprob_gap,
     optimizer_step,
+    same_tokens_max_gap,
 )
 
 from r1kit.tiny import build_tiny
@@ -71,11 +72,7 @@ def test_reload_of_identical_weights_is_exact(family_engine):
 
     engine.update_weights(model)
     synced = _sample(engine)
-    fixed = 0.0
-    for g_fresh, g_sync in zip(fresh, synced):
-        for a, b in zip(g_fresh.completions, g_sync.completions):
-            assert a.token_ids == b.token_ids
-            fixed = max(fixed, (torch.tensor(a.logprobs) - torch.tensor(b.logprobs)).abs().max().item())
+    fixed = same_tokens_max_gap(fresh, synced)
     print(f"{family}: r1kit sync of identical weights vs fresh load, max |dlogp| = {fixed:.3g}")
     assert fixed <= 1e-5
 
@@ -109,11 +106,7 @@ def test_update_from_safetensors_file(family_engine, tmp_path):
     save_file(dict(iter_checkpoint_weights(model)), str(file))
     engine.update_weights_from_safetensors(file)
     from_file = _sample(engine)
-    diff = 0.0
-    for g_mem, g_file in zip(from_memory, from_file):
-        for a, b in zip(g_mem.completions, g_file.completions):
-            assert a.token_ids == b.token_ids
-            diff = max(diff, (torch.tensor(a.logprobs) - torch.tensor(b.logprobs)).abs().max().item())
+    diff = same_tokens_max_gap(from_memory, from_file)
     after = max_logprob_gap(model, from_file)
     print(f"{family} from file: vs in-memory sync {diff:.3g}, vs HF {after:.3g}")
     assert diff <= 1e-5

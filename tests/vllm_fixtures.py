@@ -52,6 +52,16 @@ def max_logprob_gap(model, groups) -> float:
     return gap
 
 
+def same_tokens_max_gap(groups_a, groups_b) -> float:
+    """Assert two samplings drew the same tokens; return the largest |logprob difference|."""
+    gap = 0.0
+    for ga, gb in zip(groups_a, groups_b, strict=True):
+        for a, b in zip(ga.completions, gb.completions, strict=True):
+            assert a.token_ids == b.token_ids
+            gap = max(gap, (torch.tensor(a.logprobs) - torch.tensor(b.logprobs)).abs().max().item())
+    return gap
+
+
 def optimizer_step(model, tokenizer, lr: float = 1e-2) -> None:
     """One AdamW step of causal-LM loss on a few task strings: the policy moves."""
     texts = [p + " 19 </think> <answer> 19 </answer>" for p in PROMPTS] + [
