@@ -66,6 +66,40 @@ def cmd_generate(argv: list[str]) -> int:
     return 0
 
 
+def cmd_train(argv: list[str]) -> int:
+    ap = _recipe_parser(
+        "r1kit train",
+        "GRPO training from a recipe: rollout -> score -> advantages -> update -> sync, with "
+        "checkpoints in log.out_dir/checkpoints (train.resume=auto continues a run). Writes "
+        "metrics.jsonl, TensorBoard events (tb/), samples.md, train.log and engine.log there.",
+        ["model", "data", "rollout", "reward", "algo", "train", "log"])
+    ap.add_argument("recipe", nargs="?", help="recipe YAML (defaults apply without one)")
+    ap.add_argument("overrides", nargs="*", help="section.key=value")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    recipe, overrides = args.recipe, args.overrides
+    if recipe is not None and "=" in recipe:
+        recipe, overrides = None, [recipe, *overrides]
+    from r1kit.config import validate_training
+
+    cfg = load_config(recipe, overrides)
+    validate_training(cfg)
+    _setup_logging(cfg.log.level)
+    from grpo.setup import ResumeError, run_train
+    from grpo.update import NonFiniteError
+
+    try:
+        result = run_train(cfg, show_progress=not args.no_progress)
+    except ResumeError as e:
+        print(f"r1kit: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteError as e:
+        print(f"r1kit: training stopped: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def _delegate(module: str) -> Callable[[list[str]], int]:
     def run(argv: list[str]) -> int:
         import importlib
@@ -93,6 +127,7 @@ def cmd_bench(argv: list[str]) -> int:
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "tiny": (cmd_tiny, "build the embedded tiny policy (Qwen3-MoE or DeepSeek-V3)"),
     "generate": (cmd_generate, "sample and score groups of completions from a recipe"),
+    "train": (cmd_train, "GRPO training from a recipe (resumable)"),
     "grade": (_delegate("rewards.math"), "grade math answers from a JSONL file"),
     "sandbox": (_delegate("rewards.sandbox"), "run a Python file in the sandbox, print JSON"),
     "bench": (cmd_bench, "benchmarks: rollout, rewards"),

@@ -1,6 +1,6 @@
 """Recipes: one flat YAML file mapped onto typed config dataclasses.
 
-A recipe has sections (``model``, ``data``, ``rollout``, ``reward``, ``log``), each a mapping of
+A recipe has sections (``model``, ``data``, ``rollout``, ``reward``, ``log``, ``algo``, ``train``), each a mapping of
 ``key: value``; nothing is nested deeper than ``section.key``. Command-line overrides use the same
 address: ``rollout.n=8``. The dataclasses below are the one place a setting is documented: the
 docstring under each field is what ``r1kit <command> --help`` prints.
@@ -16,6 +16,7 @@ import ast
 import dataclasses
 import importlib.util
 import inspect
+import re
 import textwrap
 import types
 from dataclasses import dataclass, field, fields
@@ -101,6 +102,121 @@ class RewardConfig:
 
 
 @dataclass
+class AlgoConfig:
+    """The GRPO objective. Defaults follow today's de-facto recipe (DAPO + Dr. GRPO findings):
+    token-level aggregation, no KL, clip-higher, zero-variance groups filtered, truncated
+    completions masked. Every name is an entry of a table in ``grpo/losses.py``."""
+
+    advantage: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"] = "grpo"
+    """Advantage estimator: group mean and std (``grpo``, DeepSeekMath), group mean only
+    (``dr_grpo``), leave-one-out mean (``rloo``), batch-normalised (``reinforce_pp``)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """What centred rewards are divided by: the group's std (GRPO), the batch's std (more robust
+    on small groups), or nothing (Dr. GRPO: the std re-weights questions by difficulty)."""
+    policy_loss: Literal["ppo_clip", "dual_clip", "gspo", "cispo"] = "ppo_clip"
+    """Surrogate: PPO-clip per token, dual-clip, GSPO (one clipped ratio per sequence: set
+    ``clip_low/clip_high`` near 3e-4/4e-4), or CISPO (clipped, stop-gradient IS weight)."""
+    aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = (
+        "token_mean")
+    """How per-token losses become one number: over all tokens of the batch (DAPO: long
+    answers are not down-weighted), per sequence then per batch (GRPO), or token sum over
+    sequences x rollout.max_tokens (Dr. GRPO: no length bias)."""
+    clip_low: float = 0.2
+    """The ratio is clipped below at 1 - clip_low (PPO's 0.2)."""
+    clip_high: float = 0.28
+    """The ratio is clipped above at 1 + clip_high; DAPO's clip-higher (0.28) leaves room for
+    unlikely tokens to grow, which keeps entropy from collapsing."""
+    dual_clip: float = 3.0
+    """Dual-clip bound c > 1 for negative advantages (``policy_loss: dual_clip`` only)."""
+    beta: float = 0.0
+    """KL coefficient to the reference policy. 0 (DAPO, Dr. GRPO) loads no reference model:
+    with verifiable rewards the KL term mostly slows learning."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """KL estimator (Schulman 2020): k3 is unbiased and non-negative (DeepSeekMath's choice)."""
+    kl_in: Literal["loss", "reward"] = "loss"
+    """Where the KL goes: a per-token loss term (GRPO) or subtracted from each sequence's
+    reward before advantages (PPO-RLHF style)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus per token (0 = entropy is only logged)."""
+    filter_zero_variance: bool = True
+    """DAPO dynamic sampling: drop groups whose rewards are all equal (zero advantage, no
+    signal) and sample more prompts to refill the batch."""
+    max_refills: int = 3
+    """Most extra sampling rounds per step for dynamic sampling; after them the step trains on
+    the groups it has (logged)."""
+    mask_truncated: bool = True
+    """DAPO overlong filtering: completions that hit rollout.max_tokens get no loss (their
+    reward judges an unfinished answer)."""
+    mismatch: Literal["auto", "none", "token_truncate", "token_mask", "sequence_truncate",
+                      "sequence_mask", "icepop"] = "auto"
+    """Train/inference mismatch correction from the sampler's log-probs. ``auto``:
+    ``sequence_mask`` when the engine is vLLM (its kernels differ from the trainer's), ``none``
+    with the HF engine (same kernels: the sampler is the trainer)."""
+    mismatch_cap: float = 2.0
+    """Upper threshold of the sampler/trainer importance weight (truncate or mask above it)."""
+    mismatch_low: float = 0.5
+    """Lower threshold for the mask modes (IcePop's band is [0.5, 2])."""
+    routing_replay: bool = False
+    """R3 routing replay: the update routes each token to the experts the sampler chose (gate
+    weights still from the live router). Needs an engine that reports routing (HF here)."""
+    aux_loss_coef: float = 0.0
+    """Router load-balancing loss coefficient. Off: RL batches are small and skewed, and the
+    aux loss fights the reward; routing replay keeps routing stable instead."""
+
+
+@dataclass
+class TrainConfig:
+    """The training loop: batch shape, optimiser, checkpoints."""
+
+    steps: int = 20
+    """Training steps (each: rollout, score, advantages, update, sync)."""
+    prompts_per_step: int = 4
+    """Groups per step (prompts); each has rollout.n completions."""
+    epochs: int = 1
+    """Update epochs per rollout batch (PPO's mu); > 1 re-uses samples off-policy."""
+    minibatches: int = 1
+    """Optimiser steps per epoch; the batch is split into this many minibatches."""
+    token_budget: int = 8192
+    """Most tokens (rows x padded length) per forward micro-batch; gradients accumulate."""
+    logprob_chunk: int = 1024
+    """Completion tokens per chunk of the LM head: peak logits memory is chunk x vocab."""
+    lr: float = 1e-6
+    """AdamW learning rate (1e-6 is the usual full fine-tuning value for 7B+ models)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up, in optimiser steps."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm; 0 disables."""
+    lora_rank: int = 0
+    """LoRA rank; 0 trains all weights. With LoRA the reference model is the adapter off."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator."""
+    lora_targets: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj"])
+    """Module names LoRA wraps."""
+    seed: int = 0
+    """Seed of initialisation-time randomness, data order and sampling."""
+    deterministic: bool = False
+    """torch deterministic algorithms, one thread: bit-identical runs and resumes on CPU."""
+    device: str = "auto"
+    """``auto`` (cuda if available), ``cpu`` or ``cuda[:i]``."""
+    save_every: int = 10
+    """Checkpoint every k steps (and at the end); 0 saves only at the end."""
+    keep_last: int = 2
+    """Checkpoints kept; older ones are deleted after a new one is complete."""
+    resume: str = "auto"
+    """``auto``: continue from the newest checkpoint in log.out_dir if there is one; ``never``:
+    refuse to start if checkpoints exist; or a checkpoint folder."""
+    sample_every: int = 5
+    """Print a table of sample completions every k steps (0: never)."""
+    tensorboard: bool = True
+    """Write TensorBoard events to log.out_dir/tb."""
+    wandb: bool = False
+    """Also log to Weights & Biases (needs ``wandb`` installed and logged in)."""
+
+
+@dataclass
 class LogConfig:
     out_dir: str = "runs/latest"
     """Where outputs (completions JSONL, metrics JSON) are written."""
@@ -115,6 +231,8 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     source: str = field(default="<defaults>", repr=False)
     """Where the config came from (recipe path); not a setting."""
 
@@ -152,6 +270,9 @@ def type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against the annotation ``tp``; ints widen to floats, nothing else."""
     origin = get_origin(tp)
@@ -176,6 +297,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return [_coerce(v, get_args(tp)[0], f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+        return float(value)  # PyYAML (YAML 1.1) reads "3e-3" as a string
     if tp in (int, str, bool) and type(value) is tp:
         return value
     raise ConfigError(f"{where}: expected {type_name(tp)}, got {value!r}")
@@ -283,6 +406,50 @@ def validate(cfg: Config) -> None:
         build(reward_specs(cfg))
     except (ImportError, AttributeError, ValueError) as e:
         fail("reward.funcs", str(e).strip("'\""))
+
+
+def validate_training(cfg: Config) -> None:
+    """What ``r1kit train`` needs on top of ``validate`` (other commands ignore algo/train)."""
+
+    def fail(key: str, why: str) -> None:
+        raise ConfigError(f"{cfg.source}: {key}: {why}")
+
+    a, t, r = cfg.algo, cfg.train, cfg.rollout
+    for key, value in (("train.steps", t.steps), ("train.prompts_per_step", t.prompts_per_step),
+                       ("train.epochs", t.epochs), ("train.minibatches", t.minibatches),
+                       ("train.logprob_chunk", t.logprob_chunk), ("train.keep_last", t.keep_last)):
+        if value < 1:
+            fail(key, f"must be >= 1, got {value}")
+    for key, value in (("algo.clip_low", a.clip_low), ("algo.clip_high", a.clip_high),
+                       ("algo.beta", a.beta), ("algo.max_refills", a.max_refills),
+                       ("algo.aux_loss_coef", a.aux_loss_coef), ("train.lr", t.lr),
+                       ("train.weight_decay", t.weight_decay), ("train.lora_rank", t.lora_rank),
+                       ("train.warmup_steps", t.warmup_steps), ("train.save_every", t.save_every),
+                       ("train.max_grad_norm", t.max_grad_norm),
+                       ("train.sample_every", t.sample_every)):
+        if value < 0:
+            fail(key, f"must be >= 0, got {value}")
+    if a.policy_loss == "dual_clip" and a.dual_clip <= 1:
+        fail("algo.dual_clip", f"must be > 1, got {a.dual_clip}")
+    if not 0 < a.mismatch_low < 1 < a.mismatch_cap:
+        fail("algo.mismatch_cap", f"need 0 < mismatch_low < 1 < mismatch_cap, got "
+             f"{a.mismatch_low} and {a.mismatch_cap}")
+    if a.advantage == "rloo" and r.n < 2:
+        fail("algo.advantage", "rloo needs rollout.n >= 2")
+    if r.n < 2:
+        fail("rollout.n", f"GRPO compares completions within a group: need >= 2, got {r.n}")
+    if t.minibatches > t.prompts_per_step * r.n:
+        fail("train.minibatches", f"{t.minibatches} minibatches for "
+             f"{t.prompts_per_step * r.n} sequences per step")
+    if t.token_budget < r.max_model_len:
+        fail("train.token_budget", f"{t.token_budget} is below rollout.max_model_len="
+             f"{r.max_model_len}: one sequence might not fit a micro-batch")
+    if t.resume not in ("auto", "never") and not Path(t.resume).expanduser().is_dir():
+        fail("train.resume", f"neither auto, never, nor a checkpoint folder: {t.resume!r}")
+    if t.device != "auto" and not (t.device == "cpu" or t.device.startswith("cuda")):
+        fail("train.device", f"expected auto, cpu or cuda[:i], got {t.device!r}")
+    if t.wandb and importlib.util.find_spec("wandb") is None:
+        fail("train.wandb", "wandb is not installed (pip install wandb)")
 
 
 def reward_specs(cfg: Config):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rollouts.engine import Engine
 
@@ -18,15 +19,26 @@ def make_engine(
     seed: int = 0,
     gpu_memory_utilization: float = 0.5,
     batch_size: int = 16,
+    model: Any = None,
+    tokenizer: Any = None,
+    record_routing: bool = False,
 ) -> Engine:
-    """Start an engine of ``kind`` on the checkpoint at ``model_path``."""
+    """Start an engine of ``kind`` on the checkpoint at ``model_path``.
+
+    A trainer passes its live ``model`` (and ``tokenizer``): the HF engine then samples from
+    that very object (no copy); the vLLM engines load ``model_path`` and are synced from
+    ``model`` by the trainer. ``record_routing`` asks for each token's routed experts where the
+    engine can report them (the HF engine; vLLM only on GPU)."""
     if kind == "hf":
         import torch
 
         from rollouts.hf import HFEngine
 
+        if model is not None:
+            return HFEngine(model, tokenizer, batch_size=batch_size, max_model_len=max_model_len,
+                            record_routing=record_routing)
         return HFEngine(model_path, dtype=getattr(torch, dtype), batch_size=batch_size,
-                        max_model_len=max_model_len)
+                        max_model_len=max_model_len, record_routing=record_routing)
     if kind == "vllm":
         from rollouts.vllm_engine import VLLMEngine
 

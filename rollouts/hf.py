@@ -13,6 +13,7 @@ without touching the caller's global RNG state.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,9 +36,11 @@ class HFEngine:
         dtype: torch.dtype = torch.float32,
         batch_size: int = 16,
         max_model_len: int | None = None,
+        record_routing: bool = False,
     ):
         """``model`` is a live model or a checkpoint folder; ``batch_size`` counts sequences
-        (prompt x completion) per forward batch."""
+        (prompt x completion) per forward batch; ``record_routing`` fills
+        ``Completion.routed_experts`` (MoE models only, see ``grpo.routing``)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if isinstance(model, (str, Path)):
@@ -53,6 +56,11 @@ class HFEngine:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_model_len = max_model_len or model.config.max_position_embeddings
+        self.record_routing = record_routing
+        if record_routing:
+            from grpo.routing import moe_routers
+
+            moe_routers(model)  # fail now, not at the first generate, if the model has no routers
         self.last_stats: GenerationStats | None = None
 
     @property
@@ -105,25 +113,40 @@ class HFEngine:
         input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in prompt_ids])  # (B, T)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in prompt_ids])
         greedy = s.temperature == 0
-        out = self.model.generate(
-            input_ids=input_ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            max_new_tokens=s.max_tokens,
-            do_sample=not greedy,
-            temperature=None if greedy else s.temperature,
-            top_p=None if greedy else s.top_p,
-            top_k=None if greedy or s.top_k < 1 else s.top_k,
-            stop_strings=list(s.stop) or None,
-            tokenizer=tok if s.stop else None,
-            pad_token_id=pad,
-            eos_token_id=tok.eos_token_id,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
+        recorder = self._recorder()
+        with recorder:
+            out = self.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                max_new_tokens=s.max_tokens,
+                do_sample=not greedy,
+                temperature=None if greedy else s.temperature,
+                top_p=None if greedy else s.top_p,
+                top_k=None if greedy or s.top_k < 1 else s.top_k,
+                stop_strings=list(s.stop) or None,
+                tokenizer=tok if s.stop else None,
+                pad_token_id=pad,
+                eos_token_id=tok.eos_token_id,
+                output_logits=True,
+                return_dict_in_generate=True,
+            )
         new = out.sequences[:, width:]  # (B, S)
         logits = torch.stack(out.logits, dim=1).float()  # (B, S, V), raw
         logp = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
-        return [self._completion(new[r].tolist(), logp[r].tolist(), s) for r in range(len(new))]
+        done = [self._completion(new[r].tolist(), logp[r].tolist(), s) for r in range(len(new))]
+        if self.record_routing:
+            routed = _routed_experts(recorder, len(new), width + new.shape[1] - 1)  # (B, W, L, k)
+            for r, (c, ids) in enumerate(zip(done, prompt_ids)):
+                start = width - len(ids)  # left padding
+                c.routed_experts = routed[r, start : width + len(c.token_ids) - 1].clone()
+        return done
+
+    def _recorder(self):
+        if not self.record_routing:
+            return contextlib.nullcontext()
+        from grpo.routing import RoutingRecorder
+
+        return RoutingRecorder(self.model)
 
     def _completion(self, ids: list[int], logps: list[float], s: Sampling) -> Completion:
         eos = self.tokenizer.eos_token_id
@@ -155,3 +178,15 @@ class HFEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _routed_experts(recorder: Any, batch: int, width: int) -> torch.Tensor:
+    """The recorded experts of every forward call (prefill, then one per decode step) laid side by
+    side in time: int16 (B, width, L, k), position ``t`` being input position ``t`` of the padded
+    batch (the prompt block, then each fed-back sampled token)."""
+    calls = [torch.stack(layers, dim=1) for layers in recorder.calls]  # each (B * t, L, k)
+    steps = [c.view(batch, -1, *c.shape[1:]) for c in calls]  # each (B, t, L, k)
+    routed = torch.cat(steps, dim=1).to(device="cpu", dtype=torch.int16)
+    if routed.shape[1] != width:
+        raise RuntimeError(f"recorded routing covers {routed.shape[1]} positions, expected {width}")
+    return routed

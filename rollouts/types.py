@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 _THINK_RE = re.compile(r"^(.*?)</think>(.*)$", re.DOTALL)
@@ -69,9 +73,14 @@ class Completion:
     """The sampler's log-probability of each sampled token (same length as ``token_ids``)."""
     finish_reason: str
     """``"stop"`` (EOS or a stop string) or ``"length"`` (hit ``max_tokens``)."""
-    routed_experts: list[list[list[int]]] | None = None
-    """Per generated token, per MoE layer, the expert ids the router chose; None where the
-    engine cannot report them."""
+    routed_experts: torch.Tensor | None = None
+    """The expert ids the routers chose at every position the engine ran forward on for this
+    sequence: int16 ``(len(prompt_token_ids) + len(token_ids) - 1, L, k)``, row ``t`` being input
+    position ``t`` of prompt + completion (no padding; the last sampled token is never fed back, so
+    it has no row), ``L`` the MoE layers in order (dense layers skipped), ``k`` the experts per
+    token in the router's own order. Feed it, with a leading batch dim, to
+    ``grpo.routing.replay_routing``. None unless the engine records routing (``HFEngine(...,
+    record_routing=True)``)."""
 
     @property
     def think(self) -> str:

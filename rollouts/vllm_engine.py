@@ -145,7 +145,8 @@ class VLLMEngine:
         seconds = time.perf_counter() - start
         groups = [Group(prompt=p, prompt_token_ids=list(ids)) for p, ids in zip(prompts, prompt_ids)]
         for k, out in enumerate(outputs):
-            groups[k // n].completions.append(_completion(out.outputs[0]))
+            groups[k // n].completions.append(
+                _completion(out.outputs[0], len(prompt_ids[k // n])))
         new_tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
         self.last_stats = GenerationStats(
             prompts=len(prompts), completions=len(outputs), new_tokens=new_tokens,
@@ -226,15 +227,20 @@ class VLLMEngine:
         self.close()
 
 
-def _completion(out: Any) -> Completion:
-    """One vLLM ``CompletionOutput`` as a ``Completion`` (sampled-token logprobs, finish reason)."""
+def _completion(out: Any, prompt_len: int) -> Completion:
+    """One vLLM ``CompletionOutput`` as a ``Completion`` (sampled-token logprobs, finish reason;
+    routed experts in the layout ``Completion.routed_experts`` documents)."""
     token_ids = list(out.token_ids)
     logprobs = [float(step[tok].logprob) for step, tok in zip(out.logprobs or [], token_ids)]
     if len(logprobs) != len(token_ids):
         raise RuntimeError(f"vLLM returned {len(logprobs)} logprobs for {len(token_ids)} tokens")
     routed = None
     if getattr(out, "routed_experts", None) is not None:  # [seq_len, layers, topk], prompt first
-        routed = out.routed_experts[-len(token_ids):].tolist() if token_ids else []
+        import torch
+
+        # Every position the engine ran forward on: the prompt and all but the last new token.
+        routed = torch.as_tensor(out.routed_experts)[: prompt_len + len(token_ids) - 1]
+        routed = routed.to(torch.int16)
     return Completion(
         text=out.text, token_ids=token_ids, logprobs=logprobs,
         finish_reason="length" if out.finish_reason == "length" else "stop",

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from r1kit.config import Config, ConfigError, config_help, field_docs, load_config
+from r1kit.config import (Config, ConfigError, config_help, field_docs, load_config,
+                          validate_training)
 from tests.conftest import REPO
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
@@ -22,6 +23,8 @@ def test_there_are_recipes():
 def test_every_recipe_loads_and_validates(recipe: Path):
     cfg = load_config(recipe)
     assert cfg.source == str(recipe)
+    if "train:" in recipe.read_text():
+        validate_training(cfg)
     # every non-default value in a recipe carries a comment saying why
     for line in recipe.read_text().splitlines():
         if line.startswith("  ") and ":" in line:
@@ -106,3 +109,28 @@ def test_cli_config_error_exits_2_with_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0
     assert "rollout.n" in r.stderr and str(p) in r.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["rollout.n=1"], "rollout.n: GRPO compares completions within a group"),
+        (["algo.mismatch_cap=0.9"], "need 0 < mismatch_low < 1 < mismatch_cap"),
+        (["train.epochs=0"], "train.epochs: must be >= 1"),
+        (["train.token_budget=100"], "train.token_budget: 100 is below rollout.max_model_len"),
+        (["train.resume=/no/such/ckpt"], "train.resume: neither auto, never, nor a checkpoint"),
+        (["algo.policy_loss=dual_clip", "algo.dual_clip=1.0"], "algo.dual_clip: must be > 1"),
+    ],
+)
+def test_training_settings_fail_before_work(overrides, needle):
+    cfg = load_config(None, overrides)
+    with pytest.raises(ConfigError) as e:
+        validate_training(cfg)
+    assert needle in str(e.value)
+
+
+def test_float_settings_accept_yaml_exponents():
+    # PyYAML reads 3e-3 (no dot) as a string; a float setting takes it as the number.
+    assert load_config(None, ["train.lr=3e-3"]).train.lr == 0.003
+    with pytest.raises(ConfigError, match="train.lr: expected float"):
+        load_config(None, ["train.lr=fast"])

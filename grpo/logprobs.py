@@ -1,0 +1,124 @@
+"""Per-token log-probabilities and entropies of completion tokens, without ``[B, T, V]`` logits.
+
+A causal LM's forward returns logits for every position: at a 151,936-token vocabulary, 8 x 1,024
+tokens of fp32 logits are 5 GB, and their log-softmax and its gradient as much again. The trainer
+needs only two numbers per completion token: the log-probability of the token that was sampled
+and (for statistics or a bonus) the entropy of the distribution it was sampled from.
+
+``completion_logprobs`` therefore runs the model's decoder (the transformer without its LM head),
+gathers the final hidden states of the positions that predict completion tokens (padding-free:
+``(M, H)`` for ``M`` completion tokens), and applies the LM head in chunks of ``chunk_tokens``
+rows under activation checkpointing: each chunk's ``(chunk, V)`` logits live only while that
+chunk's log-softmax is taken, in the forward pass and again in the backward pass. Peak memory of
+the head is ``chunk_tokens x V`` floats, whatever the batch. Gradients flow into the hidden
+states, the LM head, and any LoRA adapter on either; the entropy is computed from the same chunk
+(its gradient is exact too, so an entropy bonus works), and the KL to a reference and the
+mismatch correction use the returned log-probs, so none of them needs the full logits.
+
+What it assumes: the model's output logits are ``lm_head(decoder(x).last_hidden_state)``. Models
+that post-process logits (Gemma's ``final_logit_softcapping``, Cohere's ``logit_scale``) are
+refused with a clear error rather than computed wrongly. Log-probs are at temperature 1: the raw
+distribution, which is what every engine reports (``rollouts.hf``, ``rollouts.vllm_engine``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "output_multiplier")
+
+
+@dataclass
+class TokenLogprobs:
+    logp: Tensor
+    """(B, C) log-probability of each completion token; 0 where ``mask`` is 0."""
+    entropy: Tensor
+    """(B, C) entropy (nats) of the distribution each completion token was drawn from."""
+    mask: Tensor
+    """(B, C) 1.0 on real completion tokens, 0.0 on padding."""
+
+
+def split_model(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(decoder, lm_head) of a transformers causal LM, or of a peft model wrapping one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config
+    for key in _LOGIT_POSTPROCESSING:
+        if getattr(config, key, None) not in (None, 1, 1.0):
+            raise ValueError(
+                f"{type(base).__name__} post-processes its logits ({key}={getattr(config, key)}); "
+                "r1kit's chunked log-probs assume logits = lm_head(hidden)"
+            )
+    head = base.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(base).__name__} has no output embeddings (LM head)")
+    return base.get_decoder(), head
+
+
+def _head_chunk(head: nn.Module, h: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    # h (m, H), targets (m,) -> logp (m,), entropy (m,)
+    logits = head(h).float()  # (m, V): lives only inside this chunk
+    logz = torch.logsumexp(logits, dim=-1)  # (m,)
+    logp = logits.gather(-1, targets[:, None]).squeeze(-1) - logz
+    entropy = logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    return logp, entropy
+
+
+def chunked_head_logprobs(
+    head: nn.Module, hidden: Tensor, targets: Tensor, chunk_tokens: int = 1024
+) -> tuple[Tensor, Tensor]:
+    """Log-prob of ``targets`` and entropy under ``head(hidden)``, ``chunk_tokens`` rows at a
+    time. hidden (M, H), targets (M,) -> (M,), (M,). Checkpointed when gradients are on."""
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or
+                                        any(p.requires_grad for p in head.parameters()))
+    logps, ents = [], []
+    for s in range(0, hidden.shape[0], chunk_tokens):
+        h, t = hidden[s : s + chunk_tokens], targets[s : s + chunk_tokens]
+        if grad:
+            lp, en = checkpoint(_head_chunk, head, h, t, use_reentrant=False)
+        else:
+            lp, en = _head_chunk(head, h, t)
+        logps.append(lp)
+        ents.append(en)
+    if not logps:
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return empty, empty
+    return torch.cat(logps), torch.cat(ents)
+
+
+def completion_logprobs(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    prompt_lens: Tensor,
+    completion_lens: Tensor,
+    *,
+    chunk_tokens: int = 1024,
+    decoder_kwargs: dict[str, Any] | None = None,
+) -> TokenLogprobs:
+    """Log-probs and entropies of the completion tokens of right-padded rows.
+
+    input_ids, attention_mask (B, T): row b is prompt (``prompt_lens[b]`` tokens) then completion
+    (``completion_lens[b]`` tokens) then padding. Returns (B, C) tensors, C = max completion length.
+    """
+    decoder, head = split_model(model)
+    out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                  **(decoder_kwargs or {}))
+    hidden = out.last_hidden_state  # (B, T, H)
+    b, c = input_ids.shape[0], int(completion_lens.max()) if len(completion_lens) else 0
+    j = torch.arange(c, device=input_ids.device)  # (C,)
+    mask = j[None, :] < completion_lens[:, None].to(input_ids.device)  # (B, C)
+    target_pos = prompt_lens[:, None].to(input_ids.device) + j[None, :]  # (B, C)
+    rows, cols = mask.nonzero(as_tuple=True)  # M completion tokens, row-major
+    pos = target_pos[rows, cols]  # (M,) position of each target token
+    logp_flat, ent_flat = chunked_head_logprobs(
+        head, hidden[rows, pos - 1], input_ids[rows, pos], chunk_tokens)
+    logp = hidden.new_zeros(b, c, dtype=torch.float32).index_put((rows, cols), logp_flat)
+    entropy = hidden.new_zeros(b, c, dtype=torch.float32).index_put((rows, cols), ent_flat)
+    return TokenLogprobs(logp, entropy, mask.float())

@@ -1,0 +1,359 @@
+"""GRPO's loss math as pure functions over tensors, each variant an entry in a name-to-function table.
+
+Shapes: ``G`` groups (prompts) of ``n`` completions; ``N = G * n`` sequences (or any subset of
+them in a micro-batch); ``T`` completion positions, right-padded; ``mask`` is 1.0 on completion
+tokens that count in the loss and 0.0 elsewhere. Every function returns new tensors; statistics
+come back detached.
+
+Where the math departs from DeepSeekMath's GRPO (Shao et al. 2024, arXiv:2402.03300), and why:
+
+- **Token-level aggregation** (default ``token_mean``): DAPO (Yu et al. 2025, arXiv:2503.14476)
+  averages over all tokens of the batch instead of per-sequence-then-per-batch, so a long
+  completion's tokens weigh as much as a short one's. GRPO's own ``seq_mean_token_mean`` is kept.
+- **Constant normaliser** ``seq_mean_token_sum_norm``: Dr. GRPO (Liu et al. 2025,
+  arXiv:2503.20783) divides the token sum by ``max_tokens`` (a constant), removing GRPO's length
+  bias; with it, the ``dr_grpo`` advantage drops the division by the group's std (question-level
+  difficulty bias).
+- **Clip-higher**: separate ``clip_low`` / ``clip_high`` (DAPO), 0.2 / 0.28 by default.
+- **Dual clip** (Ye et al. 2020, arXiv:1912.09729): for negative advantages the ratio's pull is
+  bounded by ``dual_clip`` (> 1).
+- **GSPO** (Zheng et al. 2025, arXiv:2507.18071): one importance ratio per sequence, the geometric
+  mean of the token ratios, clipped as a whole.
+- **CISPO** (MiniMax-M1, arXiv:2506.13585): clips the importance weight itself (stop-gradient) and
+  keeps every token's REINFORCE gradient, instead of zeroing clipped tokens' gradients.
+- **RLOO** (Ahmadian et al. 2024, arXiv:2402.14740) and **REINFORCE++** (Hu 2025,
+  arXiv:2501.03262) baselines as alternatives to the group mean; REINFORCE++ normalises by the
+  batch's statistics.
+- **KL to a reference**: GRPO puts the k3 estimator (Schulman 2020) in the loss with beta = 0.04;
+  here k1/k2/k3 are available in the loss or folded into the reward, and the default is beta = 0
+  (DAPO, Dr. GRPO: with verifiable rewards the KL term mostly slows learning).
+- **Train/inference mismatch correction**: the sampler (vLLM) and the trainer compute different
+  probabilities for the same weights; its importance weight ``exp(old_logp - sampler_logp)`` is
+  truncated (TIS, Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL
+  training") or used as a mask (MIS), per token or per sequence (Liu et al. 2025, "When speed kills
+  stability"), or tokens outside a two-sided band are masked (IcePop, Ling team 2025, Ring-1T).
+- **Entropy bonus** (optional, off by default): ``-entropy_coef * entropy`` per token.
+
+Nothing here knows about models, engines or configs: the trainer (``grpo.trainer``) calls these
+through the tables at the bottom.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+# ---------------------------------------------------------------------------------------------
+# Advantages: rewards (G, n) -> advantages (G, n)
+
+
+def _group_baseline(r: Tensor) -> Tensor:  # (G, n) -> (G, 1)
+    return r.mean(dim=1, keepdim=True)
+
+
+def scale(r_centered: Tensor, r: Tensor, how: str, eps: float) -> Tensor:
+    """Divide centred rewards by the group's std (``group``), the batch's std (``batch``), or
+    nothing (``none``). Stds are unbiased (Bessel), as in DeepSeekMath and TRL.
+
+    >>> r = torch.tensor([[0., 1.], [1., 1.]])
+    >>> scale(r - r.mean(1, keepdim=True), r, "group", 0.0)[0]
+    tensor([-0.7071,  0.7071])
+    """
+    if how == "none":
+        return r_centered
+    if how == "group":
+        std = r.std(dim=1, keepdim=True) if r.shape[1] > 1 else torch.zeros_like(r[:, :1])
+    elif how == "batch":
+        std = r.std() if r.numel() > 1 else torch.zeros(())
+    else:
+        raise ValueError(f"unknown reward scaling {how!r}; expected group, batch or none")
+    return r_centered / (std + eps)
+
+
+def adv_grpo(r: Tensor, how: str = "group", eps: float = 1e-4) -> Tensor:
+    """DeepSeekMath GRPO: (r - group mean) / std. (G, n) -> (G, n)"""
+    return scale(r - _group_baseline(r), r, how, eps)
+
+
+def adv_dr_grpo(r: Tensor, how: str = "none", eps: float = 1e-4) -> Tensor:
+    """Dr. GRPO: r - group mean, never divided by a std (``how`` is ignored). (G, n) -> (G, n)"""
+    return r - _group_baseline(r)
+
+
+def adv_rloo(r: Tensor, how: str = "none", eps: float = 1e-4) -> Tensor:
+    """RLOO: r minus the mean of the other n-1 rewards of the group, then scaled. (G, n)"""
+    n = r.shape[1]
+    if n < 2:
+        raise ValueError("RLOO needs at least 2 completions per group")
+    loo = (r.sum(dim=1, keepdim=True) - r) / (n - 1)
+    return scale(r - loo, r, how, eps)
+
+
+def adv_reinforce_pp(r: Tensor, how: str = "batch", eps: float = 1e-4) -> Tensor:
+    """REINFORCE++: r minus the batch mean, divided by the batch std (``how`` is ignored:
+    batch normalisation is the method). (G, n) -> (G, n)"""
+    return scale(r - r.mean(), r, "batch", eps)
+
+
+def adv_reinforce_pp_baseline(r: Tensor, how: str = "batch", eps: float = 1e-4) -> Tensor:
+    """REINFORCE++-baseline: r minus the group mean, divided by the batch std. (G, n)"""
+    return scale(r - _group_baseline(r), r, "batch", eps)
+
+
+ADVANTAGES: dict[str, Callable[..., Tensor]] = {
+    "grpo": adv_grpo,
+    "dr_grpo": adv_dr_grpo,
+    "rloo": adv_rloo,
+    "reinforce_pp": adv_reinforce_pp,
+    "reinforce_pp_baseline": adv_reinforce_pp_baseline,
+}
+
+# ---------------------------------------------------------------------------------------------
+# Policy losses: per-token loss (N, T) from the trainer's log-probs, the rollout policy's
+# log-probs (``old``) and one advantage per sequence.
+
+
+@dataclass(frozen=True)
+class ClipParams:
+    clip_low: float = 0.2
+    """Lower clip range: the ratio is held above ``1 - clip_low``."""
+    clip_high: float = 0.28
+    """Upper clip range (DAPO clip-higher): the ratio is held below ``1 + clip_high``."""
+    dual_clip: float = 3.0
+    """Dual-clip bound ``c`` (> 1) for negative advantages (``dual_clip`` loss only)."""
+
+
+@dataclass
+class PolicyOut:
+    loss: Tensor
+    """(N, T) per-token loss, before masking and aggregation."""
+    clipped: Tensor
+    """(N, T) bool: tokens whose ratio was clipped (no gradient through the ratio)."""
+    ratio: Tensor
+    """(N, T) the importance ratio each token used (per-sequence for GSPO), detached."""
+
+
+def _clip_surrogate(ratio: Tensor, adv: Tensor, p: ClipParams) -> tuple[Tensor, Tensor]:
+    # ratio (N, T) or (N, 1); adv (N, 1) -> loss, clipped
+    unclipped = ratio * adv
+    clipped_ratio = torch.clamp(ratio, 1 - p.clip_low, 1 + p.clip_high)
+    loss = -torch.min(unclipped, clipped_ratio * adv)
+    is_clipped = ((ratio < 1 - p.clip_low) & (adv < 0)) | ((ratio > 1 + p.clip_high) & (adv > 0))
+    return loss, is_clipped
+
+
+def policy_ppo_clip(logp: Tensor, old: Tensor, adv: Tensor, mask: Tensor, p: ClipParams) -> PolicyOut:
+    """PPO-clip surrogate per token, ratio = exp(logp - old). logp, old, mask (N, T); adv (N,)"""
+    ratio = torch.exp(logp - old)  # (N, T)
+    loss, clipped = _clip_surrogate(ratio, adv[:, None], p)
+    return PolicyOut(loss, clipped, ratio.detach())
+
+
+def policy_dual_clip(logp: Tensor, old: Tensor, adv: Tensor, mask: Tensor, p: ClipParams) -> PolicyOut:
+    """PPO-clip, plus for A < 0 the loss is capped at ``-dual_clip * A`` (Ye et al. 2020)."""
+    if p.dual_clip <= 1:
+        raise ValueError(f"dual_clip must be > 1, got {p.dual_clip}")
+    ratio = torch.exp(logp - old)  # (N, T)
+    a = adv[:, None]  # (N, 1)
+    loss, clipped = _clip_surrogate(ratio, a, p)
+    capped = torch.min(loss, -p.dual_clip * a)
+    neg = (a < 0).expand_as(loss)
+    dual = neg & (loss > -p.dual_clip * a)
+    return PolicyOut(torch.where(neg, capped, loss), clipped | dual, ratio.detach())
+
+
+def sequence_log_ratio(logp: Tensor, old: Tensor, mask: Tensor) -> Tensor:
+    """Mean log-ratio over each sequence's tokens: (N, T) -> (N, 1)."""
+    return ((logp - old) * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+
+
+def policy_gspo(logp: Tensor, old: Tensor, adv: Tensor, mask: Tensor, p: ClipParams) -> PolicyOut:
+    """GSPO: the sequence ratio exp(mean_t log r_t), clipped per sequence, shared by its tokens.
+    GSPO's paper uses clip ranges near 3e-4 / 4e-4, far below PPO's."""
+    ratio = torch.exp(sequence_log_ratio(logp, old, mask))  # (N, 1)
+    loss, clipped = _clip_surrogate(ratio, adv[:, None], p)
+    full = logp.shape
+    return PolicyOut(loss.expand(full), clipped.expand(full), ratio.detach().expand(full))
+
+
+def policy_cispo(logp: Tensor, old: Tensor, adv: Tensor, mask: Tensor, p: ClipParams) -> PolicyOut:
+    """CISPO: -sg(clamp(ratio, 1 - clip_low, 1 + clip_high)) * A * logp per token; every token
+    keeps its gradient. MiniMax-M1 leaves the lower bound off (set clip_low = 1.0 for that)."""
+    ratio = torch.exp(logp - old)  # (N, T)
+    w = torch.clamp(ratio, 1 - p.clip_low, 1 + p.clip_high).detach()
+    clipped = (ratio < 1 - p.clip_low) | (ratio > 1 + p.clip_high)
+    return PolicyOut(-w * adv[:, None] * logp, clipped, ratio.detach())
+
+
+POLICY_LOSSES: dict[str, Callable[..., PolicyOut]] = {
+    "ppo_clip": policy_ppo_clip,
+    "dual_clip": policy_dual_clip,
+    "gspo": policy_gspo,
+    "cispo": policy_cispo,
+}
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation: per-token values (N, T) -> a scalar. ``Norm`` carries the counts of the whole
+# optimiser batch, so that summing the aggregates of its micro-batches gives the batch's value.
+
+
+@dataclass(frozen=True)
+class Norm:
+    tokens: float
+    """Loss tokens (mask sum) in the whole optimiser batch."""
+    seqs: float
+    """Sequences in the whole optimiser batch."""
+    max_tokens: float
+    """The completion budget (``rollout.max_tokens``): Dr. GRPO's constant."""
+
+    @staticmethod
+    def of(mask: Tensor, max_tokens: int) -> "Norm":
+        """The counts of one batch given its mask (N, T)."""
+        return Norm(float(mask.sum()), float(mask.shape[0]), float(max_tokens))
+
+
+def agg_token_mean(x: Tensor, mask: Tensor, norm: Norm) -> Tensor:
+    """DAPO: sum over every loss token / loss tokens in the batch."""
+    return (x * mask).sum() / max(norm.tokens, 1.0)
+
+
+def agg_seq_mean_token_mean(x: Tensor, mask: Tensor, norm: Norm) -> Tensor:
+    """GRPO: mean over each sequence's tokens, then sum / sequences in the batch."""
+    per_seq = (x * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # (N,)
+    return per_seq.sum() / max(norm.seqs, 1.0)
+
+
+def agg_seq_mean_token_sum_norm(x: Tensor, mask: Tensor, norm: Norm) -> Tensor:
+    """Dr. GRPO: sum over every loss token / (sequences x max_tokens)."""
+    return (x * mask).sum() / max(norm.seqs * norm.max_tokens, 1.0)
+
+
+AGGREGATIONS: dict[str, Callable[[Tensor, Tensor, Norm], Tensor]] = {
+    "token_mean": agg_token_mean,
+    "seq_mean_token_mean": agg_seq_mean_token_mean,
+    "seq_mean_token_sum_norm": agg_seq_mean_token_sum_norm,
+}
+
+# ---------------------------------------------------------------------------------------------
+# KL estimators of KL(policy || reference) from samples of the policy, per token (N, T).
+
+
+def kl_k1(logp: Tensor, ref: Tensor) -> Tensor:
+    """k1 = log(pi / ref): unbiased, high variance, can be negative."""
+    return logp - ref
+
+
+def kl_k2(logp: Tensor, ref: Tensor) -> Tensor:
+    """k2 = (log(pi / ref))^2 / 2: low variance, biased; its gradient is the true KL's."""
+    return 0.5 * (logp - ref) ** 2
+
+
+def kl_k3(logp: Tensor, ref: Tensor) -> Tensor:
+    """k3 = ref/pi - log(ref/pi) - 1: unbiased and >= 0 (DeepSeekMath's choice)."""
+    d = ref - logp
+    return torch.exp(d) - d - 1
+
+
+KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "k1": kl_k1,
+    "k2": kl_k2,
+    "k3": kl_k3,
+}
+
+
+def kl_penalised_rewards(rewards: Tensor, kl: Tensor, mask: Tensor, beta: float) -> Tensor:
+    """KL in the reward: each sequence's reward minus beta x its summed per-token KL.
+    rewards (N,), kl (N, T) detached, mask (N, T) -> (N,)"""
+    return rewards - beta * (kl * mask).sum(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Train/inference mismatch: weights that correct for the sampler's log-probs differing from the
+# trainer's under the same weights. Each returns (weight (N, T) detached, kept mask (N, T)).
+
+
+@dataclass(frozen=True)
+class MismatchParams:
+    cap: float = 2.0
+    """Upper threshold on the importance weight (truncate: clamp to it; mask: drop above it)."""
+    low: float = 0.5
+    """Lower threshold: mask modes drop weights below it (IcePop's band is [0.5, 2])."""
+
+
+def _token_log_w(old: Tensor, sampler: Tensor, mask: Tensor) -> Tensor:  # (N, T)
+    return (old - sampler) * mask
+
+
+def _seq_log_w(old: Tensor, sampler: Tensor, mask: Tensor) -> Tensor:  # (N, 1)
+    return _token_log_w(old, sampler, mask).sum(-1, keepdim=True)
+
+
+def mis_none(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
+    """No correction: weight 1, nothing dropped."""
+    return torch.ones_like(old), mask
+
+
+def mis_token_truncate(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
+    """Token TIS: w_t = min(exp(old_t - sampler_t), cap)."""
+    w = torch.exp(_token_log_w(old, sampler, mask)).clamp(max=p.cap)
+    return w, mask
+
+
+def mis_token_mask(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
+    """Token MIS: w_t = exp(old_t - sampler_t), tokens with w_t outside [low, cap] dropped."""
+    w = torch.exp(_token_log_w(old, sampler, mask))
+    keep = (w >= p.low) & (w <= p.cap)
+    return w, mask * keep
+
+
+def mis_sequence_truncate(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
+    """Sequence TIS: w = min(prod_t exp(old_t - sampler_t), cap), shared by the sequence."""
+    w = torch.exp(_seq_log_w(old, sampler, mask)).clamp(max=p.cap)
+    return w.expand_as(old), mask
+
+
+def mis_sequence_mask(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
+    """Sequence MIS: the whole sequence is dropped when prod_t w_t is outside [low, cap]; kept
+    sequences get weight 1 (as in "When speed kills stability": masking, not reweighting)."""
+    w = torch.exp(_seq_log_w(old, sampler, mask))  # (N, 1)
+    keep = (w >= p.low) & (w <= p.cap)
+    return torch.ones_like(old), mask * keep
+
+
+def mis_icepop(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
+    """IcePop: tokens whose w_t lies outside [low, cap] are dropped; kept tokens weigh 1."""
+    w = torch.exp(_token_log_w(old, sampler, mask))
+    keep = (w >= p.low) & (w <= p.cap)
+    return torch.ones_like(old), mask * keep
+
+
+MISMATCH_CORRECTIONS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
+    "none": mis_none,
+    "token_truncate": mis_token_truncate,
+    "token_mask": mis_token_mask,
+    "sequence_truncate": mis_sequence_truncate,
+    "sequence_mask": mis_sequence_mask,
+    "icepop": mis_icepop,
+}
+
+
+def mismatch_stats(old: Tensor, sampler: Tensor, mask: Tensor) -> dict[str, float]:
+    """How far the sampler's log-probs are from the trainer's on the sampled tokens.
+
+    ``kl`` estimates KL(sampler || trainer) with k3 on the sampler's own samples; ``k1`` is the
+    plain mean log-ratio; ``max_ratio`` / ``min_ratio`` are the extreme token weights.
+    """
+    n = mask.sum().clamp(min=1)
+    d = (old - sampler) * mask  # log(trainer / sampler) on sampled tokens
+    w = torch.exp(d)
+    valid = mask.bool()
+    return {
+        "kl": float(((w - d - 1) * mask).sum() / n),
+        "k1": float(-(d.sum()) / n),
+        "max_ratio": float(w[valid].max()) if valid.any() else 1.0,
+        "min_ratio": float(w[valid].min()) if valid.any() else 1.0,
+        "abs_logp_diff_max": float(d.abs().max()),
+    }

@@ -1,0 +1,249 @@
+"""Routing replay (R3) for transformers MoE models: record the experts each router picks, replay them.
+
+R3 ("Rollout Routing Replay", Ma et al. 2025, arXiv:2510.11370): the trainer's forward routes each
+token through exactly the experts the rollout engine chose for it, so the importance ratio compares
+the same sub-network on both sides; only the gate *weights* come from the live router, which keeps
+the router's gradient.
+
+How: each router module (one per MoE layer) returns ``(logits, weights, indices)`` and its MoE block
+runs ``experts(hidden, indices, weights)``. ``RoutingRecorder`` registers forward hooks on the
+routers and keeps the indices (and optionally the logits). ``replay_routing`` swaps each router's
+``forward`` for one that calls the original, overrides ``indices`` at the valid positions with the
+given ones, and recomputes ``weights`` there with the router's own formula gathered at those
+indices; where the given indices equal the router's own choice this is bit-identical to not
+replaying. The original ``forward`` is restored on exit, exceptions included.
+
+Supported routers (transformers >= 5, one entry each in ``_GATE_WEIGHTS``):
+
+- ``Qwen3MoeTopKRouter`` (Qwen3-MoE): softmax over all experts in float32, gathered, renormalised
+  over the top-k if ``norm_topk_prob``, cast back to the logits' dtype.
+- ``DeepseekV3TopkRouter`` (DeepSeek-V3, R1): sigmoid scores; ``e_score_correction_bias`` and the
+  ``n_group``/``topk_group`` restriction act on the *selection* only, so under replay they are not
+  used (the rollout already applied them); weights are the sigmoid scores gathered, renormalised if
+  ``norm_topk_prob`` (+1e-20), times ``routed_scaling_factor``.
+
+Layer index ``L`` everywhere here means "the L-th MoE layer" (routers in module order): dense
+layers, such as DeepSeek-V3's first ``first_k_dense_replace`` layers or Qwen3-MoE's
+``mlp_only_layers``, have no router and are skipped. Peft-wrapped models work unchanged (the
+routers are found through the wrapper). Router hooks also fire when gradient checkpointing
+recomputes a layer during backward: record outside backward. Replay does not count calls, so
+recomputation replays the same experts.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Self
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _qwen3_moe_weights(router: nn.Module, logits: Tensor, idx: Tensor) -> Tensor:
+    probs = F.softmax(logits, dtype=torch.float, dim=-1)  # (N, E)
+    w = probs.gather(-1, idx)  # (N, k)
+    if router.norm_topk_prob:
+        w = w / w.sum(dim=-1, keepdim=True)
+    return w.to(logits.dtype)
+
+
+def _deepseek_v3_weights(router: nn.Module, logits: Tensor, idx: Tensor) -> Tensor:
+    w = logits.sigmoid().gather(1, idx)  # (N, k); the correction bias is for selection only
+    if router.norm_topk_prob:
+        w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
+    return w * router.routed_scaling_factor
+
+
+# Router class name -> its gate weights at given expert ids, computed exactly as its forward does.
+_GATE_WEIGHTS: dict[str, Callable[[nn.Module, Tensor, Tensor], Tensor]] = {
+    "Qwen3MoeTopKRouter": _qwen3_moe_weights,
+    "DeepseekV3TopkRouter": _deepseek_v3_weights,
+}
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def moe_routers(model: nn.Module) -> list[nn.Module]:
+    """The router of every MoE layer, in layer order, of a transformers or peft-wrapped model."""
+    routers = [m for m in model.modules() if type(m).__name__ in _GATE_WEIGHTS]
+    if not routers:
+        raise ValueError(
+            f"{type(_base_model(model)).__name__} is not supported by routing replay: it has no "
+            f"router of a supported kind ({', '.join(_GATE_WEIGHTS)})"
+        )
+    return routers
+
+
+class RoutingRecorder:
+    """While active, records the experts each router picks on every forward call of the model.
+
+    ``calls[c][L]`` is a LongTensor (tokens, k), detached, for forward call ``c`` and MoE layer
+    ``L``; tokens are the flattened (B * T) positions of that call, row-major. With
+    ``keep_logits``, ``logits[c][L]`` (tokens, num_experts) keeps its graph (for
+    ``load_balancing_loss``). A call starts whenever the first MoE layer's router runs.
+    """
+
+    def __init__(self, model: nn.Module, keep_logits: bool = False):
+        self.routers = moe_routers(model)
+        self.keep_logits = keep_logits
+        self.calls: list[list[Tensor]] = []
+        self.logits: list[list[Tensor]] = []
+        self._handles: list = []
+
+    def _hook(self, layer: int):
+        def hook(module: nn.Module, args: tuple, output: tuple) -> None:
+            logits, _, idx = output
+            if layer == 0:
+                self.calls.append([])
+                self.logits.append([])
+            self.calls[-1].append(idx.detach())
+            if self.keep_logits:
+                self.logits[-1].append(logits)
+
+        return hook
+
+    def experts(self, call: int = -1) -> Tensor:
+        """The experts of one forward call as a LongTensor (tokens, L, k)."""
+        return torch.stack(self.calls[call], dim=1)
+
+    def __enter__(self) -> Self:
+        self._handles = [r.register_forward_hook(self._hook(i)) for i, r in enumerate(self.routers)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def _replaying_forward(router: nn.Module, original: Callable, ids: Tensor, valid: Tensor):
+    weights_fn = _GATE_WEIGHTS[type(router).__name__]
+
+    def forward(hidden_states: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        logits, weights, idx = original(hidden_states)
+        if idx.shape != ids.shape:
+            raise ValueError(
+                f"replay_routing got experts for {ids.shape[0]} tokens (top-{ids.shape[1]}) but the "
+                f"router saw {idx.shape[0]} (top-{idx.shape[1]}): call the model once per forward "
+                "with the (B, T) batch the experts were given for (no KV-cache generation)"
+            )
+        keep = valid[:, None]  # (N, 1)
+        idx = torch.where(keep, ids, idx)
+        weights = torch.where(keep, weights_fn(router, logits, idx), weights)
+        return logits, weights, idx
+
+    return forward
+
+
+@contextmanager
+def replay_routing(model: nn.Module, experts: Tensor, valid: Tensor) -> Iterator[None]:
+    """Route valid positions through the given experts; gate weights stay live (differentiable).
+
+    experts: (B, T, L, k) integer expert ids per input position and MoE layer (any value where not
+    valid); valid: (B, T) bool, False positions route normally. Each forward inside must see
+    exactly this (B, T) batch.
+    """
+    routers = moe_routers(model)
+    B, T, L, k = experts.shape
+    if L != len(routers) or valid.shape != (B, T):
+        raise ValueError(
+            f"experts {tuple(experts.shape)} / valid {tuple(valid.shape)} do not fit a model with "
+            f"{len(routers)} MoE layers: expected (B, T, {len(routers)}, k) and (B, T)"
+        )
+    saved = [r.__dict__.get("forward") for r in routers]
+    try:
+        for layer, r in enumerate(routers):
+            device = r.weight.device
+            ids = experts[:, :, layer].reshape(B * T, k).to(device=device, dtype=torch.long)
+            mask = valid.reshape(B * T).to(device=device, dtype=torch.bool)
+            used = ids[mask]
+            if used.numel() and (used.min() < 0 or used.max() >= r.num_experts):
+                raise ValueError(f"MoE layer {layer}: expert ids outside [0, {r.num_experts})")
+            r.forward = _replaying_forward(r, r.forward, ids, mask)
+        yield
+    finally:
+        for r, fwd in zip(routers, saved):
+            if fwd is None:
+                r.__dict__.pop("forward", None)
+            else:
+                r.forward = fwd
+
+
+def router_stats(
+    topk_per_layer: list[Tensor],
+    num_experts: int,
+    valid: Tensor,
+    reference: list[Tensor] | None = None,
+) -> dict[str, float]:
+    """Expert-load statistics per MoE layer and their means over layers.
+
+    topk_per_layer[L]: (tokens, k) expert ids; valid: (tokens,) bool; reference[L]: (tokens, k),
+    e.g. the rollout's experts. Per layer: ``load_entropy`` (entropy of the expert load over valid
+    token-slots, divided by log(num_experts): 1.0 is perfectly balanced), ``max_load`` and
+    ``min_load`` (fraction of token-slots on the busiest / idlest expert) and, with a reference,
+    ``topk_changed`` (fraction of valid tokens whose top-k *set* differs from the reference).
+    """
+    out: dict[str, float] = {}
+    for layer, idx in enumerate(topk_per_layer):
+        v = valid.to(idx.device, torch.bool)
+        counts = torch.bincount(idx[v].reshape(-1), minlength=num_experts).double()
+        load = counts / counts.sum()  # (E,)
+        ent = -(load * load.clamp_min(1e-300).log()).sum() / math.log(num_experts)
+        stats = {"load_entropy": ent, "max_load": load.max(), "min_load": load.min()}
+        if reference is not None:
+            ref = reference[layer].to(idx.device)
+            changed = (idx.sort(-1).values != ref.sort(-1).values).any(-1)  # (tokens,)
+            stats["topk_changed"] = changed[v].double().mean()
+        for name, value in stats.items():
+            out[f"router/layer{layer}/{name}"] = float(value)
+    for name in ("load_entropy", "max_load", "min_load", "topk_changed"):
+        values = [v for k, v in out.items() if k.endswith(f"/{name}")]
+        if values:
+            out[f"router/{name}"] = sum(values) / len(values)
+    return out
+
+
+def load_balancing_loss(model: nn.Module, recorded: RoutingRecorder, valid: Tensor) -> Tensor:
+    """The router auxiliary loss of the recorder's last forward call (without its coefficient).
+
+    ``recorded`` must have run with ``keep_logits=True`` over a (B, T) batch; valid (B, T) masks
+    padding. Where the model's modeling module has ``load_balancing_loss_func`` (Qwen3-MoE) that
+    Switch-Transformer loss is used, with the model's num_experts and top-k; it re-derives the
+    top-k from the softmax, so it ignores replay. DeepSeek-V3 has none in transformers: its
+    sequence-wise balance loss (DeepSeek-V3 report, eq. 17-20) is computed instead, from the
+    recorded (possibly replayed) experts. Both equal 1.0 at perfect balance.
+    """
+    if not recorded.logits or not recorded.logits[-1]:
+        raise ValueError(
+            "the recorder holds no router logits: use RoutingRecorder(keep_logits=True)"
+        )
+    logits, experts = recorded.logits[-1], recorded.calls[-1]
+    router = recorded.routers[0]
+    func = getattr(
+        sys.modules[type(_base_model(model)).__module__], "load_balancing_loss_func", None
+    )
+    if func is not None:
+        return func(tuple(logits), router.num_experts, router.top_k, attention_mask=valid)
+    return _sequence_balance_loss(logits, experts, valid, router.num_experts)
+
+
+def _sequence_balance_loss(logits: list[Tensor], experts: list[Tensor], valid: Tensor, E: int):
+    B, T = valid.shape
+    m = valid.to(logits[0].device, torch.float32)  # (B, T)
+    n = m.sum(-1).clamp_min(1)  # (B,) valid tokens per sequence
+    losses = []
+    for lg, idx in zip(logits, experts):
+        k = idx.shape[-1]
+        s = lg.float().sigmoid()
+        s = (s / s.sum(-1, keepdim=True)).view(B, T, E)  # normalised affinities s'
+        hits = F.one_hot(idx, E).sum(-2).view(B, T, E).float()  # (B, T, E)
+        f = (hits * m[..., None]).sum(1) * E / (k * n[:, None])  # (B, E)
+        p = (s * m[..., None]).sum(1) / n[:, None]  # (B, E)
+        losses.append((f * p).sum(-1)[m.sum(-1) > 0].mean())
+    return torch.stack(losses).mean()

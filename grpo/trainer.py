@@ -1,0 +1,306 @@
+"""The GRPO trainer: ``rollout -> score -> advantages -> update -> sync -> log/save``, one method
+each.
+
+``GRPOTrainer`` holds a policy (transformers or peft), an ``Engine`` (whichever
+``rollouts.factory`` built: the trainer never asks which), a ``Scorer`` and the problems. One
+``step()``:
+
+1. ``rollout``: sample ``rollout.n`` completions for ``train.prompts_per_step`` prompts and score
+   them; with ``algo.filter_zero_variance`` (DAPO dynamic sampling), groups whose rewards are all
+   equal are dropped and more prompts are sampled, at most ``algo.max_refills`` extra rounds.
+   Returns a ``Rollout`` stamped with the policy version that sampled it.
+2. ``prepare``: reference log-probs (beta > 0), KL-in-reward, advantages, masks (truncated
+   completions masked), and the trainer's own log-probs of the rollout policy when the update
+   makes more than one optimiser step. Returns a ``TrainBatch``.
+3. ``update``: ``train.epochs`` passes, ``train.minibatches`` optimiser steps each, micro-batches
+   by ``train.token_budget`` with gradient accumulation.
+4. ``sync``: ``engine.update_weights(policy)``; the policy version goes up by one.
+5. ``log`` and ``save``.
+
+Steps 1 and 3 share nothing but the ``Rollout``: a one-step-off-policy mode can run ``rollout``
+for step t+1 on the engine while ``update`` runs step t, and the mismatch correction already
+weights each sample by its sampler's log-probs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from grpo.batch import Rollout, TrainBatch, pad_rows
+from grpo.losses import ADVANTAGES, KL_ESTIMATORS, Norm, kl_penalised_rewards
+from grpo.update import (NonFiniteError, Objective, Sums, _check_grads, batch_logprobs,
+                         check_finite, micro_batches, microbatch_loss, minibatch_order)
+from rollouts.types import Sampling
+
+log = logging.getLogger("r1kit.train")
+
+
+class ProblemStream:
+    """Problems in a seeded order, reshuffled every pass; its position is two integers."""
+
+    def __init__(self, problems: list[Any], seed: int):
+        if not problems:
+            raise ValueError("no training problems")
+        self.problems, self.seed = problems, seed
+        self.epoch, self.pos = 0, 0
+        self._order = self._shuffle()
+
+    def _shuffle(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(len(self.problems), generator=g).tolist()
+
+    def take(self, k: int) -> list[Any]:
+        out = []
+        for _ in range(k):
+            if self.pos == len(self._order):
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = self._shuffle()
+            out.append(self.problems[self._order[self.pos]])
+            self.pos += 1
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, s: dict[str, int]) -> None:
+        self.epoch, self.pos = s["epoch"], s["pos"]
+        self._order = self._shuffle()
+
+
+@dataclass
+class Parts:
+    """What a trainer is built from (``grpo.setup.build_trainer`` assembles it from a recipe)."""
+
+    cfg: Any
+    """The recipe (``r1kit.config.Config``)."""
+    policy: nn.Module
+    tokenizer: Any
+    engine: Any
+    scorer: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    data: ProblemStream
+    prompt_fn: Any
+    """question -> prompt text."""
+    objective: Objective
+    reference: nn.Module | None = None
+    """Frozen reference policy (full fine-tuning with beta > 0); LoRA uses the adapter off."""
+    runlog: Any = None
+    recorder_fn: Any = None
+    """model -> a fresh routing recorder (MoE statistics), or None."""
+
+
+class GRPOTrainer:
+    def __init__(self, parts: Parts, step: int = 0, version: int = 0):
+        self.p = parts
+        self.cfg = parts.cfg
+        self.step, self.version = step, version
+        self.device = next(parts.policy.parameters()).device
+
+    # -- 1. rollout + score -----------------------------------------------------------------
+    def rollout(self) -> Rollout:
+        a, r, want = self.cfg.algo, self.cfg.rollout, self.cfg.train.prompts_per_step
+        kept: list[tuple[Any, Any, list[float], dict[str, list[float]]]] = []
+        every: list[tuple[list[float], Any, dict[str, list[float]]]] = []
+        t0, gen_s, refills = time.perf_counter(), 0.0, 0
+        for attempt in range(1 + a.max_refills):
+            problems = self.p.data.take(want - len(kept))
+            sampling = Sampling(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
+                                top_k=r.top_k, seed=r.seed + 7919 * self.step + 104729 * attempt)
+            g0 = time.perf_counter()
+            groups = self.p.engine.generate([self.p.prompt_fn(q.question) for q in problems],
+                                            r.n, sampling)
+            gen_s += time.perf_counter() - g0
+            for prob, grp, tot, per in zip(problems, groups, *self._score(problems, groups)):
+                every.append((tot, grp, per))
+                if not a.filter_zero_variance or max(tot) > min(tot):
+                    kept.append((prob, grp, tot, per))
+            refills = attempt
+            if len(kept) >= want:
+                break
+        kept = kept[:want]
+        stats = self._rollout_stats(every, len(kept), refills, gen_s, time.perf_counter() - t0)
+        return Rollout(
+            problems=[k[0] for k in kept], groups=[k[1] for k in kept],
+            rewards=torch.tensor([k[2] for k in kept], dtype=torch.float32).reshape(-1, r.n),
+            per_reward={name: torch.tensor([k[3][name] for k in kept]).reshape(-1, r.n)
+                        for name in (kept[0][3] if kept else {})},
+            version=self.version, stats=stats)
+
+    def _score(self, problems, groups):
+        n = self.cfg.rollout.n
+        texts = [c.text for g in groups for c in g.completions]
+        res = self.p.scorer.score(
+            texts, answer=[p.answer for p in problems for _ in range(n)],
+            completion_lengths=[len(c.token_ids) for g in groups for c in g.completions])
+        totals = [res.total[i * n:(i + 1) * n] for i in range(len(groups))]
+        per = [{k: v[i * n:(i + 1) * n] for k, v in res.per_reward.items()}
+               for i in range(len(groups))]
+        return totals, per
+
+    def _rollout_stats(self, every, kept, refills, gen_s, total_s) -> dict[str, float]:
+        rewards = [x for tot, _, _ in every for x in tot]
+        comps = [c for _, g, _ in every for c in g.completions]
+        lengths = [len(c.token_ids) for c in comps]
+        stats = {
+            "reward": sum(rewards) / len(rewards),
+            "reward_std": float(torch.tensor(rewards).std()) if len(rewards) > 1 else 0.0,
+            "response_len": sum(lengths) / len(lengths),
+            "response_len_max": max(lengths),
+            "truncated_frac": sum(c.finish_reason == "length" for c in comps) / len(comps),
+            "groups_sampled": len(every), "groups_kept": kept, "refills": refills,
+            "time/generate": gen_s, "time/rollout": total_s,
+            "tokens_per_s/generate": sum(lengths) / gen_s if gen_s > 0 else 0.0,
+        }
+        for name in every[0][2]:
+            scores = [x for _, _, per in every for x in per[name]]
+            stats[f"reward/{name}"] = sum(scores) / len(scores)
+        return stats
+
+    # -- 2. advantages, masks, reference ----------------------------------------------------
+    def prepare(self, ro: Rollout) -> TrainBatch:
+        a, t = self.cfg.algo, self.cfg.train
+        comps = [c for g in ro.groups for c in g.completions]
+        width = max(len(c.token_ids) for c in comps)
+        token_mask = pad_rows([[1.0] * len(c.token_ids) for c in comps], width)
+        truncated = torch.tensor([c.finish_reason == "length" for c in comps])
+        mask = token_mask * (~truncated)[:, None] if a.mask_truncated else token_mask.clone()
+        batch = TrainBatch(
+            prompt_ids=[g.prompt_token_ids for g in ro.groups for _ in g.completions],
+            completion_ids=[c.token_ids for c in comps],
+            sampler_logp=pad_rows([c.logprobs for c in comps], width),
+            mask=mask, token_mask=token_mask, advantages=torch.zeros(len(comps)),
+            rewards=ro.rewards.flatten().clone(), truncated=truncated,
+            routed=[c.routed_experts for c in comps])
+        if a.beta > 0:
+            batch.ref_logp = self._reference_logprobs(batch)
+            if a.kl_in == "reward":
+                kl = KL_ESTIMATORS[a.kl_estimator](batch.sampler_logp, batch.ref_logp)
+                batch.rewards = kl_penalised_rewards(batch.rewards, kl, token_mask, a.beta)
+        rewards = batch.rewards.reshape(ro.rewards.shape)  # (G, n)
+        batch.advantages = ADVANTAGES[a.advantage](rewards, a.scale_rewards).flatten()
+        if t.epochs > 1 or t.minibatches > 1:
+            batch.old_logp = self._logprobs(self.p.policy, batch)
+        return batch
+
+    def _logprobs(self, model: nn.Module, batch: TrainBatch) -> torch.Tensor:
+        t = self.cfg.train
+        return batch_logprobs(model, batch, t.token_budget, self._pad_id(), t.logprob_chunk,
+                              self.device, replay=self.p.objective.routing_replay)
+
+    def _reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
+        if self.p.reference is not None:
+            return self._logprobs(self.p.reference, batch)
+        with self.p.policy.disable_adapter():  # LoRA: the reference is the adapter switched off
+            return self._logprobs(self.p.policy, batch)
+
+    def _pad_id(self) -> int:
+        tok = self.p.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    # -- 3. update ----------------------------------------------------------------------------
+    def update(self, batch: TrainBatch) -> dict[str, float]:
+        t, obj, sums = self.cfg.train, self.p.objective, Sums()
+        model, opt = self.p.policy, self.p.optimizer
+        model.train()
+        grad_norms, losses, router = [], [], []
+        for epoch in range(t.epochs):
+            for rows in minibatch_order(batch.rows, t.minibatches, t.seed, self.step, epoch):
+                norm = Norm.of(batch.mask[rows], obj.max_tokens)
+                opt.zero_grad(set_to_none=True)
+                total = 0.0
+                for mb in micro_batches(batch, rows, t.token_budget, self._pad_id(), self.device):
+                    rec = self.p.recorder_fn(model) if self.p.recorder_fn else None
+                    out = microbatch_loss(model, batch, mb, obj, norm, sums, rec)
+                    check_finite(self.step, "loss", out.loss.detach())
+                    out.loss.backward()
+                    total += float(out.loss)
+                    if rec is not None and epoch == 0:
+                        router.append((rec, mb))
+                _check_grads(self.step, model)
+                gn = torch.nn.utils.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad],
+                    t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+                check_finite(self.step, "gradient norm", gn)
+                opt.step()
+                self.p.scheduler.step()
+                grad_norms.append(float(gn))
+                losses.append(total)
+        return self._update_stats(sums, losses, grad_norms, router)
+
+    def _update_stats(self, sums: Sums, losses, grad_norms, router) -> dict[str, float]:
+        v, tok = sums.values, max(sums.values.get("tokens", 0.0), 1.0)
+        stats = {
+            "loss": sum(losses) / len(losses), "grad_norm": sum(grad_norms) / len(grad_norms),
+            "lr": self.p.scheduler.get_last_lr()[0], "entropy": v.get("entropy", 0.0) / tok,
+            "clip_frac": v.get("clipped", 0.0) / tok,
+            "ratio_max": sums.maxima.get("ratio_max", 1.0),
+            "ratio_min": sums.minima.get("ratio_min", 1.0),
+            "ratio_std": (v.get("ratio_sq_dev", 0.0) / tok) ** 0.5,
+            "mismatch/kl": v.get("mismatch_kl", 0.0) / tok,
+            "mismatch/max_ratio": sums.maxima.get("mismatch_max_ratio", 1.0),
+            "mismatch/min_ratio": sums.minima.get("mismatch_min_ratio", 1.0),
+            "mismatch/dropped_frac": v.get("mismatch_dropped", 0.0) / tok,
+        }
+        if "kl" in v:
+            stats["kl"] = v["kl"] / tok
+        if router:
+            from grpo.setup import router_metrics
+
+            stats.update(router_metrics(self.p.policy, router))
+        return stats
+
+    # -- 4. sync, 5. log / save ---------------------------------------------------------------
+    def sync(self) -> float:
+        t0 = time.perf_counter()
+        self.p.engine.update_weights(self.p.policy)
+        self.version += 1
+        return time.perf_counter() - t0
+
+    def run_step(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        ro = self.rollout()
+        metrics: dict[str, Any] = dict(ro.stats)
+        if ro.groups:
+            t1 = time.perf_counter()
+            batch = self.prepare(ro)
+            metrics.update(self.update(batch))
+            metrics["time/update"] = time.perf_counter() - t1
+            metrics["time/sync"] = self.sync()
+        else:
+            log.warning("step %d: every group had zero reward variance after %d refills; "
+                        "no update", self.step, ro.stats["refills"])
+        self.step += 1
+        metrics["version"] = self.version
+        metrics["time/step"] = time.perf_counter() - t0
+        if self.p.runlog is not None:
+            self.p.runlog.log(self.step, metrics)
+            every = self.cfg.train.sample_every
+            if every and self.step % every == 0 and ro.groups:
+                self._sample_table(ro)
+        return metrics
+
+    def _sample_table(self, ro: Rollout) -> None:
+        rows = [(ro.problems[i].question, g.completions[j].text, float(ro.rewards[i, j]))
+                for i, g in enumerate(ro.groups[:2]) for j in range(min(2, len(g.completions)))]
+        self.p.runlog.samples(self.step, rows)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "version": self.version, "data": self.p.data.state_dict(),
+                "optimizer": self.p.optimizer.state_dict(),
+                "scheduler": self.p.scheduler.state_dict()}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.step, self.version = s["step"], s["version"]
+        self.p.data.load_state_dict(s["data"])
+        self.p.optimizer.load_state_dict(s["optimizer"])
+        self.p.scheduler.load_state_dict(s["scheduler"])
+
+
+__all__ = ["GRPOTrainer", "Parts", "ProblemStream", "NonFiniteError"]

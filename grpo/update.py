@@ -1,0 +1,195 @@
+"""The update step: the GRPO loss of a micro-batch, and the optimiser loop over a ``TrainBatch``.
+
+``microbatch_loss`` is the whole objective for one forward pass, assembled from the tables of
+``grpo.losses``: chunked log-probs (``grpo.logprobs``) -> mismatch weights -> policy loss -> KL
+and entropy terms -> aggregation with the optimiser batch's ``Norm``. Summing its ``loss`` over
+the micro-batches of a minibatch gives that minibatch's loss exactly, so gradient accumulation by
+token budget changes memory, never the gradient.
+
+``run_update`` does ``epochs`` passes over the batch, each split into ``minibatches`` optimiser
+steps, and stops with ``NonFiniteError`` (naming the step and the tensor) before a NaN or inf
+reaches the weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from grpo.batch import MicroBatch, TrainBatch, make_micro_batch, plan_micro_batches
+from grpo.logprobs import completion_logprobs
+from grpo.losses import (AGGREGATIONS, KL_ESTIMATORS, MISMATCH_CORRECTIONS, POLICY_LOSSES,
+                         ClipParams, MismatchParams, Norm, mismatch_stats)
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or gradient became NaN or inf; the weights were not touched."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The loss settings ``microbatch_loss`` needs (built from ``AlgoConfig``)."""
+
+    policy_loss: str = "ppo_clip"
+    aggregation: str = "token_mean"
+    clip: ClipParams = ClipParams()
+    beta: float = 0.0
+    kl_estimator: str = "k3"
+    kl_in_loss: bool = True
+    entropy_coef: float = 0.0
+    mismatch: str = "none"
+    mismatch_params: MismatchParams = MismatchParams()
+    max_tokens: int = 128
+    logprob_chunk: int = 1024
+    aux_loss_coef: float = 0.0
+    routing_replay: bool = False
+
+    @staticmethod
+    def from_config(algo: Any, train: Any, max_tokens: int, mismatch: str) -> "Objective":
+        return Objective(
+            policy_loss=algo.policy_loss, aggregation=algo.aggregation,
+            clip=ClipParams(algo.clip_low, algo.clip_high, algo.dual_clip), beta=algo.beta,
+            kl_estimator=algo.kl_estimator, kl_in_loss=algo.kl_in == "loss",
+            entropy_coef=algo.entropy_coef, mismatch=mismatch,
+            mismatch_params=MismatchParams(algo.mismatch_cap, algo.mismatch_low),
+            max_tokens=max_tokens, logprob_chunk=train.logprob_chunk,
+            aux_loss_coef=algo.aux_loss_coef, routing_replay=algo.routing_replay)
+
+
+@dataclass
+class Sums:
+    """Statistics summed over micro-batches; ``means()`` divides by the right counts."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    maxima: dict[str, float] = field(default_factory=dict)
+    minima: dict[str, float] = field(default_factory=dict)
+
+    def add(self, key: str, value: float) -> None:
+        self.values[key] = self.values.get(key, 0.0) + float(value)
+
+    def high(self, key: str, value: float) -> None:
+        self.maxima[key] = max(self.maxima.get(key, -math.inf), float(value))
+
+    def low(self, key: str, value: float) -> None:
+        self.minima[key] = min(self.minima.get(key, math.inf), float(value))
+
+
+@dataclass
+class MicroLoss:
+    loss: Tensor
+    """Scalar: this micro-batch's share of the minibatch loss (already normalised)."""
+    logp: Tensor
+    """(b, C) detached trainer log-probs (the rollout policy's, on the first forward)."""
+
+
+def _context(model: nn.Module, mb: MicroBatch, obj: Objective, recorder: Any):
+    stack = contextlib.ExitStack()
+    if obj.routing_replay and mb.routed is not None:
+        from grpo.routing import replay_routing
+
+        stack.enter_context(replay_routing(model, mb.routed, mb.routed_valid))
+    if recorder is not None:
+        stack.enter_context(recorder)
+    return stack
+
+
+def microbatch_loss(model: nn.Module, batch: TrainBatch, mb: MicroBatch, obj: Objective,
+                    norm: Norm, sums: Sums, recorder: Any = None) -> MicroLoss:
+    """The objective on one micro-batch; adds its statistics to ``sums``."""
+    with _context(model, mb, obj, recorder):
+        tl = completion_logprobs(model, mb.input_ids, mb.attention_mask, mb.prompt_lens,
+                                 mb.completion_lens, chunk_tokens=obj.logprob_chunk)
+    dev = tl.logp.device
+    c = tl.logp.shape[1]
+
+    def take(t: Tensor) -> Tensor:  # (N, C) -> (b, c)
+        return t[mb.rows][:, :c].to(dev)
+
+    mask, sampler = take(batch.mask), take(batch.sampler_logp)
+    old = take(batch.old_logp) if batch.old_logp is not None else tl.logp.detach()
+    adv = batch.advantages[mb.rows].to(dev)  # (b,)
+    w, kept = MISMATCH_CORRECTIONS[obj.mismatch](old, sampler, mask, obj.mismatch_params)
+    pol = POLICY_LOSSES[obj.policy_loss](tl.logp, old, adv, mask, obj.clip)
+    per_token = pol.loss * w.detach() * kept  # (b, c); dropped tokens contribute 0
+    if obj.beta > 0 and obj.kl_in_loss:
+        kl = KL_ESTIMATORS[obj.kl_estimator](tl.logp, take(batch.ref_logp))
+        per_token = per_token + obj.beta * kl
+        sums.add("kl", (kl.detach() * mask).sum())
+    if obj.entropy_coef:
+        per_token = per_token - obj.entropy_coef * tl.entropy
+    loss = AGGREGATIONS[obj.aggregation](per_token, mask, norm)
+    if obj.aux_loss_coef and recorder is not None:
+        from grpo.routing import load_balancing_loss
+
+        valid = mb.attention_mask.bool()
+        loss = loss + obj.aux_loss_coef * load_balancing_loss(model, recorder, valid) * (
+            float(mask.shape[0]) / max(norm.seqs, 1.0))
+    _record(sums, tl.entropy, pol.clipped, pol.ratio, mask, kept, old, sampler)
+    return MicroLoss(loss, tl.logp.detach())
+
+
+def _record(sums: Sums, entropy, clipped, ratio, mask, kept, old, sampler) -> None:
+    m = mask.bool()
+    sums.add("tokens", mask.sum())
+    sums.add("entropy", (entropy.detach() * mask).sum())
+    sums.add("clipped", (clipped & m).sum())
+    sums.add("mismatch_dropped", (mask - kept * mask).sum())
+    if m.any():
+        sums.high("ratio_max", ratio[m].max())
+        sums.low("ratio_min", ratio[m].min())
+        d = ratio[m] - 1
+        sums.add("ratio_sq_dev", (d * d).sum())
+    ms = mismatch_stats(old, sampler, mask)
+    sums.add("mismatch_kl", ms["kl"] * float(mask.sum()))
+    sums.high("mismatch_max_ratio", ms["max_ratio"])
+    sums.low("mismatch_min_ratio", ms["min_ratio"])
+
+
+def check_finite(step: int, name: str, t: Tensor) -> None:
+    if not torch.isfinite(t).all():
+        raise NonFiniteError(f"step {step}: {name} is not finite ({t.flatten()[:4].tolist()}...)"
+                             "; the weights were not updated and the last checkpoint is intact")
+
+
+def _check_grads(step: int, model: nn.Module) -> None:
+    for name, p in model.named_parameters():
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            check_finite(step, f"gradient of {name}", p.grad)
+
+
+def micro_batches(batch: TrainBatch, rows: list[int], budget: int, pad_id: int, device: Any):
+    lengths = [len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids)]
+    for plan in plan_micro_batches(lengths, rows, budget):
+        yield make_micro_batch(batch, plan, pad_id, device)
+
+
+@torch.no_grad()
+def batch_logprobs(model: nn.Module, batch: TrainBatch, budget: int, pad_id: int, chunk: int,
+                   device: Any, replay: bool = False) -> Tensor:
+    """(N, C) log-probs of every completion token under ``model``, no gradients."""
+    out = torch.zeros_like(batch.sampler_logp)
+    for mb in micro_batches(batch, list(range(batch.rows)), budget, pad_id, device):
+        ctx = contextlib.nullcontext()
+        if replay and mb.routed is not None:
+            from grpo.routing import replay_routing
+
+            ctx = replay_routing(model, mb.routed, mb.routed_valid)
+        with ctx:
+            tl = completion_logprobs(model, mb.input_ids, mb.attention_mask, mb.prompt_lens,
+                                     mb.completion_lens, chunk_tokens=chunk)
+        out[mb.rows, : tl.logp.shape[1]] = tl.logp.cpu()
+    return out
+
+
+def minibatch_order(n: int, minibatches: int, seed: int, step: int, epoch: int) -> list[list[int]]:
+    """Rows shuffled by a generator of (seed, step, epoch), cut into ``minibatches`` parts."""
+    if minibatches == 1:
+        return [list(range(n))]
+    g = torch.Generator().manual_seed(hash((seed, step, epoch)) % 2**63)
+    perm = torch.randperm(n, generator=g).tolist()
+    return [perm[i::minibatches] for i in range(minibatches)]
