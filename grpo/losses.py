@@ -2,8 +2,8 @@
 
 Shapes: ``G`` groups (prompts) of ``n`` completions; ``N = G * n`` sequences (or any subset of
 them in a micro-batch); ``T`` completion positions, right-padded; ``mask`` is 1.0 on completion
-tokens that count in the loss and 0.0 elsewhere. Every function returns new tensors; statistics
-come back detached.
+tokens that count in the loss and 0.0 elsewhere. Inputs are never modified in place; statistics
+and importance weights come back detached.
 
 Where the math departs from DeepSeekMath's GRPO (Shao et al. 2024, arXiv:2402.03300), and why:
 
@@ -99,8 +99,10 @@ def adv_reinforce_pp(r: Tensor, how: str = "batch", eps: float = 1e-4) -> Tensor
 
 
 def adv_reinforce_pp_baseline(r: Tensor, how: str = "batch", eps: float = 1e-4) -> Tensor:
-    """REINFORCE++-baseline: r minus the group mean, divided by the batch std. (G, n)"""
-    return scale(r - _group_baseline(r), r, "batch", eps)
+    """REINFORCE++-baseline (OpenRLHF): r minus the group mean, then whitened over the batch
+    (divided by the batch std of the centred values). (G, n) -> (G, n)"""
+    centred = r - _group_baseline(r)
+    return scale(centred, centred, "batch", eps)
 
 
 ADVANTAGES: dict[str, Callable[..., Tensor]] = {
@@ -172,7 +174,8 @@ def sequence_log_ratio(logp: Tensor, old: Tensor, mask: Tensor) -> Tensor:
 
 def policy_gspo(logp: Tensor, old: Tensor, adv: Tensor, mask: Tensor, p: ClipParams) -> PolicyOut:
     """GSPO: the sequence ratio exp(mean_t log r_t), clipped per sequence, shared by its tokens.
-    GSPO's paper uses clip ranges near 3e-4 / 4e-4, far below PPO's."""
+    GSPO's paper uses clip ranges near 3e-4 / 4e-4, far below PPO's, and averages per sequence
+    (``seq_mean_token_mean``); with ``token_mean`` longer sequences weigh more (TRL's default)."""
     ratio = torch.exp(sequence_log_ratio(logp, old, mask))  # (N, 1)
     loss, clipped = _clip_surrogate(ratio, adv[:, None], p)
     full = logp.shape
@@ -280,7 +283,7 @@ class MismatchParams:
     cap: float = 2.0
     """Upper threshold on the importance weight (truncate: clamp to it; mask: drop above it)."""
     low: float = 0.5
-    """Lower threshold: mask modes drop weights below it (IcePop's band is [0.5, 2])."""
+    """Lower threshold of IcePop's two-sided band (its paper uses [0.5, 2])."""
 
 
 def _token_log_w(old: Tensor, sampler: Tensor, mask: Tensor) -> Tensor:  # (N, T)
@@ -299,35 +302,33 @@ def mis_none(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
 def mis_token_truncate(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
     """Token TIS: w_t = min(exp(old_t - sampler_t), cap)."""
     w = torch.exp(_token_log_w(old, sampler, mask)).clamp(max=p.cap)
-    return w, mask
+    return w.detach(), mask
 
 
 def mis_token_mask(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
-    """Token MIS: w_t = exp(old_t - sampler_t), tokens with w_t outside [low, cap] dropped."""
-    w = torch.exp(_token_log_w(old, sampler, mask))
-    keep = (w >= p.low) & (w <= p.cap)
-    return w, mask * keep
+    """Token MIS: w_t = exp(old_t - sampler_t) on kept tokens; tokens with w_t > cap dropped."""
+    w = torch.exp(_token_log_w(old, sampler, mask)).detach()
+    return w, mask * (w <= p.cap)
 
 
 def mis_sequence_truncate(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
     """Sequence TIS: w = min(prod_t exp(old_t - sampler_t), cap), shared by the sequence."""
     w = torch.exp(_seq_log_w(old, sampler, mask)).clamp(max=p.cap)
-    return w.expand_as(old), mask
+    return w.detach().expand_as(old), mask
 
 
 def mis_sequence_mask(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
-    """Sequence MIS: the whole sequence is dropped when prod_t w_t is outside [low, cap]; kept
-    sequences get weight 1 (as in "When speed kills stability": masking, not reweighting)."""
-    w = torch.exp(_seq_log_w(old, sampler, mask))  # (N, 1)
-    keep = (w >= p.low) & (w <= p.cap)
-    return torch.ones_like(old), mask * keep
+    """Sequence MIS: w = prod_t w_t on kept sequences; a sequence with w > cap is dropped whole
+    (TRL's ``sequence_mask``, its default with vLLM)."""
+    w = torch.exp(_seq_log_w(old, sampler, mask)).detach()  # (N, 1)
+    return w.expand_as(old), mask * (w <= p.cap)
 
 
 def mis_icepop(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
-    """IcePop: tokens whose w_t lies outside [low, cap] are dropped; kept tokens weigh 1."""
-    w = torch.exp(_token_log_w(old, sampler, mask))
+    """IcePop: M(w_t) = w_t inside the band [low, cap], 0 outside (two-sided token masking)."""
+    w = torch.exp(_token_log_w(old, sampler, mask)).detach()
     keep = (w >= p.low) & (w <= p.cap)
-    return torch.ones_like(old), mask * keep
+    return w, mask * keep
 
 
 MISMATCH_CORRECTIONS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {

@@ -155,7 +155,7 @@ class AlgoConfig:
     mismatch_cap: float = 2.0
     """Upper threshold of the sampler/trainer importance weight (truncate or mask above it)."""
     mismatch_low: float = 0.5
-    """Lower threshold for the mask modes (IcePop's band is [0.5, 2])."""
+    """Lower edge of IcePop's two-sided band (its paper uses [0.5, 2])."""
     routing_replay: bool = False
     """R3 routing replay: the update routes each token to the experts the sampler chose (gate
     weights still from the live router). Needs an engine that reports routing (HF here)."""
