@@ -8,9 +8,11 @@ log) and ``engine.log`` (vLLM's and transformers' log records).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 from tqdm import tqdm
 
 # Loggers whose records go to engine.log only, never to the terminal.
-ENGINE_LOGGERS = ("vllm", "transformers", "torch", "httpx")
+ENGINE_LOGGERS = ("vllm", "transformers", "torch", "httpx", "py.warnings")
 PROGRESS_KEYS = (("reward", "reward"), ("acc", "reward/accuracy"), ("len", "response_len"),
                  ("kl", "kl"), ("mis", "mismatch/kl"), ("s/step", "time/step"))
 
@@ -41,6 +43,32 @@ def route_logs(out_dir: Path, level: str = "INFO") -> None:
         lg = logging.getLogger(name)
         lg.handlers = [engine]
         lg.propagate = False
+    logging.captureWarnings(True)  # library warnings are engine noise: engine.log
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+@contextlib.contextmanager
+def output_to(path: Path):
+    """Send this process's file descriptors 1 and 2 to ``path`` for the block: what engines
+    print from C++ or their own progress bars during start-up goes to the file, not the
+    terminal."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
 
 
 class RunLog:

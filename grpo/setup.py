@@ -139,7 +139,7 @@ def router_metrics(policy: torch.nn.Module, recorded: list) -> dict[str, float]:
 def build_trainer(cfg: Any, show_progress: bool = True) -> GRPOTrainer:
     from transformers import AutoTokenizer
 
-    from grpo.observe import RunLog, route_logs
+    from grpo.observe import RunLog, output_to, route_logs
     from r1kit.generate import load_problems, resolve_model_path
     from rewards.scorer import Scorer
     from r1kit.config import reward_specs
@@ -161,10 +161,11 @@ def build_trainer(cfg: Any, show_progress: bool = True) -> GRPOTrainer:
     optimizer, scheduler = make_optimizer(cfg, policy)
     (out / "config.yaml").write_text(yaml.safe_dump(
         {k: v for k, v in asdict(cfg).items() if k != "source"}, sort_keys=False))
-    engine = make_engine(r.engine, base, dtype=cfg.model.dtype, max_model_len=r.max_model_len,
-                         seed=r.seed, gpu_memory_utilization=r.gpu_memory_utilization,
-                         batch_size=r.batch_size, model=policy, tokenizer=tokenizer,
-                         record_routing=cfg.algo.routing_replay)
+    with output_to(out / "engine.log"):
+        engine = make_engine(
+            r.engine, base, dtype=cfg.model.dtype, max_model_len=r.max_model_len, seed=r.seed,
+            gpu_memory_utilization=r.gpu_memory_utilization, batch_size=r.batch_size,
+            model=policy, tokenizer=tokenizer, record_routing=cfg.algo.routing_replay)
     parts = Parts(
         cfg=cfg, policy=policy, tokenizer=tokenizer, engine=engine,
         scorer=Scorer(reward_specs(cfg), workers=cfg.reward.workers,
@@ -177,8 +178,9 @@ def build_trainer(cfg: Any, show_progress: bool = True) -> GRPOTrainer:
     trainer = GRPOTrainer(parts)
     if ckpt is not None:
         trainer.load_state_dict(load_trainer_state(ckpt))
-        _truncate_metrics(out / "metrics.jsonl", trainer.step)
         log.info("resumed from %s at step %d", ckpt, trainer.step)
+    # Also with no checkpoint: a run killed before its first save left lines for steps it redoes.
+    _truncate_metrics(out / "metrics.jsonl", trainer.step)
     engine.update_weights(policy)
     parts.runlog = RunLog(out, t.steps, trainer.step, tensorboard=t.tensorboard, wandb=t.wandb,
                           config=asdict(cfg), show_progress=show_progress)

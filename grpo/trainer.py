@@ -34,8 +34,8 @@ from torch import nn
 
 from grpo.batch import Rollout, TrainBatch, pad_rows
 from grpo.losses import ADVANTAGES, KL_ESTIMATORS, Norm, kl_penalised_rewards
-from grpo.update import (NonFiniteError, Objective, Sums, _check_grads, batch_logprobs,
-                         check_finite, micro_batches, microbatch_loss, minibatch_order)
+from grpo.update import (NonFiniteError, Objective, Sums, batch_logprobs, check_finite,
+                         check_grads, check_params, micro_batches, microbatch_loss, minibatch_order)
 from rollouts.types import Sampling
 
 log = logging.getLogger("r1kit.train")
@@ -114,8 +114,7 @@ class GRPOTrainer:
             sampling = Sampling(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
                                 top_k=r.top_k, seed=r.seed + 7919 * self.step + 104729 * attempt)
             g0 = time.perf_counter()
-            groups = self.p.engine.generate([self.p.prompt_fn(q.question) for q in problems],
-                                            r.n, sampling)
+            groups = self._generate([self.p.prompt_fn(q.question) for q in problems], sampling)
             gen_s += time.perf_counter() - g0
             for prob, grp, tot, per in zip(problems, groups, *self._score(problems, groups)):
                 every.append((tot, grp, per))
@@ -132,6 +131,16 @@ class GRPOTrainer:
             per_reward={name: torch.tensor([k[3][name] for k in kept]).reshape(-1, r.n)
                         for name in (kept[0][3] if kept else {})},
             version=self.version, stats=stats)
+
+    def _generate(self, prompts: list[str], sampling: Sampling):
+        try:
+            return self.p.engine.generate(prompts, self.cfg.rollout.n, sampling)
+        except RuntimeError as e:  # torch.multinomial on a NaN/inf distribution
+            if "inf" not in str(e) and "nan" not in str(e):
+                raise
+            raise NonFiniteError(
+                f"step {self.step}: the policy's sampling probabilities are not finite ({e}); the "
+                "weights diverged in the last update; the last checkpoint is intact") from e
 
     def _score(self, problems, groups):
         n = self.cfg.rollout.n
@@ -215,20 +224,24 @@ class GRPOTrainer:
                 norm = Norm.of(batch.mask[rows], obj.max_tokens)
                 opt.zero_grad(set_to_none=True)
                 total = 0.0
+                # Router statistics from the last epoch: drift from the rollout's routing shows
+                # there when epochs > 1; the aux loss needs the router logits every pass.
+                want = self.p.recorder_fn and (obj.aux_loss_coef or epoch == t.epochs - 1)
                 for mb in micro_batches(batch, rows, t.token_budget, self._pad_id(), self.device):
-                    rec = self.p.recorder_fn(model) if self.p.recorder_fn else None
+                    rec = self.p.recorder_fn(model) if want else None
                     out = microbatch_loss(model, batch, mb, obj, norm, sums, rec)
                     check_finite(self.step, "loss", out.loss.detach())
                     out.loss.backward()
-                    total += float(out.loss)
-                    if rec is not None and epoch == 0:
+                    total += float(out.loss.detach())
+                    if rec is not None and epoch == t.epochs - 1:
                         router.append((rec, mb))
-                _check_grads(self.step, model)
+                check_grads(self.step, model)
                 gn = torch.nn.utils.clip_grad_norm_(
                     [p for p in model.parameters() if p.requires_grad],
                     t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
                 check_finite(self.step, "gradient norm", gn)
                 opt.step()
+                check_params(self.step, model)
                 self.p.scheduler.step()
                 grad_norms.append(float(gn))
                 losses.append(total)

@@ -150,16 +150,25 @@ def _record(sums: Sums, entropy, clipped, ratio, mask, kept, old, sampler) -> No
     sums.low("mismatch_min_ratio", ms["min_ratio"])
 
 
-def check_finite(step: int, name: str, t: Tensor) -> None:
+def check_finite(step: int, name: str, t: Tensor, updated: bool = False) -> None:
+    """Raise ``NonFiniteError`` naming the step and tensor if ``t`` holds a NaN or inf."""
     if not torch.isfinite(t).all():
+        state = ("the optimiser step was applied in memory but nothing was saved after it"
+                 if updated else "the weights were not updated")
         raise NonFiniteError(f"step {step}: {name} is not finite ({t.flatten()[:4].tolist()}...)"
-                             "; the weights were not updated and the last checkpoint is intact")
+                             f"; {state}; the last checkpoint is intact")
 
 
-def _check_grads(step: int, model: nn.Module) -> None:
+def check_grads(step: int, model: nn.Module) -> None:
     for name, p in model.named_parameters():
-        if p.grad is not None and not torch.isfinite(p.grad).all():
+        if p.grad is not None:
             check_finite(step, f"gradient of {name}", p.grad)
+
+
+def check_params(step: int, model: nn.Module) -> None:
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            check_finite(step, f"parameter {name}", p.detach(), updated=True)
 
 
 def micro_batches(batch: TrainBatch, rows: list[int], budget: int, pad_id: int, device: Any):
