@@ -7,7 +7,8 @@ each.
 
 1. ``rollout``: sample ``rollout.n`` completions for ``train.prompts_per_step`` prompts and score
    them; with ``algo.filter_zero_variance`` (DAPO dynamic sampling), groups whose rewards are all
-   equal are dropped and more prompts are sampled, at most ``algo.max_refills`` extra rounds.
+   equal are dropped and more prompts are sampled (the shortfall over the keep rate so far), at
+   most ``algo.max_refills`` extra rounds; surplus groups are discarded.
    Returns a ``Rollout`` stamped with the policy version that sampled it.
 2. ``prepare``: reference log-probs (beta > 0), KL-in-reward, advantages, masks (truncated
    completions masked), and the trainer's own log-probs of the rollout policy when the update
@@ -25,6 +26,7 @@ weights each sample by its sampler's log-probs.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -110,7 +112,10 @@ class GRPOTrainer:
         every: list[tuple[list[float], Any, dict[str, list[float]]]] = []
         t0, gen_s, refills = time.perf_counter(), 0.0, 0
         for attempt in range(1 + a.max_refills):
-            problems = self.p.data.take(want - len(kept))
+            # A refill asks for the shortfall divided by the keep rate so far (at least 1/4), as
+            # DAPO samples a larger generation batch than it trains on.
+            rate = max(len(kept) / len(every), 0.25) if every else 1.0
+            problems = self.p.data.take(math.ceil((want - len(kept)) / rate))
             sampling = Sampling(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
                                 top_k=r.top_k, seed=r.seed + 7919 * self.step + 104729 * attempt)
             g0 = time.perf_counter()

@@ -139,3 +139,21 @@ def test_bad_settings_fail_before_any_work(tmp_path):
     assert proc.returncode == 2
     assert "rollout.n: GRPO compares completions within a group" in proc.stderr
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_drops_zero_variance_groups_and_refills(tmp_path):
+    train(tmp_path, *LEARN, "reward.funcs=[tiny_rewards:digit_share_odd_only]",
+          "train.steps=4", "algo.max_refills=3")
+    rows = metrics(tmp_path)
+    # even-answer groups score 0 everywhere: they are sampled, dropped, and replaced
+    assert any(r["groups_sampled"] > r["groups_kept"] for r in rows)
+    assert all(r["groups_kept"] == 4 for r in rows)
+    assert any(r["refills"] >= 1 for r in rows) and all(r["refills"] <= 3 for r in rows)
+    # with no refills allowed the step trains on fewer groups instead of sampling forever
+    capped = tmp_path / "capped"
+    train(capped, *LEARN, "reward.funcs=[tiny_rewards:digit_share_odd_only]",
+          "train.steps=4", "algo.max_refills=0")
+    rows = metrics(capped)
+    assert all(r["refills"] == 0 and r["groups_sampled"] == 4 for r in rows)
+    assert any(r["groups_kept"] < 4 for r in rows)

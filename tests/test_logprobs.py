@@ -1,0 +1,199 @@
+"""Chunked completion log-probs and entropies against a plain full-logits forward, on the real
+tiny Qwen3-MoE and DeepSeek-V3: values, gradients (LoRA included), and the micro-batch split."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from grpo.batch import TrainBatch, make_micro_batch, plan_micro_batches
+from grpo.logprobs import chunked_head_logprobs, completion_logprobs, split_model
+from grpo.losses import Norm
+from grpo.update import Objective, Sums, micro_batches, microbatch_loss
+from r1kit.tiny import build_tiny
+
+
+@pytest.fixture(scope="module", params=["qwen3_moe", "deepseek_v3"])
+def model(request):
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(build_tiny(request.param))
+
+
+def _rows(vocab: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    prompt_lens, comp_lens = [5, 3, 7], [9, 4, 6]
+    prompts = [torch.randint(0, vocab, (p,), generator=g).tolist() for p in prompt_lens]
+    comps = [torch.randint(0, vocab, (c,), generator=g).tolist() for c in comp_lens]
+    return prompts, comps
+
+
+def _padded(prompts, comps):
+    width = max(len(p) + len(c) for p, c in zip(prompts, comps))
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    att = torch.zeros_like(ids)
+    for i, (p, c) in enumerate(zip(prompts, comps)):
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+        att[i, : len(p) + len(c)] = 1
+    return ids, att, torch.tensor([len(p) for p in prompts]), torch.tensor([len(c) for c in comps])
+
+
+def _reference(model, ids, att, plens, clens):
+    """Log-probs and entropies from the model's full (B, T, V) logits, token by token."""
+    logits = model(input_ids=ids, attention_mask=att).logits.float()
+    logp_all = torch.log_softmax(logits, -1)
+    ent_all = -(logp_all.exp() * logp_all).sum(-1)
+    c = int(clens.max())
+    logp, ent = torch.zeros(len(ids), c), torch.zeros(len(ids), c)
+    for b in range(len(ids)):
+        for j in range(int(clens[b])):
+            pos = int(plens[b]) + j
+            logp[b, j] = logp_all[b, pos - 1, ids[b, pos]]
+            ent[b, j] = ent_all[b, pos - 1]
+    return logp, ent
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 1024])
+def test_values_match_the_full_forward(model, chunk):
+    ids, att, plens, clens = _padded(*_rows(model.config.vocab_size))
+    out = completion_logprobs(model, ids, att, plens, clens, chunk_tokens=chunk)
+    ref_logp, ref_ent = _reference(model, ids, att, plens, clens)
+    torch.testing.assert_close(out.logp, ref_logp, atol=2e-5, rtol=0)
+    torch.testing.assert_close(out.entropy * out.mask, ref_ent, atol=2e-5, rtol=0)
+    assert out.mask.sum() == clens.sum()
+
+
+def test_gradients_match_the_full_forward_with_entropy_bonus(model):
+    ids, att, plens, clens = _padded(*_rows(model.config.vocab_size, seed=1))
+
+    def grads(fn):
+        model.zero_grad(set_to_none=True)
+        logp, ent = fn()
+        (logp.sum() - 0.1 * ent.sum()).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    def chunked():
+        out = completion_logprobs(model, ids, att, plens, clens, chunk_tokens=3)
+        return out.logp, out.entropy * out.mask
+
+    got = grads(chunked)
+    want = grads(lambda: _reference(model, ids, att, plens, clens))
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_lora_adapter_gets_the_same_gradient_as_the_full_forward():
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(build_tiny("qwen3_moe"))
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "lm_head"],
+                                            init_lora_weights=False))
+    ids, att, plens, clens = _padded(*_rows(model.config.vocab_size, seed=2))
+    model.zero_grad()
+    completion_logprobs(model, ids, att, plens, clens, chunk_tokens=2).logp.sum().backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    _reference(model, ids, att, plens, clens)[0].sum().backward()
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(got[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
+    assert any("lm_head" in n and g.abs().sum() > 0 for n, g in got.items())
+
+
+def test_head_chunks_are_recomputed_not_stored():
+    # With gradients on, each chunk runs under activation checkpointing: the autograd graph
+    # holds no (chunk, V) logits, only the (M, H) hidden states and the outputs.
+    head = torch.nn.Linear(8, 50_000, bias=False)
+    hidden = torch.randn(64, 8, requires_grad=True)
+    targets = torch.randint(0, 50_000, (64,))
+    saved: list[int] = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logp, _ = chunked_head_logprobs(head, hidden, targets, chunk_tokens=16)
+    assert max(saved) < 16 * 50_000  # no chunk's logits kept for backward
+    logp.sum().backward()
+    assert hidden.grad is not None and head.weight.grad is not None
+
+
+def test_models_that_post_process_logits_are_refused():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    cfg = Gemma2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                       num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                       final_logit_softcapping=30.0)
+    with pytest.raises(ValueError, match="final_logit_softcapping"):
+        split_model(Gemma2ForCausalLM(cfg))
+
+
+def _train_batch(model, n=6, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    vocab = model.config.vocab_size
+    plens = torch.randint(2, 8, (n,), generator=g).tolist()
+    clens = torch.randint(1, 10, (n,), generator=g).tolist()
+    width = max(clens)
+    mask = torch.zeros(n, width)
+    for i, c in enumerate(clens):
+        mask[i, :c] = 1
+    return TrainBatch(
+        prompt_ids=[torch.randint(0, vocab, (p,), generator=g).tolist() for p in plens],
+        completion_ids=[torch.randint(0, vocab, (c,), generator=g).tolist() for c in clens],
+        sampler_logp=-torch.rand(n, width, generator=g) * mask - 3 * mask,
+        mask=mask, token_mask=mask.clone(), advantages=torch.randn(n, generator=g),
+        rewards=torch.zeros(n), truncated=torch.zeros(n, dtype=torch.bool),
+        routed=[None] * n,
+        old_logp=-torch.rand(n, width, generator=g) * mask - 3 * mask)
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean",
+                                         "seq_mean_token_sum_norm"])
+def test_token_budget_changes_memory_not_the_gradient(model, aggregation):
+    batch = _train_batch(model)
+    obj = Objective(aggregation=aggregation, mismatch="token_truncate", max_tokens=10,
+                    logprob_chunk=5)
+    rows = list(range(batch.rows))
+    norm = Norm.of(batch.mask, obj.max_tokens)
+
+    def grads(budget):
+        model.zero_grad(set_to_none=True)
+        parts = list(micro_batches(batch, rows, budget, pad_id=0, device="cpu"))
+        total = sum(microbatch_loss(model, batch, mb, obj, norm, Sums()).loss for mb in parts)
+        total.backward()
+        return len(parts), float(total.detach()), {n: p.grad.clone() for n, p in model.named_parameters()
+                                          if p.grad is not None}
+
+    n_small, loss_small, g_small = grads(budget=20)
+    n_one, loss_one, g_one = grads(budget=10_000)
+    assert n_small > 1 and n_one == 1
+    assert loss_small == pytest.approx(loss_one, abs=1e-6)
+    for name in g_one:
+        torch.testing.assert_close(g_small[name], g_one[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_micro_batch_plan_respects_the_budget():
+    lengths = [30, 7, 12, 25, 3, 18]
+    plans = plan_micro_batches(lengths, list(range(6)), token_budget=40)
+    assert sorted(r for p in plans for r in p) == list(range(6))
+    for p in plans:
+        assert len(p) * max(lengths[r] for r in p) <= 40 or len(p) == 1
+
+
+def test_micro_batch_is_right_padded_with_replay_positions():
+    vocab = 50
+    batch = TrainBatch(prompt_ids=[[1, 2], [3]], completion_ids=[[4, 5, 6], [7]],
+                       sampler_logp=torch.zeros(2, 3), mask=torch.ones(2, 3),
+                       token_mask=torch.ones(2, 3), advantages=torch.zeros(2),
+                       rewards=torch.zeros(2), truncated=torch.zeros(2, dtype=torch.bool),
+                       routed=[torch.full((4, 2, 2), 5, dtype=torch.int16),
+                               torch.full((1, 2, 2), 6, dtype=torch.int16)])
+    mb = make_micro_batch(batch, [0, 1], pad_id=vocab - 1, device="cpu")
+    assert mb.input_ids.tolist() == [[1, 2, 4, 5, 6], [3, 7, 49, 49, 49]]
+    assert mb.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+    # routing recorded for every position the sampler ran forward on (not the last token)
+    assert mb.routed_valid.tolist() == [[True] * 4 + [False], [True] + [False] * 4]
+    assert mb.routed.shape == (2, 5, 2, 2) and int(mb.routed[1, 0, 0, 0]) == 6
