@@ -83,7 +83,8 @@ class RunLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(out_dir / "tb"))
+            # purge_step: events a killed run wrote past its checkpoint are dropped on resume
+            self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=start_step + 1)
         self.wandb = None
         if wandb:
             import wandb as wb

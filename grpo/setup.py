@@ -191,8 +191,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines a killed run wrote after the checkpoint it resumes from."""
     if not path.is_file():
         return
-    keep = [ln for ln in path.read_text().splitlines()
-            if ln.strip() and json.loads(ln)["step"] <= step]
+    text = path.read_text()
+    lines = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]  # a torn tail
+    keep = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= step]
     path.write_text("".join(ln + "\n" for ln in keep))
 
 

@@ -198,7 +198,8 @@ class TrainConfig:
     seed: int = 0
     """Seed of initialisation-time randomness, data order and sampling."""
     deterministic: bool = False
-    """torch deterministic algorithms, one thread: bit-identical runs and resumes on CPU."""
+    """torch deterministic algorithms: bit-identical runs and resumes on CPU (with the same
+    thread count; tests/test_resume.py kills runs with SIGKILL and compares weights)."""
     device: str = "auto"
     """``auto`` (cuda if available), ``cpu`` or ``cuda[:i]``."""
     save_every: int = 10

@@ -1,6 +1,6 @@
 """End-to-end GRPO runs of ``r1kit train`` on the tiny Qwen3-MoE: real engines (HF and colocated
 vLLM), real scorer worker processes, real checkpoints. The learnable target is
-``tiny_rewards:digit_share`` (share of digit characters): a random policy scores about 0.55 and
+``rewards.toy:digit_share`` (share of digit characters): a random policy scores about 0.55 and
 GRPO drives it towards 1 within a few dozen steps."""
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from safetensors.torch import load_file
 from r1kit.tiny import build_tiny
 from tests.conftest import REPO
 
-LEARN = ["reward.funcs=[tiny_rewards:digit_share]", "reward.weights=[1.0]",
+LEARN = ["reward.funcs=[rewards.toy:digit_share]", "reward.weights=[1.0]",
          "algo.mask_truncated=false", "rollout.max_tokens=16", "train.lr=1e-2",
          "reward.workers=1", "train.save_every=0"]
 
 
 def train(out: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'tests'}:{REPO}", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     cmd = [sys.executable, "-m", "r1kit.cli", "train", str(REPO / "recipes/tiny_grpo_hf.yaml"),
            f"log.out_dir={out}", *overrides]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -143,7 +143,7 @@ def test_bad_settings_fail_before_any_work(tmp_path):
 
 @pytest.mark.slow
 def test_dynamic_sampling_drops_zero_variance_groups_and_refills(tmp_path):
-    train(tmp_path, *LEARN, "reward.funcs=[tiny_rewards:digit_share_odd_only]",
+    train(tmp_path, *LEARN, "reward.funcs=[rewards.toy:digit_share_odd_only]",
           "train.steps=4", "algo.max_refills=3")
     rows = metrics(tmp_path)
     # even-answer groups score 0 everywhere: they are sampled, dropped, and replaced
@@ -152,7 +152,7 @@ def test_dynamic_sampling_drops_zero_variance_groups_and_refills(tmp_path):
     assert any(r["refills"] >= 1 for r in rows) and all(r["refills"] <= 3 for r in rows)
     # with no refills allowed the step trains on fewer groups instead of sampling forever
     capped = tmp_path / "capped"
-    train(capped, *LEARN, "reward.funcs=[tiny_rewards:digit_share_odd_only]",
+    train(capped, *LEARN, "reward.funcs=[rewards.toy:digit_share_odd_only]",
           "train.steps=4", "algo.max_refills=0")
     rows = metrics(capped)
     assert all(r["refills"] == 0 and r["groups_sampled"] == 4 for r in rows)
