@@ -197,3 +197,31 @@ def test_micro_batch_is_right_padded_with_replay_positions():
     # routing recorded for every position the sampler ran forward on (not the last token)
     assert mb.routed_valid.tolist() == [[True] * 4 + [False], [True] + [False] * 4]
     assert mb.routed.shape == (2, 5, 2, 2) and int(mb.routed[1, 0, 0, 0]) == 6
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3"])
+def test_aux_loss_coefficient_adds_the_router_balance_gradient(family):
+    from grpo.routing import RoutingRecorder, load_balancing_loss, moe_routers
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(build_tiny(family))
+    batch = _train_batch(model)
+    rows = list(range(batch.rows))
+    mb = next(micro_batches(batch, rows, 10_000, pad_id=0, device="cpu"))
+    norm = Norm.of(batch.mask, 10)
+    router = moe_routers(model)[0].weight
+
+    def loss_and_router_grad(coef):
+        model.zero_grad(set_to_none=True)
+        rec = RoutingRecorder(model, keep_logits=True)
+        out = microbatch_loss(model, batch, mb, Objective(aux_loss_coef=coef, max_tokens=10),
+                              norm, Sums(), rec)
+        out.loss.backward()
+        return float(out.loss.detach()), router.grad.clone(), rec
+
+    base_loss, base_grad, _ = loss_and_router_grad(0.0)
+    aux_loss, aux_grad, rec = loss_and_router_grad(0.5)
+    balance = load_balancing_loss(model, rec, mb.attention_mask.bool())
+    # the whole micro-batch is the optimiser batch here, so the aux term enters with weight 1
+    assert aux_loss == pytest.approx(base_loss + 0.5 * float(balance), rel=1e-5, abs=1e-6)
+    assert not torch.allclose(aux_grad, base_grad)
