@@ -45,7 +45,7 @@ class Objective:
     mismatch: str = "none"
     mismatch_params: MismatchParams = MismatchParams()
     max_tokens: int = 128
-    logprob_chunk: int = 1024
+    logprob_chunk: int = 256
     aux_loss_coef: float = 0.0
     routing_replay: bool = False
 

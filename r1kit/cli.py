@@ -76,6 +76,10 @@ def cmd_train(argv: list[str]) -> int:
     ap.add_argument("recipe", nargs="?", help="recipe YAML (defaults apply without one)")
     ap.add_argument("overrides", nargs="*", help="section.key=value")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if not argv:  # training is never started by accident
+        ap.print_usage(sys.stderr)
+        print("r1kit train: give a recipe and/or section.key=value settings", file=sys.stderr)
+        return 2
     args = ap.parse_args(argv)
     recipe, overrides = args.recipe, args.overrides
     if recipe is not None and "=" in recipe:
@@ -112,6 +116,8 @@ def _delegate(module: str) -> Callable[[list[str]], int]:
 BENCHES: dict[str, str] = {
     "rollout": "rollouts.bench",
     "rewards": "rewards.bench",
+    "train": "grpo.bench",
+    "replay": "grpo.replay_bench",
 }
 
 
@@ -119,7 +125,9 @@ def cmd_bench(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHES:
         print(f"usage: r1kit bench {{{','.join(BENCHES)}}} [options]\n"
               "  rollout  tokens/s of the HF and vLLM engines and weight-sync time\n"
-              "  rewards  math grading and sandbox throughput against peers", file=sys.stderr)
+              "  rewards  math grading and sandbox throughput against peers\n"
+              "  train    GRPO seconds/step and peak memory against TRL\n"
+              "  replay   what MoE routing replay does to off-policy updates", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return _delegate(BENCHES[argv[0]])(argv[1:])
 
@@ -130,7 +138,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (cmd_train, "GRPO training from a recipe (resumable)"),
     "grade": (_delegate("rewards.math"), "grade math answers from a JSONL file"),
     "sandbox": (_delegate("rewards.sandbox"), "run a Python file in the sandbox, print JSON"),
-    "bench": (cmd_bench, "benchmarks: rollout, rewards"),
+    "bench": (cmd_bench, "benchmarks: rollout, rewards, train, replay"),
 }
 
 

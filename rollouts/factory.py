@@ -53,5 +53,7 @@ def make_engine(
                 "--gpu-memory-utilization", str(gpu_memory_utilization))
         if not torch.cuda.is_available():
             args += ("--enforce-eager",)  # as the colocated engine: no graphs to capture on CPU
+            if dtype == "float32":  # AMX MLA packs only bf16/fp16 weights (rollouts.vllm_engine)
+                args += ("--attention-backend", "CPU_MLA")
         return VLLMServerEngine(model_path, extra_args=args)
     raise ValueError(f"unknown engine {kind!r}; expected one of {ENGINES}")

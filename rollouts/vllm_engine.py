@@ -23,6 +23,9 @@ What it guarantees:
 
 What it does not do (vLLM 0.32):
 
+- MLA in float32 on CPU: vLLM prefers its AMX MLA backend where the CPU has AMX, and that
+  backend packs only bf16/fp16/int8 weights; with ``dtype="float32"`` on CPU this engine asks for
+  the reference ``CPU_MLA`` backend instead.
 - Routed experts: vLLM can return each token's routed experts (``enable_return_routed_experts``),
   but only with Model Runner V2, which needs Triton; on CPU vLLM rejects the option at startup.
   ``return_routed_experts=True`` is therefore passed through only on GPU; on CPU it raises, and
@@ -108,6 +111,11 @@ class VLLMEngine:
             # vLLM 0.32 on CPU: a seeded request whose prompt is split by chunked prefill rewinds
             # its torch.Generator ("CPU Generator does not use offset") and kills the engine.
             extra.setdefault("enable_chunked_prefill", False)
+            if dtype == "float32":
+                # On CPUs with AMX vLLM picks its AMX MLA backend, whose weight packing takes only
+                # bf16/fp16/int8 ("expect weight to be bfloat16, ..."): float32 MLA models need
+                # the reference CPU backend. Other attention ignores this setting.
+                extra.setdefault("attention_backend", "CPU_MLA")
         if enable_lora:
             extra.update(enable_lora=True, max_lora_rank=max_lora_rank)
         if return_routed_experts:

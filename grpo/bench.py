@@ -1,0 +1,495 @@
+"""``r1kit bench train``: seconds per GRPO step and peak memory, r1kit against TRL, in one run.
+
+Step time. Three contenders train the same tiny Qwen3-MoE (float32, the same number of OpenMP
+threads: ``--threads``, 1 by default, see below) on the same synthetic arithmetic prompts: 4
+prompts x a group of 8 = 32 completions of exactly 64 tokens per step, loss DAPO (token mean,
+PPO-clip 0.2 / 0.28), beta 0, lr 1e-6, one optimiser step per generation batch, the same trivial
+reward (``digit_reward``):
+
+- ``trl_hf``: TRL's ``GRPOTrainer`` with transformers generation (``use_vllm=False``,
+  generation_batch_size 32, ``router_aux_loss_coef=0`` so that it optimises what r1kit does:
+  TRL's MoE default adds the router load-balancing loss, r1kit's ``algo.aux_loss_coef`` is 0).
+- ``r1kit_hf``: ``grpo.setup.build_trainer`` + ``run_step`` with ``rollout.engine=hf``
+  (``rollout.batch_size=32``: one generate call, as TRL; dynamic sampling and truncation masking
+  off, as TRL's defaults).
+- ``r1kit_vllm``: the same with the colocated vLLM engine (``VLLM_CPU_KVCACHE_SPACE=1``).
+
+Completions are forced to the full 64 tokens on every engine: HF ``min_new_tokens=64``
+(TRL's ``generation_kwargs``; the policy's ``generation_config`` for r1kit's HF engine, which
+``generate`` merges), vLLM ``min_tokens=64`` (the engine's ``_sampling_params`` wrapped in the
+worker). Each contender runs 1 warm-up step, then K timed steps; a step is everything between two
+steps (generation, reward, advantages, loss, backward, optimiser, weight sync, logging); the figure
+is the median. Peak RSS is the worker's ``ru_maxrss`` (reward worker processes not included).
+
+Memory. A Qwen3-MoE as small as the tiny one but with Qwen's 151,936-token vocabulary (random
+init, no tokenizer), 8 sequences x (512 prompt + 512 completion) tokens: one on-policy log-prob +
+GRPO loss + backward through r1kit's ``grpo.update.microbatch_loss`` (chunked LM head,
+the default ``train.logprob_chunk``) against TRL's ``compute_loss`` on a constructed trainer (its
+``_get_per_token_logps_and_entropies``: the fused, tiled LM head TRL patches in; on CPU it scores
+every position). The figure is the peak RSS increase over the RSS just before the call:
+``ru_maxrss`` after the call minus the RSS before it (exact, as long as the call's peak is the
+process's highest, which the worker checks), with a 1 ms psutil sampler as a cross-check.
+
+Every contender runs in a fresh subprocess (``python -m grpo.bench --worker NAME``), so one's
+memory and threads never touch another's. ``OMP_NUM_THREADS`` is set for each (default 1): on a
+small shared machine, two spinning OpenMP threads per process made the same step 8x slower and
+swing from run to run when other jobs were busy; one thread gives stable figures (the JSON records
+the 1-minute load average around each contender). Prints a table and writes JSON.
+
+Run: ``r1kit bench train [--steps 5] [--out runs/bench_train.json] [--no-vocab-bench] [--quick]``
+(also ``python -m grpo.bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Self
+
+PROMPTS, GROUP, MAX_TOKENS = 4, 8, 64
+LR, CLIP_LOW, CLIP_HIGH = 1e-6, 0.2, 0.28
+VOCAB = 151_936
+MEMORY_SHAPE = {"full": (8, 512, 512), "quick": (2, 128, 128)}  # sequences, prompt, completion
+STEP_CONTENDERS = ("trl_hf", "r1kit_hf", "r1kit_vllm")
+MEMORY_CONTENDERS = ("trl_memory", "r1kit_memory")
+TARGETS = {"r1kit_hf": 0.5, "r1kit_vllm": 0.33, "r1kit_memory": 0.25}
+"""r1kit's goal as a ratio to TRL (step time for the step contenders, peak memory increase)."""
+
+
+def digit_reward(completions: list[str], **_: Any) -> list[float]:
+    """Share of a completion's characters that are digits: a trivial reward with some variance.
+
+    >>> digit_reward(["a1", "22", ""])
+    [0.5, 1.0, 0.0]
+    """
+    return [sum(ch.isdigit() for ch in c) / len(c) if c else 0.0 for c in completions]
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class PeakSampler:
+    """The highest RSS seen by a thread polling every ``interval`` seconds."""
+
+    def __init__(self, interval: float = 0.001):
+        self.interval, self.peak = interval, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_mb())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> Self:
+        self.peak = _rss_mb()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mb())
+
+
+def _step_summary(seconds: list[float], extra: dict[str, Any]) -> dict[str, Any]:
+    timed = seconds[1:]  # the first step is the warm-up
+    return {"s_per_step": statistics.median(timed), "step_seconds": seconds,
+            "peak_rss_mb": _maxrss_mb(), **extra}
+
+
+def _problems() -> list[str]:
+    from r1kit.config import DataConfig
+    from r1kit.generate import load_problems
+    from rollouts.prompts import r1_zero_prompt
+
+    return [r1_zero_prompt(p.question) for p in load_problems(DataConfig(num_prompts=64))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Step-time workers
+
+
+def worker_trl_hf(steps: int) -> dict[str, Any]:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from r1kit.tiny import build_tiny
+
+    path = build_tiny("qwen3_moe")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+    class Clock(TrainerCallback):
+        def __init__(self) -> None:
+            self.marks: list[float] = []
+            self.lengths: list[float] = []
+
+        def on_train_begin(self, *a: Any, **k: Any) -> None:
+            self.marks.append(time.perf_counter())
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            self.marks.append(time.perf_counter())
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None,
+                   **k: Any) -> None:
+            if logs and "completions/mean_length" in logs:
+                self.lengths.append(logs["completions/mean_length"])
+
+    out = tempfile.mkdtemp(prefix="bench-trl-")
+    args = GRPOConfig(
+        output_dir=out, report_to="none", use_vllm=False, use_cpu=True, bf16=False,
+        temperature=1.0, num_generations=GROUP, per_device_train_batch_size=PROMPTS * GROUP,
+        generation_batch_size=PROMPTS * GROUP, max_completion_length=MAX_TOKENS,
+        generation_kwargs={"min_new_tokens": MAX_TOKENS}, beta=0.0, loss_type="dapo",
+        epsilon=CLIP_LOW, epsilon_high=CLIP_HIGH, learning_rate=LR, max_grad_norm=1.0,
+        router_aux_loss_coef=0.0, max_steps=1 + steps, save_strategy="no", logging_steps=1,
+        disable_tqdm=True, seed=0)
+    clock = Clock()
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=lambda completions, **kw: digit_reward(completions),
+        args=args, train_dataset=Dataset.from_dict({"prompt": _problems()}),
+        processing_class=tok, callbacks=[clock])
+    trainer.train()
+    seconds = [b - a for a, b in zip(clock.marks, clock.marks[1:])]
+    return _step_summary(seconds, {"completion_len": statistics.mean(clock.lengths)})
+
+
+def _min_tokens_vllm() -> None:
+    """Wrap the vLLM engine's sampling parameters so that no completion stops before max."""
+    from rollouts.vllm_engine import VLLMEngine
+
+    original = VLLMEngine._sampling_params
+
+    def forced(sampling, seed):
+        params = original(sampling, seed)
+        params.min_tokens = sampling.max_tokens
+        return params
+
+    VLLMEngine._sampling_params = staticmethod(forced)
+
+
+def _r1kit_steps(engine: str, steps: int) -> dict[str, Any]:
+    from grpo.setup import build_trainer
+    from r1kit.config import load_config, validate_training
+
+    out = tempfile.mkdtemp(prefix=f"bench-r1kit-{engine}-")
+    cfg = load_config(None, [
+        f"rollout.engine={engine}", f"rollout.n={GROUP}", f"rollout.max_tokens={MAX_TOKENS}",
+        f"rollout.batch_size={PROMPTS * GROUP}", "data.num_prompts=64",
+        "reward.funcs=[grpo.bench:digit_reward]", "reward.weights=[1.0]",
+        "algo.filter_zero_variance=false", "algo.mask_truncated=false", "algo.beta=0.0",
+        "algo.aggregation=token_mean", "algo.policy_loss=ppo_clip",
+        f"algo.clip_low={CLIP_LOW}", f"algo.clip_high={CLIP_HIGH}",
+        f"train.prompts_per_step={PROMPTS}", f"train.steps={1 + steps}", f"train.lr={LR}",
+        "train.device=cpu", "train.sample_every=0", "train.save_every=0",
+        "train.tensorboard=false", "train.resume=never", f"log.out_dir={out}",
+        "log.level=WARNING"])
+    validate_training(cfg)
+    if engine == "vllm":
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on CPU
+        _min_tokens_vllm()
+    trainer = build_trainer(cfg, show_progress=False)
+    trainer.p.policy.generation_config.min_new_tokens = MAX_TOKENS  # the HF engine's generate
+    seconds, metrics = [], []
+    try:
+        for _ in range(1 + steps):
+            t0 = time.perf_counter()
+            metrics.append(trainer.run_step())
+            seconds.append(time.perf_counter() - t0)
+    finally:
+        trainer.p.runlog.close()
+        trainer.p.scorer.close()
+        trainer.p.engine.close()
+    parts = {f"median_{k.replace('/', '_')}": statistics.median(m.get(k, 0.0) for m in metrics[1:])
+             for k in ("time/generate", "time/rollout", "time/update", "time/sync")}
+    return _step_summary(seconds, {"completion_len": statistics.mean(
+        m["response_len"] for m in metrics), **parts})
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory workers: one log-prob + loss + backward at a 151,936-token vocabulary
+
+
+def _big_vocab_model():
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from r1kit.tiny import tiny_config
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("qwen3_moe", VOCAB, eos_id=0),
+                                             dtype=torch.float32)
+    return model.train()
+
+
+def _measure(fn: Callable[[], Any], setup: dict[str, Any]) -> dict[str, Any]:
+    import gc
+
+    gc.collect()
+    before, peak_before = _rss_mb(), _maxrss_mb()
+    with PeakSampler() as sampler:
+        t0 = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - t0
+    peak_after = _maxrss_mb()
+    exact = peak_after > peak_before  # the call set the process's peak: ru_maxrss is its peak
+    return {"peak_increase_mb": (peak_after if exact else sampler.peak) - before,
+            "peak_increase_mb_sampled": sampler.peak - before, "exact": exact,
+            "rss_before_mb": before, "seconds": seconds, "peak_rss_mb": peak_after, **setup}
+
+
+def worker_r1kit_memory(quick: bool) -> dict[str, Any]:
+    import torch
+
+    from grpo.batch import TrainBatch, make_micro_batch
+    from grpo.losses import ClipParams, Norm
+    from grpo.update import Objective, Sums, microbatch_loss
+    from r1kit.config import TrainConfig
+
+    b, p, c = MEMORY_SHAPE["quick" if quick else "full"]
+    model = _big_vocab_model()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(VOCAB, (b, p + c), generator=g).tolist()
+    ones = torch.ones(b, c)
+    batch = TrainBatch(
+        prompt_ids=[r[:p] for r in ids], completion_ids=[r[p:] for r in ids],
+        sampler_logp=torch.zeros(b, c), mask=ones, token_mask=ones.clone(),
+        advantages=torch.randn(b, generator=g), rewards=torch.zeros(b),
+        truncated=torch.zeros(b, dtype=torch.bool), routed=[None] * b)  # old_logp None: on-policy
+    obj = Objective(policy_loss="ppo_clip", aggregation="token_mean",
+                    clip=ClipParams(CLIP_LOW, CLIP_HIGH), mismatch="none", max_tokens=c,
+                    logprob_chunk=TrainConfig().logprob_chunk)
+    mb = make_micro_batch(batch, list(range(b)), 0, "cpu")
+
+    def step() -> None:
+        out = microbatch_loss(model, batch, mb, obj, Norm.of(batch.mask, c), Sums())
+        out.loss.backward()
+
+    return _measure(step, {"shape": [b, p, c]})
+
+
+def worker_trl_memory(quick: bool) -> dict[str, Any]:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from r1kit.tiny import build_tiny
+
+    b, p, c = MEMORY_SHAPE["quick" if quick else "full"]
+    model = _big_vocab_model()
+    args = GRPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="bench-trl-mem-"), report_to="none", use_vllm=False,
+        use_cpu=True, bf16=False, num_generations=2, per_device_train_batch_size=b,
+        max_completion_length=c, beta=0.0, loss_type="dapo", epsilon=CLIP_LOW,
+        epsilon_high=CLIP_HIGH, router_aux_loss_coef=0.0, save_strategy="no")
+    trainer = GRPOTrainer(  # the tokenizer is only needed to construct the trainer
+        model=model, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=args,
+        train_dataset=Dataset.from_dict({"prompt": ["x"] * 4}),
+        processing_class=AutoTokenizer.from_pretrained(build_tiny("qwen3_moe")))
+    trainer.current_gradient_accumulation_steps = 1  # set by transformers' training loop
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(VOCAB, (b, p + c), generator=g)
+    inputs = {"prompt_ids": ids[:, :p], "prompt_mask": torch.ones(b, p, dtype=torch.long),
+              "completion_ids": ids[:, p:], "completion_mask": torch.ones(b, c, dtype=torch.long),
+              "advantages": torch.randn(b, generator=g), "num_items_in_batch": torch.tensor(b * c)}
+    model.train()
+
+    def step() -> None:
+        trainer.compute_loss(model, inputs).backward()
+
+    return _measure(step, {"shape": [b, p, c]})
+
+
+WORKERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "trl_hf": lambda a: worker_trl_hf(a.steps),
+    "r1kit_hf": lambda a: _r1kit_steps("hf", a.steps),
+    "r1kit_vllm": lambda a: _r1kit_steps("vllm", a.steps),
+    "trl_memory": lambda a: worker_trl_memory(a.quick),
+    "r1kit_memory": lambda a: worker_r1kit_memory(a.quick),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+def run_worker(name: str, steps: int, quick: bool, threads: int,
+               timeout_s: float = 1800) -> dict[str, Any]:
+    """Run one contender in a fresh ``python -m grpo.bench --worker`` process."""
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        result = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "grpo.bench", "--worker", name, "--steps", str(steps),
+               "--result", str(result)] + (["--quick"] if quick else [])
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get(
+            "VLLM_CPU_KVCACHE_SPACE", "1"), "TOKENIZERS_PARALLELISM": "false"}
+        env["TMPDIR"] = tmp  # run folders the worker makes are removed with this one
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                                  timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout_s:.0f} s"}
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0 or not result.is_file():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+            return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
+        return {**json.loads(result.read_text()), "worker_wall_s": wall}
+
+
+def run(steps: int, vocab_bench: bool, quick: bool, threads: int = 1) -> dict[str, Any]:
+    import torch
+
+    names = list(STEP_CONTENDERS) + (list(MEMORY_CONTENDERS) if vocab_bench else [])
+    results = {}
+    load = [os.getloadavg()[0]]
+    for name in names:
+        print(f"  running {name} ...", file=sys.stderr, flush=True)
+        results[name] = run_worker(name, steps, quick, threads)
+        load.append(os.getloadavg()[0])
+        print(f"  {name}: {_brief(results[name])}", file=sys.stderr, flush=True)
+    return {
+        "benchmark": "train",
+        "settings": {"prompts": PROMPTS, "group": GROUP, "max_tokens": MAX_TOKENS,
+                     "timed_steps": steps, "warmup_steps": 1, "quick": quick,
+                     "memory_shape": MEMORY_SHAPE["quick" if quick else "full"],
+                     "vocab": VOCAB, "dtype": "float32"},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "threads": threads or torch.get_num_threads(), "torch": torch.__version__,
+                    "cuda": torch.cuda.is_available(), "load_average_1min": load},
+        "contenders": results,
+        "ratios": _ratios(results),
+        "targets": TARGETS,
+    }
+
+
+def _brief(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return "ERROR " + r["error"]
+    if "s_per_step" in r:
+        return f"{r['s_per_step']:.2f} s/step, peak RSS {r['peak_rss_mb']:.0f} MB"
+    return f"peak increase {r['peak_increase_mb']:.0f} MB"
+
+
+def _ratios(results: dict[str, Any]) -> dict[str, float | None]:
+    def ratio(name: str, base: str, key: str) -> float | None:
+        a, b = results.get(name, {}), results.get(base, {})
+        if key in a and key in b and b[key] > 0:
+            return a[key] / b[key]
+        return None
+
+    out = {}
+    for name in ("r1kit_hf", "r1kit_vllm"):
+        out[f"{name}/time"] = ratio(name, "trl_hf", "s_per_step")
+        out[f"{name}/rss"] = ratio(name, "trl_hf", "peak_rss_mb")
+    out["r1kit_memory/memory"] = ratio("r1kit_memory", "trl_memory", "peak_increase_mb")
+    return out
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None or not math.isfinite(x) else format(x, spec)
+
+
+def table(result: dict[str, Any]) -> str:
+    res, rat, s = result["contenders"], result["ratios"], result["settings"]
+    lines = [(f"train benchmark: {s['prompts']} prompts x {s['group']} = "
+              f"{s['prompts'] * s['group']} completions of {s['max_tokens']} tokens, median of "
+              f"{s['timed_steps']} steps after {s['warmup_steps']} warm-up; "
+              f"{result['machine']['threads']} thread(s) per contender, float32"),
+             (f"{'contender':14} {'s/step':>8} {'x TRL':>6} {'peak RSS MB':>12} {'x TRL':>6} "
+              f"{'target':>7}")]
+    for name in STEP_CONTENDERS:
+        r = res.get(name, {})
+        if "error" in r:
+            lines.append(f"{name:14} ERROR {r['error'][:100]}")
+            continue
+        target = TARGETS.get(name)
+        lines.append(
+            f"{name:14} {_fmt(r.get('s_per_step'), '8.2f')} "
+            f"{_fmt(rat.get(f'{name}/time', 1.0 if name == 'trl_hf' else None), '6.2f')} "
+            f"{_fmt(r.get('peak_rss_mb'), '12.0f')} "
+            f"{_fmt(rat.get(f'{name}/rss', 1.0 if name == 'trl_hf' else None), '6.2f')} "
+            f"{'<= ' + str(target) if target else '':>7}")
+    if "r1kit_memory" in res or "trl_memory" in res:
+        b, p, c = s["memory_shape"]
+        lines.append(f"memory: log-prob + loss + backward, vocab {s['vocab']:,}, {b} x "
+                     f"({p} prompt + {c} completion) tokens; peak RSS increase over the "
+                     "RSS before the call")
+        lines.append(f"{'contender':14} {'peak +MB':>9} {'x TRL':>6} {'sampled':>8} "
+                     f"{'seconds':>8} {'target':>7}")
+        for name in MEMORY_CONTENDERS:
+            r = res.get(name, {})
+            if "error" in r:
+                lines.append(f"{name:14} ERROR {r['error'][:100]}")
+                continue
+            x = 1.0 if name == "trl_memory" else rat.get("r1kit_memory/memory")
+            target = TARGETS.get(name)
+            lines.append(f"{name:14} {_fmt(r.get('peak_increase_mb'), '9.0f')} {_fmt(x, '6.2f')} "
+                         f"{_fmt(r.get('peak_increase_mb_sampled'), '8.0f')} "
+                         f"{_fmt(r.get('seconds'), '8.2f')} "
+                         f"{'<= ' + str(target) if target else '':>7}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="r1kit bench train", description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=5, help="timed steps after 1 warm-up step")
+    ap.add_argument("--out", default="runs/bench_train.json", help="JSON output path")
+    ap.add_argument("--vocab-bench", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run the 151,936-vocabulary memory test (default on)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="OpenMP/torch threads of every contender (0: the libraries' default); 1 "
+                    "keeps a busy shared machine from thrashing OpenMP's spinning threads")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"a small memory case {MEMORY_SHAPE['quick']} (for smoke tests)")
+    ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.steps < 1:
+        ap.error("--steps must be >= 1")
+    if args.worker:  # inside a subprocess started by run_worker
+        import torch
+
+        threads = torch.get_num_threads()  # vLLM disables set_num_threads once it starts
+        out = WORKERS[args.worker](args)
+        Path(args.result).write_text(json.dumps({**out, "torch_threads": threads}))
+        return 0
+    result = run(args.steps, args.vocab_bench, args.quick, args.threads)
+    print(table(result))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+    return 0 if not any("error" in r for r in result["contenders"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
