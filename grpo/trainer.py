@@ -192,6 +192,9 @@ class GRPOTrainer:
             mask=mask, token_mask=token_mask, advantages=torch.zeros(len(comps)),
             rewards=ro.rewards.flatten().clone(), truncated=truncated,
             routed=[c.routed_experts for c in comps])
+        if a.routing_replay and any(x is None for x in batch.routed):
+            log.warning("step %d: algo.routing_replay is on but the engine reported no routing "
+                        "for some completions; they are routed live", self.step)
         if a.beta > 0:
             batch.ref_logp = self._reference_logprobs(batch)
             if a.kl_in == "reward":

@@ -450,8 +450,20 @@ def validate_training(cfg: Config) -> None:
         fail("train.resume", f"neither auto, never, nor a checkpoint folder: {t.resume!r}")
     if t.device != "auto" and not (t.device == "cpu" or t.device.startswith("cuda")):
         fail("train.device", f"expected auto, cpu or cuda[:i], got {t.device!r}")
+    if a.routing_replay and r.engine == "vllm_server":
+        fail("algo.routing_replay", "the vllm_server engine does not report routed experts; use "
+             "rollout.engine=hf, or vllm on a GPU")
+    if a.routing_replay and r.engine == "vllm" and not _cuda_available():
+        fail("algo.routing_replay", "vLLM reports routed experts only on GPU (Model Runner V2 "
+             "needs Triton); on CPU use rollout.engine=hf")
     if t.wandb and importlib.util.find_spec("wandb") is None:
         fail("train.wandb", "wandb is not installed (pip install wandb)")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def reward_specs(cfg: Config):

@@ -43,7 +43,8 @@ def make_engine(
         from rollouts.vllm_engine import VLLMEngine
 
         return VLLMEngine(model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
-                          gpu_memory_utilization=gpu_memory_utilization)
+                          gpu_memory_utilization=gpu_memory_utilization,
+                          return_routed_experts=record_routing)
     if kind == "vllm_server":
         from rollouts.server import VLLMServerEngine
 

@@ -120,6 +120,8 @@ def test_cli_config_error_exits_2_with_one_line(tmp_path):
         (["train.token_budget=100"], "train.token_budget: 100 is below rollout.max_model_len"),
         (["train.resume=/no/such/ckpt"], "train.resume: neither auto, never, nor a checkpoint"),
         (["algo.policy_loss=dual_clip", "algo.dual_clip=1.0"], "algo.dual_clip: must be > 1"),
+        (["algo.routing_replay=true", "rollout.engine=vllm_server"],
+         "algo.routing_replay: the vllm_server engine does not report routed experts"),
     ],
 )
 def test_training_settings_fail_before_work(overrides, needle):
@@ -134,3 +136,13 @@ def test_float_settings_accept_yaml_exponents():
     assert load_config(None, ["train.lr=3e-3"]).train.lr == 0.003
     with pytest.raises(ConfigError, match="train.lr: expected float"):
         load_config(None, ["train.lr=fast"])
+
+
+def test_routing_replay_with_vllm_on_cpu_fails_before_work():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU vLLM reports routed experts")  # the CPU branch is what runs here
+    cfg = load_config(None, ["algo.routing_replay=true", "rollout.engine=vllm"])
+    with pytest.raises(ConfigError, match="vLLM reports routed experts only on GPU"):
+        validate_training(cfg)
