@@ -40,8 +40,8 @@ through the tables at the bottom.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -213,7 +213,7 @@ class Norm:
     """The completion budget (``rollout.max_tokens``): Dr. GRPO's constant."""
 
     @staticmethod
-    def of(mask: Tensor, max_tokens: int) -> "Norm":
+    def of(mask: Tensor, max_tokens: int) -> Norm:
         """The counts of one batch given its mask (N, T)."""
         return Norm(float(mask.sum()), float(mask.shape[0]), float(max_tokens))
 

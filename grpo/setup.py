@@ -107,7 +107,7 @@ def recorder_factory(policy: torch.nn.Module, aux_loss: bool):
 def num_experts(policy: torch.nn.Module) -> int:
     base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
     c = base.config
-    return int(getattr(c, "num_experts", None) or getattr(c, "n_routed_experts"))
+    return int(getattr(c, "num_experts", None) or c.n_routed_experts)
 
 
 def router_metrics(policy: torch.nn.Module, recorded: list) -> dict[str, float]:
@@ -140,9 +140,9 @@ def build_trainer(cfg: Any, show_progress: bool = True) -> GRPOTrainer:
     from transformers import AutoTokenizer
 
     from grpo.observe import RunLog, output_to, route_logs
+    from r1kit.config import reward_specs
     from r1kit.generate import load_problems, resolve_model_path
     from rewards.scorer import Scorer
-    from r1kit.config import reward_specs
     from rollouts.factory import make_engine
     from rollouts.prompts import build_prompt
 

@@ -36,8 +36,18 @@ from torch import nn
 
 from grpo.batch import Rollout, TrainBatch, pad_rows
 from grpo.losses import ADVANTAGES, KL_ESTIMATORS, Norm, kl_penalised_rewards
-from grpo.update import (NonFiniteError, Objective, Sums, batch_logprobs, check_finite,
-                         check_grads, check_params, micro_batches, microbatch_loss, minibatch_order)
+from grpo.update import (
+    NonFiniteError,
+    Objective,
+    Sums,
+    batch_logprobs,
+    check_finite,
+    check_grads,
+    check_params,
+    micro_batches,
+    microbatch_loss,
+    minibatch_order,
+)
 from rollouts.types import Sampling
 
 log = logging.getLogger("r1kit.train")
@@ -324,4 +334,4 @@ class GRPOTrainer:
         self.p.scheduler.load_state_dict(s["scheduler"])
 
 
-__all__ = ["GRPOTrainer", "Parts", "ProblemStream", "NonFiniteError"]
+__all__ = ["GRPOTrainer", "NonFiniteError", "Parts", "ProblemStream"]

@@ -23,8 +23,16 @@ from torch import Tensor, nn
 
 from grpo.batch import MicroBatch, TrainBatch, make_micro_batch, plan_micro_batches
 from grpo.logprobs import completion_logprobs
-from grpo.losses import (AGGREGATIONS, KL_ESTIMATORS, MISMATCH_CORRECTIONS, POLICY_LOSSES,
-                         ClipParams, MismatchParams, Norm, mismatch_stats)
+from grpo.losses import (
+    AGGREGATIONS,
+    KL_ESTIMATORS,
+    MISMATCH_CORRECTIONS,
+    POLICY_LOSSES,
+    ClipParams,
+    MismatchParams,
+    Norm,
+    mismatch_stats,
+)
 
 
 class NonFiniteError(RuntimeError):
@@ -50,7 +58,7 @@ class Objective:
     routing_replay: bool = False
 
     @staticmethod
-    def from_config(algo: Any, train: Any, max_tokens: int, mismatch: str) -> "Objective":
+    def from_config(algo: Any, train: Any, max_tokens: int, mismatch: str) -> Objective:
         return Objective(
             policy_loss=algo.policy_loss, aggregation=algo.aggregation,
             clip=ClipParams(algo.clip_low, algo.clip_high, algo.dual_clip), beta=algo.beta,

@@ -46,9 +46,9 @@ def make_engine(
                           gpu_memory_utilization=gpu_memory_utilization,
                           return_routed_experts=record_routing)
     if kind == "vllm_server":
-        from rollouts.server import VLLMServerEngine
-
         import torch
+
+        from rollouts.server import VLLMServerEngine
 
         args = ("--dtype", dtype, "--max-model-len", str(max_model_len), "--seed", str(seed),
                 "--gpu-memory-utilization", str(gpu_memory_utilization))

@@ -28,7 +28,7 @@ def train(out: Path, *overrides: str, check: bool = True) -> subprocess.Complete
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     cmd = [sys.executable, "-m", "r1kit.cli", "train", str(REPO / "recipes/tiny_grpo_hf.yaml"),
            f"log.out_dir={out}", *overrides]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -127,7 +127,7 @@ def test_train_help_lists_every_setting():
     from r1kit.config import AlgoConfig, TrainConfig
 
     proc = subprocess.run([sys.executable, "-m", "r1kit.cli", "train", "--help"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0
     for section, cls in (("algo", AlgoConfig), ("train", TrainConfig)):
         for name in cls.__dataclass_fields__:
