@@ -6,7 +6,9 @@ A checkpoint is a folder ``{out_dir}/checkpoints/step-{step:06d}`` holding:
   tokenizer, so ``AutoModelForCausalLM.from_pretrained`` (or ``PeftModel.from_pretrained``) opens
   it directly;
 - ``trainer.pt``: optimiser and scheduler state, the trainer's counters and data position, and
-  the RNG states of torch (CPU and CUDA), Python and numpy.
+  the RNG states of torch (CPU and CUDA), Python and numpy. The engines' sampling needs no saved
+  state: each step's sampling seed is a function of ``rollout.seed``, the step and the refill
+  round (``GRPOTrainer.rollout``), and the HF engine samples under a forked RNG.
 
 Atomicity: everything is written into a hidden temporary folder beside it, which is renamed to
 its final name only when complete (a rename within one file system is atomic). A process killed

@@ -139,11 +139,8 @@ def router_metrics(policy: torch.nn.Module, recorded: list) -> dict[str, float]:
 def build_trainer(cfg: Any, show_progress: bool = True) -> GRPOTrainer:
     from transformers import AutoTokenizer
 
-    from grpo.observe import RunLog, output_to, route_logs
-    from r1kit.config import reward_specs
+    from grpo.observe import route_logs
     from r1kit.generate import load_problems, resolve_model_path
-    from rewards.scorer import Scorer
-    from rollouts.factory import make_engine
     from rollouts.prompts import build_prompt
 
     t, r = cfg.train, cfg.rollout
@@ -153,6 +150,7 @@ def build_trainer(cfg: Any, show_progress: bool = True) -> GRPOTrainer:
     if t.deterministic:
         torch.use_deterministic_algorithms(True)
     ckpt = find_resume(cfg)
+    problems = load_problems(cfg.data)  # a bad data file fails before any model is loaded
     torch.manual_seed(t.seed)
     base = resolve_model_path(cfg.model)
     device = device_of(cfg)
@@ -161,27 +159,45 @@ def build_trainer(cfg: Any, show_progress: bool = True) -> GRPOTrainer:
     optimizer, scheduler = make_optimizer(cfg, policy)
     (out / "config.yaml").write_text(yaml.safe_dump(
         {k: v for k, v in asdict(cfg).items() if k != "source"}, sort_keys=False))
-    with output_to(out / "engine.log"):
-        engine = make_engine(
-            r.engine, base, dtype=cfg.model.dtype, max_model_len=r.max_model_len, seed=r.seed,
-            gpu_memory_utilization=r.gpu_memory_utilization, batch_size=r.batch_size,
-            model=policy, tokenizer=tokenizer, record_routing=cfg.algo.routing_replay)
     parts = Parts(
-        cfg=cfg, policy=policy, tokenizer=tokenizer, engine=engine,
-        scorer=Scorer(reward_specs(cfg), workers=cfg.reward.workers,
-                      timeout_s=cfg.reward.timeout_s),
-        optimizer=optimizer, scheduler=scheduler,
-        data=ProblemStream(load_problems(cfg.data), t.seed),
+        cfg=cfg, policy=policy, tokenizer=tokenizer, engine=None, scorer=None,
+        optimizer=optimizer, scheduler=scheduler, data=ProblemStream(problems, t.seed),
         prompt_fn=lambda q: build_prompt(q, r.prompt_style, tokenizer),
         objective=Objective.from_config(cfg.algo, t, r.max_tokens, resolve_mismatch(cfg)),
-        reference=make_reference(cfg, base, device), recorder_fn=recorder_factory(policy, cfg.algo.aux_loss_coef > 0))
+        reference=make_reference(cfg, base, device),
+        recorder_fn=recorder_factory(policy, cfg.algo.aux_loss_coef > 0))
+    try:
+        return _start(parts, base, ckpt, out, show_progress)
+    except BaseException:  # nothing left running: the scorer's workers, the engine
+        for held in (parts.scorer, parts.engine):
+            if held is not None:
+                held.close()
+        raise
+
+
+def _start(parts: Parts, base: Path, ckpt: Path | None, out: Path, show_progress: bool):
+    """Engine, scorer, resumed state, first weight sync, run log."""
+    from grpo.observe import RunLog, output_to
+    from r1kit.config import reward_specs
+    from rewards.scorer import Scorer
+    from rollouts.factory import make_engine
+
+    cfg, t, r = parts.cfg, parts.cfg.train, parts.cfg.rollout
+    with output_to(out / "engine.log"):
+        parts.engine = make_engine(
+            r.engine, base, dtype=cfg.model.dtype, max_model_len=r.max_model_len, seed=r.seed,
+            gpu_memory_utilization=r.gpu_memory_utilization, batch_size=r.batch_size,
+            model=parts.policy, tokenizer=parts.tokenizer,
+            record_routing=cfg.algo.routing_replay)
+    parts.scorer = Scorer(reward_specs(cfg), workers=cfg.reward.workers,
+                          timeout_s=cfg.reward.timeout_s)
     trainer = GRPOTrainer(parts)
     if ckpt is not None:
         trainer.load_state_dict(load_trainer_state(ckpt))
         log.info("resumed from %s at step %d", ckpt, trainer.step)
     # Also with no checkpoint: a run killed before its first save left lines for steps it redoes.
     _truncate_metrics(out / "metrics.jsonl", trainer.step)
-    engine.update_weights(policy)
+    parts.engine.update_weights(parts.policy)
     parts.runlog = RunLog(out, t.steps, trainer.step, tensorboard=t.tensorboard, wandb=t.wandb,
                           config=asdict(cfg), show_progress=show_progress)
     return trainer
