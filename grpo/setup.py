@@ -140,7 +140,7 @@ def build_trainer(cfg: Any, show_progress: bool = True) -> GRPOTrainer:
     from transformers import AutoTokenizer
 
     from grpo.observe import route_logs
-    from r1kit.generate import load_problems, resolve_model_path
+    from r1kit.generate import check_prompt_lengths, load_problems, resolve_model_path
     from rollouts.prompts import build_prompt
 
     t, r = cfg.train, cfg.rollout
@@ -155,6 +155,8 @@ def build_trainer(cfg: Any, show_progress: bool = True) -> GRPOTrainer:
     base = resolve_model_path(cfg.model)
     device = device_of(cfg)
     tokenizer = AutoTokenizer.from_pretrained(base)
+    check_prompt_lengths([build_prompt(p.question, r.prompt_style, tokenizer) for p in problems],
+                         tokenizer, r.max_tokens, r.max_model_len)
     policy = load_policy(cfg, base, ckpt, device)
     optimizer, scheduler = make_optimizer(cfg, policy)
     (out / "config.yaml").write_text(yaml.safe_dump(

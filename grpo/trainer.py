@@ -53,6 +53,10 @@ from rollouts.types import Sampling
 log = logging.getLogger("r1kit.train")
 
 
+class RewardError(RuntimeError):
+    """A reward failed on every sample of a batch: it is broken, not the samples."""
+
+
 class ProblemStream:
     """Problems in a seeded order, reshuffled every pass; its position is two integers."""
 
@@ -121,6 +125,7 @@ class GRPOTrainer:
         kept: list[tuple[Any, Any, list[float], dict[str, list[float]]]] = []
         every: list[tuple[list[float], Any, dict[str, list[float]]]] = []
         t0, gen_s, refills = time.perf_counter(), 0.0, 0
+        self._failures: dict[str, int] = {}
         for attempt in range(1 + a.max_refills):
             # A refill asks for the shortfall divided by the keep rate so far (at least 1/4), as
             # DAPO samples a larger generation batch than it trains on.
@@ -163,6 +168,12 @@ class GRPOTrainer:
         res = self.p.scorer.score(
             texts, answer=[p.answer for p in problems for _ in range(n)],
             completion_lengths=[len(c.token_ids) for g in groups for c in g.completions])
+        broken = res.failed_everywhere()
+        if broken:
+            raise RewardError(f"step {self.step}: reward {', '.join(broken)} failed on all "
+                              f"{len(texts)} samples (see train.log for the first error)")
+        for label, count in res.failure_counts().items():
+            self._failures[label] = self._failures.get(label, 0) + count
         totals = [res.total[i * n:(i + 1) * n] for i in range(len(groups))]
         per = [{k: v[i * n:(i + 1) * n] for k, v in res.per_reward.items()}
                for i in range(len(groups))]
@@ -185,6 +196,7 @@ class GRPOTrainer:
         for name in every[0][2]:
             scores = [x for _, _, per in every for x in per[name]]
             stats[f"reward/{name}"] = sum(scores) / len(scores)
+            stats[f"reward_failures/{name}"] = self._failures.get(name, 0)
         return stats
 
     # -- 2. advantages, masks, reference ----------------------------------------------------
@@ -334,4 +346,4 @@ class GRPOTrainer:
         self.p.scheduler.load_state_dict(s["scheduler"])
 
 
-__all__ = ["GRPOTrainer", "NonFiniteError", "Parts", "ProblemStream"]
+__all__ = ["GRPOTrainer", "NonFiniteError", "Parts", "ProblemStream", "RewardError"]

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import time
 from typing import Callable
 
 from r1kit.config import ConfigError, config_help, load_config
@@ -59,10 +61,21 @@ def cmd_generate(argv: list[str]) -> int:
         recipe, overrides = None, [recipe, *overrides]
     cfg = load_config(recipe, overrides)
     _setup_logging(cfg.log.level)
-    from r1kit.generate import run_generate
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")  # vLLM's records go to engine.log
+    from r1kit.generate import PromptTooLong, RewardFailure, run_generate
 
-    metrics = run_generate(cfg)
+    start = time.perf_counter()
+    try:
+        metrics = run_generate(cfg)
+    except PromptTooLong as e:
+        print(f"r1kit: {e}", file=sys.stderr)
+        return 2
+    except RewardFailure as e:
+        print(f"r1kit: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(metrics, indent=1))
+    print(f"r1kit: wrote {cfg.log.out_dir}/completions.jsonl and metrics.json in "
+          f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
     return 0
 
 
@@ -90,14 +103,16 @@ def cmd_train(argv: list[str]) -> int:
     validate_training(cfg)
     _setup_logging(cfg.log.level)
     from grpo.setup import ResumeError, run_train
+    from r1kit.generate import PromptTooLong
+    from grpo.trainer import RewardError
     from grpo.update import NonFiniteError
 
     try:
         result = run_train(cfg, show_progress=not args.no_progress)
-    except ResumeError as e:
+    except (ResumeError, PromptTooLong) as e:
         print(f"r1kit: {e}", file=sys.stderr)
         return 2
-    except NonFiniteError as e:
+    except (NonFiniteError, RewardError) as e:
         print(f"r1kit: training stopped: {e}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=1))

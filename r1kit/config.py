@@ -13,9 +13,12 @@ the CLI turns that into exit code 2.
 from __future__ import annotations
 
 import ast
+import json
 import dataclasses
 import importlib.util
 import inspect
+import math
+import os
 import re
 import textwrap
 import types
@@ -298,6 +301,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_coerce(v, get_args(tp)[0], f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: must be a finite number, got {value!r}")
         return float(value)
     if tp is float and isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
         return float(value)  # PyYAML (YAML 1.1) reads "3e-3" as a string
@@ -344,7 +349,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         if not p.is_file():
             raise ConfigError(f"{path}: recipe file not found")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(data, dict):
@@ -374,10 +381,18 @@ def validate(cfg: Config) -> None:
 
         if m.path[5:] not in FAMILIES:
             fail("model.path", f"unknown tiny family {m.path[5:]!r} (known: {', '.join(FAMILIES)})")
-    elif not Path(m.path).expanduser().is_dir():
-        fail("model.path", f"checkpoint folder {m.path!r} does not exist")
-    if d.source != "arithmetic" and not Path(d.source).expanduser().is_file():
-        fail("data.source", f"neither 'arithmetic' nor an existing JSONL file: {d.source!r}")
+    else:
+        from rollouts.checkpoint import CheckpointError, check_causal_lm
+
+        try:
+            check_causal_lm(m.path)
+        except CheckpointError as e:
+            fail("model.path", str(e))
+    if d.source != "arithmetic":
+        if not Path(d.source).expanduser().is_file():
+            fail("data.source", f"neither 'arithmetic' nor an existing JSONL file: {d.source!r}")
+        _check_jsonl(d, fail)
+    _check_out_dir(cfg.log.out_dir, fail)
     for key, value in (("data.num_prompts", d.num_prompts), ("rollout.n", r.n),
                        ("rollout.max_tokens", r.max_tokens), ("rollout.batch_size", r.batch_size),
                        ("reward.workers", w.workers)):
@@ -408,6 +423,43 @@ def validate(cfg: Config) -> None:
         build(reward_specs(cfg))
     except (ImportError, AttributeError, ValueError) as e:
         fail("reward.funcs", str(e).strip("'\""))
+
+
+def _check_jsonl(d: DataConfig, fail) -> None:
+    """The problems a run will read: valid JSON lines holding both configured keys."""
+    rows = 0
+    with open(Path(d.source).expanduser(), encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if rows == d.num_prompts:
+                break
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                fail("data.source", f"{d.source}:{lineno}: not a JSON line ({e.msg})")
+            for key in ("question_key", "answer_key"):
+                name = getattr(d, key)
+                if not isinstance(row, dict) or name not in row:
+                    have = ", ".join(row) if isinstance(row, dict) else type(row).__name__
+                    fail(f"data.{key}", f"{d.source}:{lineno} has no field {name!r} (has: {have})")
+            rows += 1
+    if rows == 0:
+        fail("data.source", f"{d.source} holds no problems")
+
+
+def _check_out_dir(out_dir: str, fail) -> None:
+    """``log.out_dir`` exists as a writable folder, or can be created (nothing is created)."""
+    p = Path(out_dir).expanduser().absolute()
+    if p.exists() and not p.is_dir():
+        fail("log.out_dir", f"{out_dir!r} exists and is not a folder")
+    parent = p
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        fail("log.out_dir", f"cannot create {out_dir!r}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        fail("log.out_dir", f"cannot create or write {out_dir!r}: {parent} is not writable")
 
 
 def validate_training(cfg: Config) -> None:

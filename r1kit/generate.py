@@ -63,19 +63,26 @@ def run_generate(cfg: Config) -> dict:
     from rollouts.prompts import build_prompt
     from rollouts.types import Sampling
 
+    from grpo.observe import output_to, route_logs
+
     r = cfg.rollout
+    out = Path(cfg.log.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    route_logs(out, cfg.log.level)
     model_path = resolve_model_path(cfg.model)
     problems = load_problems(cfg.data)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     prompts = [build_prompt(p.question, r.prompt_style, tokenizer) for p in problems]
+    check_prompt_lengths(prompts, tokenizer, r.max_tokens, r.max_model_len)
     sampling = Sampling(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
                         top_k=r.top_k, seed=r.seed)
     log.info("sampling %d x %d completions with the %s engine from %s",
              len(prompts), r.n, r.engine, model_path)
-    engine = make_engine(r.engine, model_path, dtype=cfg.model.dtype,
-                         max_model_len=r.max_model_len, seed=r.seed,
-                         gpu_memory_utilization=r.gpu_memory_utilization,
-                         batch_size=r.batch_size)
+    with output_to(out / "engine.log"):
+        engine = make_engine(r.engine, model_path, dtype=cfg.model.dtype,
+                             max_model_len=r.max_model_len, seed=r.seed,
+                             gpu_memory_utilization=r.gpu_memory_utilization,
+                             batch_size=r.batch_size)
     try:
         groups = engine.generate(prompts, r.n, sampling)
         stats = engine.last_stats
@@ -87,8 +94,6 @@ def run_generate(cfg: Config) -> dict:
     with Scorer(reward_specs(cfg), workers=cfg.reward.workers,
                 timeout_s=cfg.reward.timeout_s) as scorer:
         scores = scorer.score(texts, answer=answers, completion_lengths=lengths)
-    out = Path(cfg.log.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     _write_groups(out / "completions.jsonl", problems, groups, scores.total, r.n)
     metrics = {
         "engine": r.engine,
@@ -101,11 +106,37 @@ def run_generate(cfg: Config) -> dict:
         "peak_memory_mb": round(stats.peak_memory_bytes / 2**20, 1),
         "reward_mean": _mean(scores.total),
         **{f"reward/{k}": _mean(v) for k, v in scores.per_reward.items()},
+        **{f"reward_failures/{k}": v for k, v in scores.failure_counts().items()},
         "finish_length_fraction": _mean(
             [c.finish_reason == "length" for g in groups for c in g.completions]),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    broken = scores.failed_everywhere()
+    if broken:
+        raise RewardFailure(f"reward {', '.join(broken)} failed on all {len(texts)} samples "
+                            f"(counts in {out / 'metrics.json'}, first error in "
+                            f"{out / 'train.log'})")
     return metrics
+
+
+class RewardFailure(RuntimeError):
+    """A reward failed on every sample: it is broken (import path, crash on every input)."""
+
+
+class PromptTooLong(ValueError):
+    """A prompt leaves no room for the completion budget in the context."""
+
+
+def check_prompt_lengths(prompts: list[str], tokenizer, max_tokens: int, context: int) -> None:
+    """Every prompt plus ``max_tokens`` fits ``context``; checked before any engine starts."""
+    from rollouts.prompts import encode_prompt
+
+    for i, p in enumerate(prompts):
+        n = len(encode_prompt(tokenizer, p))
+        if n + max_tokens > context:
+            raise PromptTooLong(
+                f"problem {i} has a {n}-token prompt: with rollout.max_tokens={max_tokens} it "
+                f"exceeds rollout.max_model_len={context}; raise it or shorten the problems")
 
 
 def _mean(xs) -> float:

@@ -118,6 +118,20 @@ class ScoreResult:
     seconds: float
     """Wall-clock time of ``score``."""
 
+    def failed_everywhere(self) -> list[str]:
+        """Labels of rewards that failed on every sample of the batch: a broken reward (a wrong
+        import path, a crash on every input), not a hard sample; callers stop the run.
+
+        >>> ScoreResult([0.0], {"a": [0.0]}, {}, {"a": [0]}, 0.0).failed_everywhere()
+        ['a']
+        """
+        n = len(self.total)
+        return [label for label, idx in self.failed.items() if n and len(set(idx)) == n]
+
+    def failure_counts(self) -> dict[str, int]:
+        """label -> samples on which that reward failed (errors, timeouts, crashes)."""
+        return {label: c.total for label, c in self.failures.items()}
+
 
 def _init_worker(memory_limit_mb: int | None, preload: Sequence[str], pids) -> None:
     os.setpgrp()  # own process group, so children left behind by a killed worker can be found

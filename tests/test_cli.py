@@ -65,6 +65,22 @@ def test_generate_hf_writes_scored_groups(tiny_cache, tmp_path):
             assert isinstance(c["reward"], float)
     # a random-init policy neither answers correctly nor keeps the format
     assert metrics["reward_mean"] <= 0.0 + 1e-9
+    # stdout is the metrics JSON alone; the last stderr line says where outputs went
+    assert json.loads(r.stdout)["completions"] == 6
+    assert r.stderr.strip().splitlines()[-1].startswith(f"r1kit: wrote {out}/completions.jsonl")
+    assert metrics["reward_failures/accuracy"] == 0
+    assert (out / "engine.log").exists()
+
+
+def test_generate_stops_when_a_reward_fails_on_every_sample(tiny_cache, tmp_path):
+    out = tmp_path / "run"
+    r = r1kit("generate", "recipes/tiny_generate_hf.yaml", "data.num_prompts=2", "rollout.n=2",
+              "rollout.max_tokens=8", "reward.funcs=[format, os:getcwd]", "reward.weights=[1, 1]",
+              f"log.out_dir={out}", cache=tiny_cache)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        "r1kit: reward os:getcwd failed on all 4 samples")
+    assert json.loads((out / "metrics.json").read_text())["reward_failures/os:getcwd"] == 4
 
 
 @pytest.mark.slow

@@ -146,3 +146,45 @@ def test_routing_replay_with_vllm_on_cpu_fails_before_work():
     cfg = load_config(None, ["algo.routing_replay=true", "rollout.engine=vllm"])
     with pytest.raises(ConfigError, match="vLLM reports routed experts only on GPU"):
         validate_training(cfg)
+
+
+def test_recipe_that_is_not_utf8_is_one_line(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_bytes(b"rollout:\n  n: 4  # \xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml: not UTF-8 text"):
+        load_config(p)
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["reward.weights=[.nan, 1]"], "reward.weights[0]: must be a finite number, got nan"),
+        (["rollout.temperature=.inf"], "rollout.temperature: must be a finite number"),
+        (["log.out_dir=/etc/hostname/run"], "log.out_dir: cannot create '/etc/hostname/run'"),
+    ],
+)
+def test_non_finite_numbers_and_unwritable_out_dir(overrides, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert needle in str(e.value)
+
+
+def test_model_folder_must_hold_a_causal_lm(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "bert", "architectures": ["BertModel"]}')
+    with pytest.raises(ConfigError, match="model.path: .* is not a causal language model"):
+        load_config(None, [f"model.path={tmp_path}"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="model.path: .* has no config.json"):
+        load_config(None, [f"model.path={tmp_path / 'empty'}"])
+
+
+def test_data_file_lines_need_the_configured_keys(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "2"}\n{"problem": "2+2?", "answer": "4"}\n')
+    with pytest.raises(ConfigError, match=r"data.question_key: .*d.jsonl:2 has no field "
+                                          r"'question' \(has: problem, answer\)"):
+        load_config(None, [f"data.source={data}"])
+    load_config(None, [f"data.source={data}", "data.num_prompts=1"])  # only line 1 is read
+    data.write_text("not json\n")
+    with pytest.raises(ConfigError, match=r"data.source: .*d.jsonl:1: not a JSON line"):
+        load_config(None, [f"data.source={data}"])

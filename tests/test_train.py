@@ -157,3 +157,21 @@ def test_dynamic_sampling_drops_zero_variance_groups_and_refills(tmp_path):
     rows = metrics(capped)
     assert all(r["refills"] == 0 and r["groups_sampled"] == 4 for r in rows)
     assert any(r["groups_kept"] < 4 for r in rows)
+
+
+@pytest.mark.slow
+def test_a_reward_failing_everywhere_stops_the_run(tmp_path):
+    # os:getcwd takes no completions: it raises on every sample, a broken reward
+    proc = train(tmp_path, *LEARN, "reward.funcs=[rewards.toy:digit_share, os:getcwd]",
+                 "reward.weights=[1.0, 1.0]", "train.steps=2", check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("r1kit: training stopped: step 0: reward os:getcwd failed on all ")
+
+
+def test_prompt_longer_than_the_context_fails_before_any_engine(tmp_path):
+    proc = train(tmp_path, "rollout.max_model_len=100", "rollout.max_tokens=60",
+                 "train.token_budget=4096", check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "exceeds rollout.max_model_len=100" in proc.stderr
+    assert not (tmp_path / "engine.log").exists() or not (tmp_path / "engine.log").read_text()
