@@ -1,4 +1,5 @@
-"""The embedded tiny policies: a tiny Qwen3-MoE and a tiny DeepSeek-V3, built locally from a seed.
+"""The embedded tiny policies: a tiny Qwen3-MoE, a tiny DeepSeek-V3 and a tiny dense Qwen3, built
+locally from a seed.
 
 Both are ordinary HF checkpoints (``config.json``, ``model.safetensors``, tokenizer files) that
 ``AutoModelForCausalLM``, peft and vLLM load. Weights are random-init; nothing is downloaded. The
@@ -8,8 +9,13 @@ tokenizer is a byte-level BPE trained here on text from the synthetic task famil
 Sizes are chosen for what vLLM's CPU backend accepts: attention head_dim 32 (16 is rejected), and
 for DeepSeek-V3's Multi-head Latent Attention ``kv_lora_rank=512, qk_rope_head_dim=64``.
 
-A build is cached under ``cache_dir / f"{family}-seed{seed}-v{BUILD_VERSION}"``; a second call
-returns that path without work. A build writes to a temporary folder and renames it, so an
+Input and output embeddings are untied for the MoE families (as in Qwen3-30B-A3B and DeepSeek-V3)
+and tied for ``qwen3`` (as in Qwen3-0.6B and Qwen2.5-0.5B); ``build_tiny(...,
+tie_word_embeddings=...)`` overrides a family's default, so weight sync can be tested both ways.
+
+A build is cached under ``cache_dir / f"{family}-seed{seed}-v{BUILD_VERSION}"``, or
+``f"{family}-tied-seed{seed}-v{BUILD_VERSION}"`` when tied; a second call returns that path without
+work. A build writes to a temporary folder and renames it, so an
 interrupted build never leaves a half checkpoint behind.
 """
 
@@ -24,7 +30,8 @@ from pathlib import Path
 from r1kit.tasks import arithmetic_tasks
 from rollouts.prompts import r1_zero_prompt
 
-FAMILIES = ("qwen3_moe", "deepseek_v3")
+FAMILIES = ("qwen3_moe", "deepseek_v3", "qwen3")
+TIED_BY_DEFAULT = {"qwen3_moe": False, "deepseek_v3": False, "qwen3": True}
 BUILD_VERSION = 2  # bump when the recipe below changes, so old caches are not reused
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Single tokens but not "special": decoding with skip_special_tokens=True keeps them, as in the
@@ -75,13 +82,17 @@ def build_tokenizer(seed: int = 0):
     )
 
 
-def tiny_config(family: str, vocab_size: int, eos_id: int):
+def tiny_config(family: str, vocab_size: int, eos_id: int, tie_word_embeddings: bool = False):
     """The model config of a family; a few million parameters at most."""
     common = dict(
         vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=2048, tie_word_embeddings=False, eos_token_id=eos_id,
-        pad_token_id=eos_id, bos_token_id=None,
+        max_position_embeddings=2048, tie_word_embeddings=tie_word_embeddings,
+        eos_token_id=eos_id, pad_token_id=eos_id, bos_token_id=None,
     )
+    if family == "qwen3":
+        from transformers import Qwen3Config
+
+        return Qwen3Config(**common, num_key_value_heads=1, head_dim=32, intermediate_size=128)
     if family == "qwen3_moe":
         from transformers import Qwen3MoeConfig
 
@@ -109,22 +120,26 @@ def tiny_config(family: str, vocab_size: int, eos_id: int):
 
 
 def build_tiny(
-    family: str = "qwen3_moe", seed: int = 0, cache_dir: Path | None = None, force: bool = False
+    family: str = "qwen3_moe", seed: int = 0, cache_dir: Path | None = None, force: bool = False,
+    tie_word_embeddings: bool | None = None,
 ) -> Path:
-    """Build (or reuse) the tiny checkpoint of ``family`` and return its folder."""
+    """Build (or reuse) the tiny checkpoint of ``family`` and return its folder;
+    ``tie_word_embeddings=None`` keeps the family's default (``TIED_BY_DEFAULT``)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     if family not in FAMILIES:
         raise ValueError(f"unknown tiny family {family!r}; expected one of {FAMILIES}")
-    out = Path(cache_dir or default_cache_dir()) / f"{family}-seed{seed}-v{BUILD_VERSION}"
+    tied = TIED_BY_DEFAULT[family] if tie_word_embeddings is None else bool(tie_word_embeddings)
+    name = f"{family}{'-tied' if tied else ''}-seed{seed}-v{BUILD_VERSION}"
+    out = Path(cache_dir or default_cache_dir()) / name
     if out.is_dir() and (out / "model.safetensors").exists() and not force:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         tokenizer = build_tokenizer(seed)
-        config = tiny_config(family, len(tokenizer), tokenizer.eos_token_id)
+        config = tiny_config(family, len(tokenizer), tokenizer.eos_token_id, tied)
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         if family == "deepseek_v3":
@@ -134,6 +149,7 @@ def build_tiny(
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         meta = {"family": family, "seed": seed, "build_version": BUILD_VERSION,
+                "tie_word_embeddings": tied,
                 "parameters": sum(p.numel() for p in model.parameters())}
         (tmp / "r1kit_tiny.json").write_text(json.dumps(meta, indent=1))
         if out.exists():

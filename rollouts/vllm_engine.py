@@ -13,10 +13,15 @@ What it guarantees:
   sets ``raw_logprobs`` explicitly; the trainer's HF forward at temperature 1 computes the same
   quantity. With ``logprobs=0`` vLLM returns exactly the sampled token's logprob.
 - After ``update_weights(model)`` the engine samples from ``model``'s current weights exactly as a
-  fresh vLLM load of them would (fused MoE experts split, LoRA merged, the CPU MoE repack redone:
-  see ``rollouts.vllm_worker``); the prefix cache is reset. ``last_sync_seconds`` is its duration.
+  fresh vLLM load of them would (fused MoE experts split, LoRA merged, the CPU MoE repack and a
+  tied lm_head's CPU repack redone: see ``rollouts.vllm_worker``); the prefix cache is reset. ``last_sync_seconds`` is its duration.
 - Each of the ``n`` completions of a prompt is its own vLLM request; with ``Sampling(seed=s)``
   completion ``j`` of prompt ``i`` gets seed ``s + i * n + j``: reproducible and distinct.
+- Building the engine leaves the caller's global RNG where it was: vLLM seeds Python's ``random``,
+  numpy and torch (CPU and every CUDA device) with ``seed`` when it starts (it logs "The global
+  random seed is set to ..."); ``_caller_rng_kept`` saves those states and puts them back, so a
+  training script's random draws continue as if no engine had been built, as with ``HFEngine``.
+  (Sampling itself is not covered: an unseeded request draws from vLLM's, i.e. torch's, RNG.)
 - Bad input fails before any sampling: ``n < 1``, a prompt with no room in the context (its
   token count is at least ``max_model_len``; the error names the index and both lengths), and, before
   vLLM starts, a missing checkpoint folder or one whose ``config.json`` is not a causal LM.
@@ -43,9 +48,11 @@ What it does not do (vLLM 0.32):
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
+import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,6 +73,33 @@ def _on_cpu() -> bool:
     from vllm.platforms import current_platform
 
     return current_platform.is_cpu()
+
+
+# torch's seed for a CUDA generator that was never seeded (c10 ``default_rng_seed_val``).
+_TORCH_DEFAULT_SEED = 67280421310721
+
+
+@contextlib.contextmanager
+def _caller_rng_kept():
+    """Restore Python's, numpy's and torch's (CPU, CUDA) global RNG states on exit. CUDA states are
+    saved only if CUDA is already initialised (saving would initialise it); otherwise generators
+    that the block initialised are put back to torch's never-seeded state."""
+    import numpy as np
+    import torch
+
+    py, npy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        elif torch.cuda.is_initialized():
+            for gen in torch.cuda.default_generators:
+                gen.manual_seed(_TORCH_DEFAULT_SEED)
 
 
 class VLLMEngine:
@@ -121,12 +155,13 @@ class VLLMEngine:
         if return_routed_experts:
             extra["enable_return_routed_experts"] = True
         self.enable_sleep_mode = enable_sleep_mode
-        self.llm = LLM(
-            model=str(self.model_path), dtype=dtype, max_model_len=max_model_len,
-            gpu_memory_utilization=gpu_memory_utilization, seed=seed,
-            enable_sleep_mode=enable_sleep_mode, logprobs_mode="raw_logprobs",
-            worker_extension_cls=WORKER_EXTENSION, **extra,
-        )
+        with _caller_rng_kept():  # vLLM seeds random/numpy/torch globally with `seed`
+            self.llm = LLM(
+                model=str(self.model_path), dtype=dtype, max_model_len=max_model_len,
+                gpu_memory_utilization=gpu_memory_utilization, seed=seed,
+                enable_sleep_mode=enable_sleep_mode, logprobs_mode="raw_logprobs",
+                worker_extension_cls=WORKER_EXTENSION, **extra,
+            )
         self.tokenizer = self.llm.get_tokenizer()
 
     # -- sampling -------------------------------------------------------------------------------

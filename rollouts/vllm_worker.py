@@ -33,6 +33,25 @@ DeepSeek-V3 alike. The previous kernel object is dropped, and a layer that recei
 gets its old kernel back, so repeated updates neither leak (process RSS is flat over repeated
 updates, measured) nor leave a layer without a kernel.
 
+Root cause of the second drift (tied embeddings, vLLM 0.32, CPU backend, any architecture):
+
+With ``tie_word_embeddings=True`` (Qwen3-0.6B, Qwen2.5-0.5B, ...) vLLM's ``lm_head``
+(``ParallelLMHead``) shares its ``weight`` Parameter with ``embed_tokens``, the checkpoint (and the
+sync, like ``save_pretrained``) carries that tensor once as ``model.embed_tokens.weight``, and the
+model's ``load_weights`` skips ``lm_head.*``. On CPU, ``UnquantizedEmbeddingMethod
+.process_weights_after_loading`` packs a private copy of the weight for the logits GEMM
+(``dispatch_cpu_unquantized_gemm`` -> ``layer.cpu_linear``: sgl-kernel packed weight or a oneDNN
+handle). The layerwise reload processes a layer only when it receives tensors: ``embed_tokens`` is
+reloaded, ``lm_head`` receives none ("ParallelLMHead: Failed to load weights"), gets its kernel
+tensors placed back (the shared, updated Parameter) but keeps its packed copy of the *old* weight.
+Logits then come from the old head: ~0.3 max logprob gap after one AdamW step on the tiny dense
+Qwen3 (measured). On GPU the hook is a no-op and the head reads the shared Parameter.
+
+The fix: ``_tied_heads`` finds, before the reload, every layer whose parameter is another layer's
+(a tie) and whose quant method is the unquantized embedding method; after the reload their
+``process_weights_after_loading`` runs again, repacking from the shared, updated weight (on GPU a
+no-op). Quantized tied heads are not re-processed: their hooks may not be idempotent.
+
 What it does not do: partial updates. Every update must carry every weight of the model (what
 ``rollouts.weights.iter_checkpoint_weights`` yields); a MoE layer given only some of its experts
 would be processed with stale or uninitialised elements for the rest.
@@ -76,6 +95,28 @@ def _restore_unbuilt(cleared: dict[torch.nn.Module, Any]) -> None:
             module.quant_method.moe_kernel = kernel
 
 
+def _tied_heads(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Layers holding a parameter that an earlier layer also holds (tied output embeddings)
+    whose quant method is the unquantized embedding one, whose hook only (re)packs."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    owners: set[int] = set()
+    tied = []
+    for module in model.modules():
+        params = [p for p in module._parameters.values() if p is not None]
+        shared = any(id(p) in owners for p in params)
+        owners.update(id(p) for p in params)
+        if shared and isinstance(getattr(module, "quant_method", None), UnquantizedEmbeddingMethod):
+            tied.append(module)
+    return tied
+
+
+def _repack(layers: list[torch.nn.Module]) -> None:
+    """Rebuild the kernel-side copy (CPU packed GEMM) of layers the reload gave no tensors."""
+    for layer in layers:
+        layer.quant_method.process_weights_after_loading(layer)
+
+
 def _iter_safetensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
     """Tensors of one safetensors file, read one at a time."""
     from safetensors import safe_open
@@ -94,11 +135,13 @@ class WeightSyncExtension:
         reference)."""
         counted = _Counter(weights)
         model = self.model_runner.get_model()
+        tied = _tied_heads(model)
         cleared = _rearm_first_load(model)
         try:
             self.reload_weights(weights_iterator=iter(counted), is_checkpoint_format=True)
         finally:
             _restore_unbuilt(cleared)
+        _repack(tied)
         return counted.n
 
     def update_weights_from_safetensors(self, path: str) -> int:

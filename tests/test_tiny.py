@@ -75,6 +75,23 @@ def test_peft_wraps_and_trains(tiny_qwen):
     assert torch.isfinite(loss)
 
 
+def test_tied_variants_are_separate_builds(tmp_path, tiny_qwen):
+    """Tied embeddings: qwen3's default, an option for the MoE families; untied names unchanged."""
+    dense = build_tiny("qwen3", cache_dir=tmp_path)
+    moe_tied = build_tiny("qwen3_moe", cache_dir=tmp_path, tie_word_embeddings=True)
+    untied = build_tiny("qwen3_moe", cache_dir=tmp_path, tie_word_embeddings=False)
+    assert dense.name.startswith("qwen3-tied-seed0-") and moe_tied.name.startswith("qwen3_moe-tied-")
+    assert untied.name == tiny_qwen.name  # existing caches stay valid
+    assert _digest(untied) == _digest(tiny_qwen)
+    for path, model_type in ((dense, "qwen3"), (moe_tied, "qwen3_moe")):
+        cfg = AutoConfig.from_pretrained(path)
+        assert cfg.model_type == model_type and cfg.tie_word_embeddings and cfg.head_dim >= 32
+        model = AutoModelForCausalLM.from_pretrained(path)
+        assert model.lm_head.weight is model.model.embed_tokens.weight
+        assert json.loads((path / "r1kit_tiny.json").read_text())["tie_word_embeddings"]
+    assert not AutoConfig.from_pretrained(untied).tie_word_embeddings
+
+
 def test_unknown_family_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown tiny family"):
         build_tiny("llama", cache_dir=tmp_path)

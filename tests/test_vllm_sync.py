@@ -1,4 +1,5 @@
-"""Exact weight sync into the real vLLM CPU engine, for Qwen3-MoE (full and LoRA) and DeepSeek-V3.
+"""Exact weight sync into the real vLLM CPU engine, for Qwen3-MoE (full and LoRA) and DeepSeek-V3,
+and for tied input/output embeddings (dense Qwen3, Qwen3-MoE).
 
 Each test first shows the check can fail (vLLM's logprobs differ from the HF policy's by more than
 1e-3 before the sync, or after vLLM's own in-place reload), then that after the sync vLLM's
@@ -7,16 +8,23 @@ sampler logprobs equal the HF model's logprobs of the same tokens to <= 1e-3 (fp
 
 DeepSeek-V3 on CPU is exact only with ``rollouts.vllm_patches`` (vLLM's CPU rotary kernel
 mishandles MLA's strided query: a fresh load differed from HF by ~3e-3 without it); the fixture
-checks that a fresh load agrees with HF before any test relies on the engine."""
+checks that a fresh load agrees with HF before any test relies on the engine.
+
+Tied embeddings are exact only with ``rollouts.vllm_worker._repack`` (vLLM's reload left the CPU
+lm_head's packed copy of the old weight: ~0.3 after one AdamW step without it)."""
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from vllm_fixtures import (
     FAMILIES,
     PROMPTS,
+    TIED_FAMILIES,
     load_hf,
     make_engine,
     max_logprob_gap,
@@ -158,3 +166,80 @@ def test_repeated_updates_do_not_grow_memory(family_engine):
     weights = sum(t.numel() * t.element_size() for _, t in iter_checkpoint_weights(model))
     assert grown < 4 * weights, f"RSS grew by {grown} bytes over 8 updates"
     assert torch.isfinite(torch.tensor(_sample(engine)[0].completions[0].logprobs)).all()
+
+
+def _draws() -> list:
+    return [torch.rand(3).tolist(), [random.random() for _ in range(3)], np.random.rand(3).tolist()]
+
+
+@pytest.fixture(scope="module", params=TIED_FAMILIES)
+def tied_engine(request, tiny_dir):
+    """(family, path, engine, (draws expected, draws made)): the engine is built the way a
+    training script would, between two draws from its seeded global RNGs."""
+    path = build_tiny(request.param, cache_dir=tiny_dir, tie_word_embeddings=True)
+    torch.manual_seed(1234), random.seed(1234), np.random.seed(1234)
+    _draws()
+    state = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    expected = _draws()  # what the script draws next if no engine is built
+    torch.set_rng_state(state[0]), random.setstate(state[1]), np.random.set_state(state[2])
+    engine = make_engine(path)
+    drawn = _draws()
+    yield request.param, path, engine, (expected, drawn)
+    engine.close()
+
+
+def test_engine_start_keeps_the_callers_rng(tied_engine):
+    """vLLM seeds random/numpy/torch globally at start; the engine puts the caller's state back."""
+    _, _, _, (expected, drawn) = tied_engine
+    assert drawn == expected
+
+
+def test_tied_embeddings_update_after_optimizer_step(tied_engine, tmp_path):
+    """lm_head shares embed_tokens' weight and the sync sends it once; vLLM's logits must follow
+    the update, from memory (colocated engine) and from a safetensors file (the server path)."""
+    family, path, engine, _ = tied_engine
+    model = load_hf(path)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    sent = dict(iter_checkpoint_weights(model))
+    assert "lm_head.weight" not in sent and "model.embed_tokens.weight" in sent
+    engine.update_weights(model)  # start from the checkpoint, whatever ran before
+    optimizer_step(model, engine.tokenizer)
+    before = max_logprob_gap(model, _sample(engine))
+    assert before > TOL, "the optimizer step did not move the policy enough to test the sync"
+
+    engine.update_weights(model)
+    from_memory = _sample(engine)
+    after = max_logprob_gap(model, from_memory)
+    engine.update_weights(load_hf(path))  # back to the checkpoint
+    file = tmp_path / "update.safetensors"
+    save_file(dict(iter_checkpoint_weights(model)), str(file))
+    engine.update_weights_from_safetensors(file)
+    from_file = _sample(engine)
+    print(f"{family} tied: before sync {before:.3g}, after {after:.3g}, from file vs memory "
+          f"{same_tokens_max_gap(from_memory, from_file):.3g}, "
+          f"sync {engine.last_sync_seconds * 1e3:.1f} ms")
+    assert after <= 1e-5
+    assert same_tokens_max_gap(from_memory, from_file) <= 1e-5
+    assert max_logprob_gap(model, from_file) <= 1e-5
+
+
+def test_tied_embeddings_update_through_the_server(tiny_dir, tmp_path):
+    """The same through ``VLLMServerEngine`` (safetensors file in /dev/shm + /collective_rpc),
+    on the dense tied Qwen3: the server's worker runs the same repack."""
+    from transformers import AutoTokenizer
+
+    from rollouts.server import VLLMServerEngine
+
+    path = build_tiny("qwen3", cache_dir=tiny_dir, tie_word_embeddings=True)
+    model = load_hf(path)
+    optimizer_step(model, AutoTokenizer.from_pretrained(path))
+    args = ("--dtype", "float32", "--max-model-len", "256", "--enforce-eager")
+    with VLLMServerEngine(path, extra_args=args, startup_timeout_s=400,
+                          log_path=tmp_path / "server.log") as server:
+        before = max_logprob_gap(model, server.generate(list(PROMPTS), 2, SAMPLING))
+        assert before > TOL
+        server.update_weights(model)
+        after = max_logprob_gap(model, server.generate(list(PROMPTS), 2, SAMPLING))
+        print(f"qwen3 tied via server: before sync {before:.3g}, after {after:.3g}, "
+              f"sync {server.last_sync_seconds * 1e3:.1f} ms, startup {server.startup_seconds:.1f} s")
+    assert after <= 1e-5

@@ -18,7 +18,10 @@ FAMILIES = ("qwen3_moe", "deepseek_v3")
 @pytest.fixture(scope="module")
 def tiny_paths(tmp_path_factory):
     cache = tmp_path_factory.mktemp("tiny")
-    return {f: build_tiny(f, cache_dir=cache) for f in FAMILIES}
+    paths = {f: build_tiny(f, cache_dir=cache) for f in FAMILIES}
+    paths["qwen3"] = build_tiny("qwen3", cache_dir=cache)  # dense, tied embeddings
+    paths["qwen3_moe_tied"] = build_tiny("qwen3_moe", cache_dir=cache, tie_word_embeddings=True)
+    return paths
 
 
 def _load(path):
@@ -44,7 +47,7 @@ def _lora(model, family: str):
     return pm
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [*FAMILIES, "qwen3", "qwen3_moe_tied"])
 def test_round_trip_equals_saved_checkpoint(tiny_paths, family):
     saved = load_file(str(tiny_paths[family] / "model.safetensors"))
     got = dict(iter_checkpoint_weights(_load(tiny_paths[family])))
@@ -53,6 +56,8 @@ def test_round_trip_equals_saved_checkpoint(tiny_paths, family):
         assert got[name].shape == tensor.shape, name
         assert torch.equal(got[name], tensor), name
         assert got[name].is_contiguous() and not got[name].requires_grad
+    if family in ("qwen3", "qwen3_moe_tied"):  # tied: sent once, as save_pretrained writes it
+        assert "lm_head.weight" not in got and "model.embed_tokens.weight" in got
     if family == "deepseek_v3":  # the routing bias is a buffer, and must be in the sync
         bias = got["model.layers.1.mlp.gate.e_score_correction_bias"]
         assert bias.abs().sum() > 0

@@ -13,6 +13,8 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
 FAMILIES = ("qwen3_moe", "deepseek_v3")
+# Tied input/output embeddings (Qwen3-0.6B, Qwen2.5-0.5B): the dense Qwen3 and a tied Qwen3-MoE.
+TIED_FAMILIES = ("qwen3", "qwen3_moe")
 MAX_MODEL_LEN = 256
 PROMPTS = (
     "User: What is 12 + 7?\nAssistant: <think>",
