@@ -39,7 +39,9 @@ Weight sync (``update_weights``): the policy's checkpoint-named tensors
 safetensors file under ``/dev/shm`` (RAM; removed right after), and vLLM's ``/collective_rpc``
 dev endpoint (``VLLM_SERVER_DEV_MODE=1``) calls ``rollouts.vllm_worker.WeightSyncExtension
 .update_weights_from_safetensors`` on every worker (with data parallelism, every engine), then
-``/reset_prefix_cache``. The same path works on GPU. vLLM 0.32 also has its own weight-transfer
+``/reset_prefix_cache``. Tied embeddings are written once (as ``save_pretrained`` does); the
+worker repacks the tied lm_head that vLLM's reload leaves stale on CPU (see
+``rollouts.vllm_worker``). The same path works on GPU. vLLM 0.32 also has its own weight-transfer
 API (``/init_weight_transfer_engine``, ``/start_weight_update``, ``/update_weights``,
 ``/finish_weight_update`` with ``--weight-transfer-config``); its backends are NCCL (the trainer
 joins an NCCL group with the workers and broadcasts GPU tensors) and CUDA IPC, both GPU-only. This
