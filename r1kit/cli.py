@@ -29,7 +29,8 @@ def cmd_tiny(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
         prog="r1kit tiny",
         description="Build (or reuse from the cache) the embedded tiny policy: a random-init "
-        "Qwen3-MoE or DeepSeek-V3 with a locally trained tokenizer. Prints the checkpoint path.")
+        "Qwen3-MoE, DeepSeek-V3 or dense Qwen3 (tied embeddings) with a locally trained "
+        "tokenizer. Prints the checkpoint path.")
     ap.add_argument("--family", choices=[*FAMILIES, "all"], default="qwen3_moe")
     ap.add_argument("--seed", type=int, default=0, help="random-init seed (default 0)")
     ap.add_argument("--cache-dir", default=None,
@@ -148,7 +149,7 @@ def cmd_bench(argv: list[str]) -> int:
 
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "tiny": (cmd_tiny, "build the embedded tiny policy (Qwen3-MoE or DeepSeek-V3)"),
+    "tiny": (cmd_tiny, "build an embedded tiny policy (Qwen3-MoE, DeepSeek-V3, dense Qwen3)"),
     "generate": (cmd_generate, "sample and score groups of completions from a recipe"),
     "train": (cmd_train, "GRPO training from a recipe (resumable)"),
     "grade": (_delegate("rewards.math"), "grade math answers from a JSONL file"),
