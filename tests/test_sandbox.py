@@ -1,4 +1,4 @@
-"""The sandbox's ordinary promises: results, limits, isolation facts, CLI, fallback mode.
+"""The sandbox's ordinary promises: results, limits, isolation facts, CLI, the unsafe mode.
 
 Hostile programs live in test_sandbox_hostile.py.
 """
@@ -8,7 +8,6 @@ import os
 import resource
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -144,35 +143,47 @@ def test_python_dash_m_runs_the_cli(tmp_path):
     assert json.loads(done.stdout)["exit_code"] == 4
 
 
-def test_rlimits_mode_applies_limits():
-    result = run_python("import os\nprint(os.getcwd())", isolation="rlimits")
-    assert result.status == "ok" and result.mode == "rlimits"
+def test_rlimits_unsafe_mode_applies_limits():
+    result = run_python("import os\nprint(os.getcwd())", isolation="rlimits_unsafe")
+    assert result.status == "ok" and result.mode == "rlimits_unsafe"
     cwd = result.stdout.strip()
     assert cwd.startswith("/") and not os.path.exists(cwd)  # its temp dir is removed
-    assert run_python("bytearray(300 * 2**20)", memory_mb=128, isolation="rlimits").status == \
-        "memory"
-    slept = run_python("import time\ntime.sleep(30)", timeout_s=0.5, isolation="rlimits")
+    assert run_python("bytearray(300 * 2**20)", memory_mb=128,
+                      isolation="rlimits_unsafe").status == "memory"
+    slept = run_python("import time\ntime.sleep(30)", timeout_s=0.5, isolation="rlimits_unsafe")
     assert slept.status == "timeout" and slept.wall_s < 5
-    spam = run_python("while True: print('z' * 100)", output_bytes=500, isolation="rlimits")
+    spam = run_python("while True: print('z' * 100)", output_bytes=500,
+                      isolation="rlimits_unsafe")
     assert spam.status == "output_limit" and len(spam.stdout) <= 500
 
 
-def test_auto_falls_back_loudly_without_bwrap(monkeypatch):
+@pytest.mark.skipif(os.geteuid() != 0, reason="a fresh uid and a network namespace need root")
+def test_rlimits_unsafe_drops_root_and_the_network():
+    code = "import os, socket\nprint(os.getuid(), os.getgroups(), socket.if_nameindex())"
+    uid, rest = run_python(code, isolation="rlimits_unsafe").stdout.split(" ", 1)
+    assert int(uid) >= 2**30 and rest == "[] [(1, 'lo')]\n"
+
+
+def test_old_rlimits_name_points_to_the_unsafe_mode():
+    with pytest.raises(ValueError, match="rlimits_unsafe"):
+        sandbox.resolve_mode("rlimits")
+
+
+def test_auto_refuses_to_run_without_bwrap(monkeypatch):
     monkeypatch.setattr(sandbox, "find_bwrap", lambda: None)
     sandbox._bwrap_problem.cache_clear()
-    sandbox._warn_fallback.cache_clear()
     try:
-        with pytest.warns(RuntimeWarning, match="SANDBOX DEGRADED"):
-            assert sandbox.resolve_mode("auto") == "rlimits"
-        with pytest.raises(RuntimeError, match="bwrap sandbox unavailable"):
-            sandbox.resolve_mode("bwrap")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            assert run_python("print(1)").mode == "rlimits"
+        for isolation in ("auto", "bwrap"):
+            with pytest.raises(RuntimeError, match="bwrap sandbox unavailable.*rlimits_unsafe"):
+                sandbox.resolve_mode(isolation)
+            with pytest.raises(RuntimeError, match="bwrap sandbox unavailable"):
+                run_python("print(1)", isolation=isolation)
+        sandbox._warn_unsafe.cache_clear()
+        with pytest.warns(RuntimeWarning, match="UNSAFE"):
+            assert run_python("print(1)", isolation="rlimits_unsafe").mode == "rlimits_unsafe"
     finally:
         monkeypatch.undo()
         sandbox._bwrap_problem.cache_clear()
-        sandbox._warn_fallback.cache_clear()
     assert sandbox.resolve_mode("auto") == "bwrap"
 
 
