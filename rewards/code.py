@@ -10,39 +10,56 @@ Two kinds of tests, both run by ``rewards.sandbox.run_python``:
 - function tests (HumanEval style: prompt + completion, a ``check(candidate)`` test and an
   entry point). Each top-level statement of ``check`` that contains an ``assert`` is one test.
 
-How function tests are graded without trusting the program:
+How function tests are graded without trusting the program. Whatever runs in the
+candidate's process can rewrite that process (frames, ``gc``, ``/proc/self/fd``, builtins,
+``atexit``, its exit status), so no verdict is ever computed or reported there:
 
-- the verdict is never the exit code: a trusted harness, run in the same sandboxed process,
-  writes one line per test, ``<nonce> <index> <0|1>``, and the grader counts only lines with
-  the nonce; missing lines are failures, so ``sys.exit(0)``, ``os._exit(0)`` or a crash
-  before or during the asserts cannot pass;
-- the nonce (random per run) arrives on stdin, which the harness reads and replaces with
-  ``/dev/null`` before any untrusted code runs; the program's own stdout is redirected to
-  stderr so it cannot interleave with or forge verdict lines without the nonce;
-- the prompt and ``check`` run in a namespace of their own, the completion in another, so
-  the completion cannot redefine ``check``, helpers or the names the asserts use;
-- every value the candidate returns must be a plain builtin (``int``, ``float``, ``bool``,
-  ``str``, ``bytes``, ``complex``, ``None``, and ``list``/``tuple``/``set``/``frozenset``/
-  ``dict`` of those, checked by exact type, recursively) before a test sees it, so objects
-  whose ``__eq__`` always answers True, or subclasses of int/str/list, fail;
-- after the completion's top level and after each call, the harness resets ``sys.settrace``
-  and ``sys.setprofile`` and restores the bindings of ``builtins``, ``sys.modules`` and of
-  the modules the test uses (e.g. ``abs`` or ``math.isclose`` swapped for a fake).
+- the candidate's process only computes outputs: it gets the calls (plain-data inputs) on
+  stdin, runs the completion, calls the entry point on each and writes one line per call,
+  ``<k>\t["ok", result, [args, kwargs] after the call]`` or ``["raise", exception name]``.
+  Results and arguments must be plain data (``None``, ``bool``, ``int``, ``float``,
+  ``complex``, ``str``, ``bytes``, and ``list``/``tuple``/``dict``/``set``/``frozenset`` of
+  those, exact types), serialised by ``_encode``; anything else is a failure, never an
+  exception a test could expect;
+- the grader reads only those lines: each is decoded by ``_decode`` into fresh plain
+  objects and re-encoded, and a call with no valid line, or two, is "missing". The exit
+  status, stderr and timing are never read, so exiting early, a signal death or a fake
+  timeout only loses the calls not answered yet;
+- the test runs in a process of its own where no candidate code ever runs: the prompt and
+  ``check``, with ``candidate`` (and the entry point's name) bound to a replayer that
+  returns the decoded output for each call (re-applying in-place changes to list, dict and
+  set arguments, re-raising builtin exceptions by name). So every assert, tolerance and
+  helper of the test is evaluated by the test's own code on plain data, with plain ``==``
+  (NaN equals nothing, as in Python), and it works for any ``check``, not only
+  ``assert f(x) == y`` lines;
+- the inputs are found by running the test first: a call with no output yet is written
+  out as wanted and answered with a placeholder that compares true and absorbs arithmetic,
+  so loops and later asserts are explored too; ``random`` is reseeded before each test so
+  every round draws the same inputs. Then the candidate runs on the wanted calls and the
+  test runs again, up to ``_MAX_ROUNDS`` test runs (inputs computed from earlier outputs
+  need one more round each). A test passes only if it ran to the end and every call it
+  made was answered by the candidate: a placeholder, a missing output, or inputs that are
+  not plain data (a lambda, an object) fail it.
 
-Not caught: code that introspects the interpreter (``gc``, frames, ``ctypes``) to read the
-nonce or rewrite the harness; monkeypatching below module level (class attributes of
-stdlib classes, objects inside modules); answers hard-coded for the visible tests; tests
-that are themselves wrong or nondeterministic.
+A program can therefore only answer calls; whatever it writes is read as its answers, so
+it can do no better than some function returning those answers. Not caught: answers
+hard-coded for the visible tests (HumanEval prompts show examples); under the explicit
+``rlimits_unsafe`` isolation (``auto`` never falls back to it), reading the dataset or other
+processes of the same uid from disk;
+tests that are themselves weak (``assert candidate(x)`` passes any truthy value) or
+nondeterministic. A candidate gets each distinct input once, with all of them known up
+front, so a function whose answer depends on call order or object identity (``is``
+between an argument and the result) is graded as if it had none.
 """
 
 from __future__ import annotations
 
 import ast
 import gzip
+import inspect
 import json
 import os
 import re
-import secrets
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -152,26 +169,166 @@ def run_function_tests(
     """Run HumanEval-style ``test`` (defining ``check``) on ``prompt`` + ``completion``.
 
     ``completion`` is either the body that continues ``prompt`` or text whose extracted code
-    defines ``entry_point`` itself (then it follows the prompt and replaces its stub).
+    defines ``entry_point`` itself (then it follows the prompt and replaces its stub). The
+    candidate and the test never share a process; see the module docstring.
     """
     code = extract_code(completion)
     defines = re.search(rf"^(async\s+)?def\s+{re.escape(entry_point)}\s*\(", code, re.MULTILINE)
     candidate = f"{prompt}\n{code}" if defines else prompt + completion
     instrumented, n_asserts = _instrument_check(test)
-    nonce = secrets.token_hex(16)
-    args = (prompt, instrumented, candidate, entry_point, _imports(prompt + test), n_asserts)
-    program = _HARNESS + f"\n_r1kit_harness(*{args!r})\n"
-    run = run_python(program, nonce + "\n", timeout_s=timeout_s, memory_mb=memory_mb,
-                     isolation=isolation)
+    limits = {"timeout_s": timeout_s, "memory_mb": memory_mb, "isolation": isolation}
+    test_program = _program(_TEST_HARNESS, "_r1kit_tests", prompt, instrumented, entry_point,
+                            n_asserts)
+    candidate_program = _program(_CANDIDATE_HARNESS, "_r1kit_candidate", candidate, entry_point)
+    known: dict[str, list] = {}  # call (canonical JSON) -> the candidate's checked outcome
+    runs = []
+    for round_ in range(_MAX_ROUNDS):
+        run = _first_test_run(test_program, limits) if round_ == 0 else \
+            run_python(test_program, json.dumps(known), **limits)
+        runs.append(run)
+        verdicts, wanted = _read_test_run(run.stdout)
+        new = [call for call in dict.fromkeys(wanted) if call not in known]
+        if not new or round_ == _MAX_ROUNDS - 1:
+            break
+        calls = json.dumps([json.loads(call) for call in new])
+        run = run_python(candidate_program, calls, **limits)
+        runs.append(run)
+        known.update(zip(new, _read_candidate_run(run.stdout, len(new)), strict=True))
     total = max(n_asserts, 1)
-    verdicts = {int(i): ok == "1" for i, ok in
-                re.findall(rf"^{nonce} (\d+) ([01])$", run.stdout, re.MULTILINE)}
-    passed = sum(bool(verdicts.get(i)) for i in range(total))
-    return CodeResult(passed, total, (run,))
+    passed = sum(verdicts.get(i, False) for i in range(total))
+    return CodeResult(passed, total, tuple(runs))
+
+
+_MAX_ROUNDS = 4  # test runs per grading; calls whose inputs depend on outputs need more
+_FIRST_RUNS: dict[tuple, ExecResult] = {}  # first test runs, the same for every completion
+
+
+def _first_test_run(program: str, limits: dict) -> ExecResult:
+    """The test run with no outputs known yet; cached, since it only depends on the test
+    (GRPO grades many completions of one prompt)."""
+    key = (program, *sorted(limits.items()))
+    if key not in _FIRST_RUNS:
+        run = run_python(program, "{}", **limits)
+        if run.status != "ok":
+            return run  # a slow machine or a broken test: try again next time
+        if len(_FIRST_RUNS) >= 1024:
+            _FIRST_RUNS.pop(next(iter(_FIRST_RUNS)), None)
+        _FIRST_RUNS[key] = run
+    return _FIRST_RUNS[key]
+
+
+def _read_test_run(stdout: str) -> tuple[dict[int, bool], list[str]]:
+    """Verdicts (``V <i> <0|1>``) and calls still wanted (``W <call>``) of a test run.
+
+    Only trusted code ran in that process; its own prints went to stderr.
+    """
+    verdicts, wanted = {}, []
+    for line in stdout.splitlines():
+        tag, _, rest = line.partition(" ")
+        if tag == "V":
+            index, ok = rest.split()
+            verdicts[int(index)] = ok == "1"
+        elif tag == "W":
+            wanted.append(rest)
+    return verdicts, wanted
+
+
+def _read_candidate_run(stdout: str, n: int) -> list[list]:
+    """The outcome of each of ``n`` calls from an untrusted ``<k>\\t<json>`` listing.
+
+    Every line is checked and re-encoded here; a call with no valid line, or with two
+    lines, is ``["missing"]``, which fails every test that makes it. Nothing else of the
+    run (exit status, stderr, timing) is read.
+    """
+    found: dict[int, list] = {}
+    twice = set()
+    for line in stdout.splitlines():
+        index, tab, payload = line.partition("\t")
+        if tab and re.fullmatch(r"[0-9]{1,9}", index) and int(index) < n:
+            twice.update({int(index)} & found.keys())
+            found[int(index)] = _checked_outcome(payload)
+    return [found[k] if k in found and k not in twice else ["missing"] for k in range(n)]
+
+
+def _checked_outcome(payload: str) -> list:
+    """``["ok", result, [args, kwargs] after the call]`` or ``["raise", exception name]``,
+    re-encoded from plain data, else ``["missing"]``."""
+    try:
+        outcome = json.loads(payload)
+        if outcome[0] == "ok" and len(outcome) == 3:
+            result, after = _decode(outcome[1]), _decode(outcome[2])
+            if type(after) is list and len(after) == 2 and type(after[1]) is dict:
+                return ["ok", _encode(result), _encode(after)]
+        name = outcome[1] if outcome[0] == "raise" and len(outcome) == 2 else None
+        if type(name) is str and name.isidentifier() and len(name) < 100:
+            return ["raise", name]
+    except (ValueError, TypeError, KeyError, IndexError, RecursionError, OverflowError):
+        pass
+    return ["missing"]
+
+
+def _encode(value):
+    """Plain data as JSON-ready tagged lists, exact types only; anything else raises
+    TypeError. Sets are sorted, so equal inputs encode alike.
+
+    >>> _encode((1, [2.5, "a"], {None: {True}}))
+    ['t', [['i', '0x1'], ['l', [['f', '2.5'], ['s', 'a']]], ['d', [[['n'], ['e', [['b', 1]]]]]]]]
+    """
+    kind = type(value)
+    if value is None:
+        return ["n"]
+    if kind is bool:
+        return ["b", int(value)]
+    if kind is int:
+        return ["i", hex(value)]
+    if kind is float:
+        return ["f", repr(value)]
+    if kind is complex:
+        return ["c", repr(value.real), repr(value.imag)]
+    if kind is str:
+        return ["s", value]
+    if kind is bytes:
+        return ["y", value.hex()]
+    if kind is list or kind is tuple:
+        return ["l" if kind is list else "t", [_encode(item) for item in value]]
+    if kind is dict:
+        return ["d", [[_encode(k), _encode(v)] for k, v in value.items()]]
+    if kind is set or kind is frozenset:
+        return ["e" if kind is set else "z", sorted((_encode(v) for v in value), key=repr)]
+    raise TypeError(f"not plain data: {kind.__name__}")
+
+
+def _decode(data):
+    """The plain value ``_encode`` made ``data`` from; ValueError/TypeError if malformed.
+
+    >>> x = (1, [2.5, float("inf")], {"k": {3j, b"x"}}, frozenset(), False, -7)
+    >>> _decode(_encode(x)) == x and _encode(_decode(_encode(x))) == _encode(x)
+    True
+    """
+    tag, *rest = data if type(data) is list else [None]
+    arg = rest[0] if len(rest) == 1 else None
+    if tag == "n" and not rest:
+        return None
+    if tag == "b" and arg in (0, 1) and type(arg) is int:
+        return bool(arg)
+    if type(arg) is str and tag in ("i", "f", "s", "y"):
+        if tag == "i":
+            return int(arg, 16)
+        return float(arg) if tag == "f" else arg if tag == "s" else bytes.fromhex(arg)
+    if tag == "c" and len(rest) == 2 and all(type(part) is str for part in rest):
+        return complex(float(rest[0]), float(rest[1]))
+    if tag in ("l", "t", "e", "z") and type(arg) is list:
+        kind = {"l": list, "t": tuple, "e": set, "z": frozenset}[tag]
+        return kind(_decode(item) for item in arg)
+    if tag == "d" and type(arg) is list and all(type(p) is list and len(p) == 2 for p in arg):
+        return {_decode(key): _decode(value) for key, value in arg}
+    raise ValueError(f"malformed plain data: {str(data)[:80]}")
 
 
 def _instrument_check(test: str) -> tuple[str, int]:
-    """Wrap each top-level statement of ``check`` that asserts so it reports a verdict."""
+    """Wrap each top-level statement of ``check`` that asserts so it reports a verdict, and
+    turn its asserts into ``__r1kit_failed__`` calls (which raise only while no placeholder
+    was met, so that exploring a test goes on past asserts it already failed)."""
     tree = ast.parse(test)
     check = next((node for node in tree.body
                   if isinstance(node, ast.FunctionDef) and node.name == "check"), None)
@@ -182,122 +339,166 @@ def _instrument_check(test: str) -> tuple[str, int]:
         if not any(isinstance(node, ast.Assert) for node in ast.walk(stmt)):
             body.append(stmt)
             continue
-        wrapped = ast.parse(
-            "try:\n    pass\nexcept BaseException:\n"
+        begin, wrapped = ast.parse(
+            f"__r1kit_begin__({n})\ntry:\n    pass\nexcept BaseException:\n"
             f"    __r1kit_verdict__({n}, 0)\nelse:\n    __r1kit_verdict__({n}, 1)\n"
-        ).body[0]
-        wrapped.body = [stmt]
-        body.append(wrapped)
+        ).body
+        wrapped.body = [_SoftAsserts().visit(stmt)]
+        body += [begin, wrapped]
         n += 1
     check.body = body
     return ast.unparse(ast.fix_missing_locations(tree)), n
 
 
-def _imports(source: str) -> list[str]:
-    """Modules the trusted prompt and test import, imported before the candidate runs."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return []
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module)
-    return sorted(names)
+class _SoftAsserts(ast.NodeTransformer):
+    """``assert test, msg`` -> ``if not test: __r1kit_failed__(msg)``."""
+
+    def visit_Assert(self, node: ast.Assert) -> ast.If:
+        failed = ast.Call(ast.Name("__r1kit_failed__", ast.Load()),
+                          [node.msg or ast.Constant(None)], [])
+        return ast.If(ast.UnaryOp(ast.Not(), node.test), [ast.Expr(failed)], [])
 
 
-# The trusted part of every function-test program. Runs before any untrusted code.
-_HARNESS = r'''
-import builtins, os, sys
+def _program(harness: str, main: str, *args) -> str:
+    """A harness with the codec's source, then a call of its ``main`` on ``args``."""
+    codec = inspect.getsource(_encode) + "\n" + inspect.getsource(_decode)
+    return f"{harness}\n{codec}\n{main}(*{args!r})\n"
 
-def _r1kit_harness(prompt, test, candidate, entry_point, imports, n_asserts):
-    nonce = os.read(0, 64).decode().strip()
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    verdicts = os.dup(1)
-    os.dup2(2, 1)  # untrusted prints go to stderr; stdout carries only verdicts
 
-    def verdict(i, ok, write=os.write):
-        write(verdicts, ("%s %d %d\n" % (nonce, i, ok)).encode())
+# The candidate's process: it gets the calls (plain data) on stdin and writes one line per
+# call on stdout. Nothing it writes is trusted: the grader checks every line.
+_CANDIDATE_HARNESS = r'''
+import json, os
 
-    for name in imports:
-        try:
-            __import__(name)
-        except BaseException:
-            pass
-    tests = {"__name__": "__r1kit_test__", "__r1kit_verdict__": verdict}
-    exec(compile(prompt, "<prompt>", "exec"), tests)
-    exec(compile(test, "<test>", "exec"), tests)
-    check = tests["check"]
-    modules = [builtins, sys] + [sys.modules[n] for n in imports if n in sys.modules]
-    modules += [v for v in tests.values() if type(v) is type(sys)]
-    saved = ([(m, dict(vars(m))) for m in modules], dict(sys.modules))
+def _r1kit_candidate(source, entry_point):
+    chunks = []
+    while chunk := os.read(0, 1 << 16):
+        chunks.append(chunk)
+    calls = json.loads(b"".join(chunks))
+    out = os.dup(1)
+    os.dup2(2, 1)  # the candidate's own prints go to stderr
     namespace = {"__name__": "__r1kit_candidate__"}
     try:
-        exec(compile(candidate, "<candidate>", "exec"), namespace)
+        exec(compile(source, "<candidate>", "exec"), namespace)
         function = namespace[entry_point]
     except BaseException:
         function = None
-    _r1kit_restore(saved)
-    guarded = _r1kit_guard(function, saved)
-    tests[entry_point] = guarded  # the test may call the entry point by name
+    for k, call in enumerate(calls):
+        args, kwargs = _decode(call)
+        try:
+            if function is None:
+                raise NameError("the completion does not define " + entry_point)
+            result = function(*args, **kwargs)
+        except BaseException as err:
+            outcome = ["raise", type(err).__name__]
+        else:
+            try:
+                outcome = ["ok", _encode(result), _encode([args, kwargs])]
+            except BaseException:
+                outcome = ["not plain data"]  # read as missing: fails, never an exception
+        os.write(out, b"%d\t%s\n" % (k, json.dumps(outcome).encode()))
+'''
+
+# The test's process: only the prompt, the test and this harness run here. ``candidate``
+# answers from the outcomes the grader checked; a call with no outcome yet is recorded as
+# wanted and answered by a placeholder so that the rest of the test can still be explored.
+# A test that met a placeholder, a missing outcome or inputs that are not plain data fails.
+_TEST_HARNESS = r'''
+import builtins, json, os, random
+
+class _R1kitPending:
+    """Stands in for an output not known yet: compares true, absorbs arithmetic."""
+    def _true(self, *args):
+        return True
+    def _same(self, *args):
+        return self
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __contains__ = __bool__ = _true
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = _same
+    __rtruediv__ = __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = __pow__ = _same
+    __rpow__ = __neg__ = __pos__ = __abs__ = __round__ = __getitem__ = __call__ = _same
+    __getattr__ = _same
+    __hash__ = __len__ = __int__ = __index__ = lambda self: 0
+    __float__ = lambda self: 0.0
+    __iter__ = lambda self: iter(())
+
+class _R1kitNoOutput(BaseException):
+    """The candidate gave no valid output for this call."""
+
+class _R1kitRaised(Exception):
+    """The candidate raised an exception that is not a builtin one."""
+
+def _r1kit_tests(prompt, test, entry_point, n_asserts):
+    chunks = []
+    while chunk := os.read(0, 1 << 16):
+        chunks.append(chunk)
+    known = json.loads(b"".join(chunks))
+    out = os.dup(1)
+    os.dup2(2, 1)  # the test's own prints go to stderr
+    clean = [True]  # the current test met no placeholder and no missing output
+
+    def write(line):
+        os.write(out, (line + "\n").encode())
+
+    def begin(i):
+        clean[0] = True
+        random.seed(i)  # the same inputs in every round
+
+    def verdict(i, ok):
+        write("V %d %d" % (i, ok and clean[0]))
+
+    def failed(message):
+        if clean[0]:
+            raise AssertionError(message)
+
+    def candidate(*args, **kwargs):
+        try:
+            call = json.dumps(_encode([list(args), kwargs]))
+        except (TypeError, RecursionError):
+            clean[0] = False
+            return _R1kitPending()
+        if call not in known:
+            clean[0] = False
+            write("W " + call)
+            return _R1kitPending()
+        return _r1kit_replay(known[call], args, kwargs, clean)
+
+    tests = {"__name__": "__r1kit_test__", "__r1kit_begin__": begin,
+             "__r1kit_verdict__": verdict, "__r1kit_failed__": failed}
+    random.seed(0)
+    exec(compile(prompt, "<prompt>", "exec"), tests)
+    exec(compile(test, "<test>", "exec"), tests)
+    check = tests["check"]
+    tests[entry_point] = candidate  # the test may call the entry point by name
+    begin(0)
     try:
-        check(guarded)
+        check(candidate)
         whole = 1
     except BaseException:
         whole = 0
     if n_asserts == 0:
         verdict(0, whole)
 
-def _r1kit_restore(saved, settrace=sys.settrace, setprofile=sys.setprofile, vars=vars):
-    settrace(None)
-    setprofile(None)
-    module_dicts, modules = saved
-    for module, before in module_dicts:
-        now = vars(module)
-        for key, value in before.items():
-            if now.get(key, now) is not value:
-                now[key] = value
-    for key, value in modules.items():
-        if sys.modules.get(key) is not value:
-            sys.modules[key] = value
-
-_R1KIT_SCALARS = frozenset(map(id, (int, float, bool, str, bytes, complex, type(None))))
-_R1KIT_ITERABLES = frozenset(map(id, (list, tuple, set, frozenset)))
-
-def _r1kit_plain(value, type=type, id=id, limit=10**6):
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        kind = id(type(item))
-        limit -= 1
-        if limit < 0:
-            return False
-        if kind in _R1KIT_SCALARS:
-            continue
-        if kind in _R1KIT_ITERABLES:
-            stack.extend(item)
-        elif type(item) is dict:
-            stack.extend(dict.keys(item))
-            stack.extend(dict.values(item))
-        else:
-            return False
-    return True
-
-def _r1kit_guard(function, saved, restore=_r1kit_restore, plain=_r1kit_plain):
-    def candidate(*args, **kwargs):
-        if function is None:
-            raise NameError("the completion does not define the entry point")
+def _r1kit_replay(outcome, args, kwargs, clean):
+    if outcome[0] == "ok":
+        after_args, after_kwargs = _decode(outcome[2])
+        for old, new in zip([*args, *kwargs.values()], [*after_args, *after_kwargs.values()]):
+            if type(old) is type(new) and type(old) is list:
+                old[:] = new  # the candidate changed its argument in place
+            elif type(old) is type(new) and type(old) in (dict, set):
+                old.clear()
+                old.update(new)
+        return _decode(outcome[1])
+    if outcome[0] == "raise":
+        kind = getattr(builtins, outcome[1], None)
+        if not (isinstance(kind, type) and issubclass(kind, Exception)):
+            kind = _R1kitRaised
         try:
-            result = function(*args, **kwargs)
-        finally:
-            restore(saved)
-        if not plain(result):
-            raise TypeError("the candidate returned a value that is not a plain builtin")
-        return result
-    return candidate
+            error = kind("raised by the candidate")
+        except Exception:
+            error = _R1kitRaised(outcome[1])
+        raise error
+    clean[0] = False
+    raise _R1kitNoOutput()
 '''
 
 

@@ -173,3 +173,31 @@ def test_humaneval_reward_on_a_batch():
     rewards = humaneval_reward(completions, prompt=[ADD_PROMPT] * n, test=[ADD_TEST] * n,
                                entry_point=["add"] * n)
     assert rewards == [1.0, 0.0, 1.0]
+
+
+def test_outputs_that_feed_later_inputs_take_extra_rounds():
+    prompt = "def inc(x):\n    'x + 1'\n"
+    test = "def check(candidate):\n    assert candidate(candidate(candidate(1))) == 4\n"
+    good = run_function_tests(prompt, "    return x + 1\n", test, "inc")
+    assert good.all_passed and len(good.runs) == 7  # 4 test runs, 3 candidate runs
+    assert not run_function_tests(prompt, "    return 4 if x == 3 else 0\n", test, "inc").passed
+
+
+def test_in_place_changes_and_raised_exceptions_reach_the_test():
+    prompt = "def sort_in_place(xs):\n    'Sort xs; ValueError if it is empty.'\n"
+    test = ("def check(candidate):\n    xs = [3, 1, 2]\n    assert candidate(xs) is None\n"
+            "    assert xs == [1, 2, 3]\n    try:\n        candidate([])\n"
+            "    except ValueError:\n        pass\n    else:\n        assert False\n")
+    good = "    if not xs:\n        raise ValueError\n    xs.sort()\n"
+    assert run_function_tests(prompt, good, test, "sort_in_place").passed == 3
+    lazy = "    if not xs:\n        raise KeyError\n    return None\n"
+    assert run_function_tests(prompt, lazy, test, "sort_in_place").passed == 1
+
+
+def test_candidate_output_lines_are_checked():
+    ok = '["ok", ["i", "0x3"], ["l", [["l", []], ["d", []]]]]'
+    stdout = f"0\t{ok}\n1\t{ok}\n1\t{ok}\n2\t[\"ok\", [\"x\"]]\n3\t[\"raise\", \"ValueError\"]\nx\n"
+    outcomes = rewards.code._read_candidate_run(stdout, 5)
+    assert outcomes[0] == ["ok", ["i", "0x3"], ["l", [["l", []], ["d", []]]]]
+    assert outcomes[1:3] == [["missing"], ["missing"]]  # twice, malformed
+    assert outcomes[3:] == [["raise", "ValueError"], ["missing"]]
