@@ -5,7 +5,10 @@ Three parts, each a measurement, never an assertion:
 1. Math grading on MATH-500 (solution, answer) pairs, r1kit against Math-Verify
    (``rewards.math_bench.bench_math``): pairs/s, accuracy (every pair should grade as
    equal), agreement. Pairs are graded in slices so progress can be shown; each slice
-   warms both graders on its first pair before timing, as ``bench_math`` does.
+   warms both graders on its first pair before timing, as ``bench_math`` does. Then the
+   same side by side on the hand-labelled real-output set
+   (``rewards.math_bench.bench_real``: Minerva endings, several boxes, relations, ...,
+   half right and half wrong), always whole (``--limit`` does not cut it).
 2. The code sandbox on HumanEval canonical solutions and their tests
    (``rewards.sandbox_bench.bench_sandbox``): runs/s and p50/p99 latency, sandboxed and as
    plain unsandboxed subprocesses.
@@ -32,7 +35,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rewards.code import load_humaneval
-from rewards.math_bench import bench_math
+from rewards.math_bench import REAL_DATA, bench_math, bench_real
 from rewards.registry import RewardSpec, build, combine
 from rewards.sandbox_bench import bench_sandbox
 from rewards.scorer import Scorer, ScorerConfig
@@ -168,6 +171,16 @@ def _table(report: dict) -> str:
         ("math", "agreement", f"{m['agreement']:.4f}"),
         ("math", "speedup (target >= 5x)", f"{m['speedup']:.1f}x"),
     ]
+    real = report.get("math_real")
+    if real is not None:
+        for name in ("r1kit", "math_verify"):
+            rows.append(
+                (
+                    "math real",
+                    f"{name} pairs/s / accuracy",
+                    f"{real[name]['pairs_per_s']:.1f} / {real[name]['accuracy']:.4f}",
+                )
+            )
     for mode, figures in s.items():  # sandboxed, plain, and any other way it timed
         if isinstance(figures, dict) and "runs_per_s" in figures:
             rows += [
@@ -227,6 +240,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="use only the first N MATH-500 pairs and HumanEval problems",
     )
+    parser.add_argument(
+        "--real-data",
+        type=Path,
+        default=REAL_DATA,
+        help=f"hand-labelled real-output pairs, skipped if absent (default: {REAL_DATA})",
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="scorer batch size")
     parser.add_argument("--batches", type=int, default=3, help="scorer batches to time")
     parser.add_argument("--workers", type=int, default=2, help="scorer worker processes")
@@ -236,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     problems = load_humaneval(args.data_dir / "humaneval" / "HumanEval.jsonl.gz")[: args.limit]
     started = time.perf_counter()
     report = {"math": bench_math_sliced([(r["solution"], r["answer"]) for r in math_rows])}
+    if args.real_data.is_file():
+        print(f"math: real-output set {args.real_data} ...", file=sys.stderr)
+        report["math_real"] = bench_real(args.real_data)
     print(f"sandbox: {len(problems)} HumanEval programs, sandboxed and plain ...", file=sys.stderr)
     report["sandbox"] = bench_sandbox(problems)
     report["scorer"] = bench_scorer(math_rows, args.batch_size, args.batches, args.workers)

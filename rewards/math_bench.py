@@ -14,6 +14,10 @@ without ``$`` is wrapped in ``$...$``, as its documentation does.
 Does not: assert anything about speed (it is a measurement, not a test), nor
 decide which grader is right where they disagree: ``disagreements`` lists them.
 ``python -m rewards.math_bench`` runs it on MATH-500 and writes JSON.
+
+:func:`real_output_rows` reads the hand-labelled real-output set
+(``tests/data/math_real_outputs.jsonl``: completions as models and RL data
+sets write them, half right, half wrong), benchmarked with ``--real``.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from rewards.math import grade, warm_up
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "math500" / "test.jsonl"
+REAL_DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "math_real_outputs.jsonl"
 
 
 def _time(fn, pairs: list[tuple[str, str]]) -> tuple[list[bool], float]:
@@ -92,6 +98,26 @@ def math500_pairs(path: Path = DEFAULT_DATA, shift: int = 0) -> list[tuple[str, 
     return [(r["solution"], rows[(i + shift) % len(rows)]["answer"]) for i, r in enumerate(rows)]
 
 
+def real_output_rows(path: Path = REAL_DATA) -> list[dict]:
+    """The hand-labelled real-output rows: ``{"pred", "gold", "label", "class"}`` each."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def bench_real(path: Path = REAL_DATA) -> dict:
+    """:func:`bench_math` on the real-output set, against its hand labels, with per-class counts."""
+    rows = real_output_rows(path)
+    result = bench_math([(r["pred"], r["gold"]) for r in rows], [r["label"] for r in rows])
+    result["classes"] = dict(sorted(Counter(r["class"] for r in rows).items()))
+    return result
+
+
+def _print(result: dict) -> None:
+    for name in ("r1kit", "math_verify"):
+        r = result[name]
+        print(f"{name:12} {r['pairs_per_s']:10.1f} pairs/s  accuracy {r['accuracy']:.4f}")
+    print(f"speedup {result['speedup']:.1f}x  agreement {result['agreement']:.4f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Benchmark on MATH-500: matching pairs, and with ``--negatives`` shifted (wrong) pairs too."""
     parser = argparse.ArgumentParser(prog="python -m rewards.math_bench", description=main.__doc__)
@@ -100,7 +126,16 @@ def main(argv: list[str] | None = None) -> int:
         "--negatives", action="store_true", help="also grade row i against answer i+1"
     )
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    parser.add_argument(
+        "--real", action="store_true", help="the hand-labelled real-output set instead"
+    )
     args = parser.parse_args(argv)
+    if args.real:
+        result = bench_real()
+        _print(result)
+        if args.out:
+            args.out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+        return 0
     pairs = math500_pairs(args.data)
     expected = [True] * len(pairs)
     if args.negatives:
@@ -108,10 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs += negatives
         expected += [False] * len(negatives)  # three rows share an answer with the next: see report
     result = bench_math(pairs, expected)
-    for name in ("r1kit", "math_verify"):
-        r = result[name]
-        print(f"{name:12} {r['pairs_per_s']:10.1f} pairs/s  accuracy {r['accuracy']:.4f}")
-    print(f"speedup {result['speedup']:.1f}x  agreement {result['agreement']:.4f}")
+    _print(result)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2), encoding="utf-8")
     return 0

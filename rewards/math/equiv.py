@@ -5,12 +5,28 @@ Stages, in order; the first that can decide does:
 1. ``string``: the normalised strings are equal (:mod:`rewards.math.normalize`).
 2. ``rational``: both are integer, decimal or ``a/b``/``\frac{a}{b}`` literals;
    compared exactly with :class:`fractions.Fraction` (no floats): ``0.5`` is
-   ``\frac{1}{2}``, ``0.333`` is not ``\frac{1}{3}``.
+   ``\frac{1}{2}``, ``0.51`` is not. One exception, for rounded decimals
+   (:func:`rounded_equal`): a predicted decimal with at least
+   :data:`ROUNDED_MIN_DIGITS` significant digits equals a gold fraction whose
+   decimal expansion never ends (``\frac{1}{12}``, ``\frac{2}{3}``) when it is
+   that fraction correctly rounded to the places it states: ``0.0833`` and
+   ``0.083`` are ``\frac{1}{12}``; ``0.0834``, ``0.08`` and the truncated
+   ``0.6666`` (for ``\frac{2}{3}``) are not. Why: such a fraction has no exact
+   decimal form, so the correctly rounded one is the best a decimal answer
+   can state and is right to the precision it states; a minimum of three
+   digits keeps ``0.3`` from earning ``\frac{1}{3}``; it is one-sided (the
+   gold is the exact reference: gold ``0.333`` is not ``\frac{1}{3}``) and
+   exact (Fraction arithmetic). A decimal for an irrational gold (``1.414``
+   for ``\sqrt{2}``) stays wrong: the exact form was asked for.
 3. structure (:mod:`rewards.math.structure`): tuples and intervals compare
    element-wise in order (interval ends must match), sets, bare lists of
    several answers and unions compare order-free as multisets (same count, each
-   element matched once), matrices row by row. ``x = 5`` against ``5`` drops the
-   ``x =`` (a single, possibly subscripted, letter), on either side.
+   element matched once), matrices row by row. A left-hand side on one side
+   only is dropped (on either side): ``x = 5``, ``BC = 9``, ``g(t) = 3t-4``,
+   ``(m,n) = (2,7)``, ``\angle A = 30``, ``2\cdot 21 = 42`` (no letters),
+   and a chain ``x = 2+3 = 5`` keeps its last right-hand side. In a list, the
+   left-hand sides go only when the other list has none, so ``a=2, b=9`` is
+   not ``a=9, b=2``. ``x > 3`` against an interval is ``(3, \infty)``.
 4. for each pair of leaves still undecided: the string and rational stages
    again, then the guards of :func:`~rewards.math.normalize.refuse_reason`,
    then the ``rational``/``numeric``/``symbolic`` stages of
@@ -27,7 +43,9 @@ an irrational as equal to it (the numeric tolerance is 1e-10 relative).
 
 from __future__ import annotations
 
+import math
 import re
+from fractions import Fraction
 
 from rewards.math.bounded import run_bounded
 from rewards.math.normalize import normalize, parse_rational, refuse_reason
@@ -37,19 +55,43 @@ ORDERED = {"tuple", "interval", "matrix", "row"}
 UNORDERED = {"set", "list", "union"}
 _RANK = {"string": 0, "rational": 1, "numeric": 2, "symbolic": 3}
 _VARIABLE = re.compile(r"[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?|\\[a-z]+")
+_NAME = re.compile(
+    r"[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?|\\[a-z]+"  # x, a_1, \theta
+    r"|[A-Z]{2,3}|(?:m)?\\angle ?[A-Z]{1,3}"  # BC, \angle ABC
+    r"|[a-zA-Z](?:\^\{-1\})?\([a-z0-9.-]+(?:,[a-z0-9.-]+)*\)"  # g(t), f^{-1}(x), h(2)
+    r"|\([a-z](?:_\{?[0-9a-z]\}?)?(?:,[a-z](?:_\{?[0-9a-z]\}?)?)+\)"  # (m,n)
+)
+_COMMAND = re.compile(r"\\[a-zA-Z]+")
+ROUNDED_MIN_DIGITS = 3  # significant digits a rounded decimal must state (see stage 2)
+_DECIMAL = re.compile(r"-?(\d*)\.(\d+)")
 
 Verdict = tuple[bool, str]  # (equal, deciding stage or reason)
 
 
+def _is_lhs(text: str) -> bool:
+    """A left-hand side that names the answer rather than being part of it."""
+    return bool(_NAME.fullmatch(text)) or not re.search(r"[a-zA-Z]", _COMMAND.sub("", text))
+
+
+def _as_interval(rel: Rel) -> Seq | None:
+    """``x < 3`` as ``(-\\infty, 3)``, ``3 <= x`` as ``[3, \\infty)``; None if no side is a letter."""
+    closed = rel.op == "<="
+    if _VARIABLE.fullmatch(rel.lhs):
+        return Seq("interval", (Leaf("-\\infty"), Leaf(rel.rhs)), (False, closed))
+    if _VARIABLE.fullmatch(rel.rhs):
+        return Seq("interval", (Leaf(rel.lhs), Leaf("\\infty")), (closed, False))
+    return None
+
+
 def _drop_assignment(node: Node, other: Node) -> Node:
-    if (
-        isinstance(node, Rel)
-        and node.op == "="
-        and not isinstance(other, Rel)
-        and _VARIABLE.fullmatch(node.lhs)
-    ):
-        return Leaf(node.rhs)
+    if isinstance(node, Rel) and not isinstance(other, Rel):
+        if node.op == "=" and _is_lhs(node.lhs):
+            return parse_structure(node.rhs)
+        if node.op in ("<", "<=") and isinstance(other, Seq) and len(other.items) == 2:
+            return _as_interval(node) or node
     if isinstance(node, Seq) and node.kind == "list" and isinstance(other, Seq):
+        if any(isinstance(i, Rel) for i in other.items):
+            return node
         return Seq(node.kind, tuple(_drop_assignment(i, Leaf("")) for i in node.items))
     return node
 
@@ -131,13 +173,36 @@ def _decide(p: Node, g: Node, table: dict) -> Verdict:
     return True, max(stages, key=lambda s: _RANK.get(s, 0))
 
 
+def rounded_equal(pred: str, gold: Fraction) -> bool:
+    r"""True when the decimal ``pred`` is ``gold`` (a fraction with no finite decimal form)
+    correctly rounded to the places ``pred`` states, with enough digits (see stage 2).
+
+    >>> rounded_equal("0.0833", Fraction(1, 12)), rounded_equal("0.6666", Fraction(2, 3))
+    (True, False)
+    >>> rounded_equal("0.33", Fraction(1, 3)), rounded_equal("0.375", Fraction(3, 8))
+    (False, False)
+    """
+    m = _DECIMAL.fullmatch(pred)
+    den = gold.denominator
+    for p in (2, 5):
+        while den % p == 0:
+            den //= p
+    if m is None or den == 1:  # not a decimal, or the gold has an exact decimal form
+        return False
+    if len((m.group(1) + m.group(2)).lstrip("0")) < ROUNDED_MIN_DIGITS:
+        return False
+    scale = 10 ** len(m.group(2))
+    rounded = Fraction(math.floor(abs(gold) * scale + Fraction(1, 2)), scale)
+    return Fraction(pred.lstrip("-")) == rounded and (pred.startswith("-") == (gold < 0))
+
+
 def _quick(a: str, b: str) -> Verdict | None:
-    """The in-process stages for two leaf strings, or None when they cannot decide."""
+    """The in-process stages for two leaf strings (``a`` predicted, ``b`` gold), or None."""
     if a == b:
         return True, "string"
     fa, fb = parse_rational(a), parse_rational(b)
     if fa is not None and fb is not None:
-        return fa == fb, "rational"
+        return fa == fb or rounded_equal(a, fb), "rational"
     return None
 
 
@@ -170,6 +235,8 @@ def answers_equal(pred: str, gold: str, *, timeout_s: float = 5.0) -> Verdict:
     >>> answers_equal(r"\frac{1}{2^{99}}", r"\frac{1}{2^{98}}", timeout_s=30)
     (False, 'rational')
     >>> answers_equal("3, 2", "2, 3")
+    (True, 'string')
+    >>> answers_equal("(m,n)=(2,7)", "(2, 7)")
     (True, 'string')
     >>> answers_equal("[1, 2)", "[1, 2]")
     (False, 'interval: ends differ')

@@ -11,12 +11,22 @@ Where it looks, first match wins:
    it is preferred to the whole block;
 2. the last ``\\boxed{...}`` or ``\\fbox{...}`` (nested braces, and the
    brace-less form ``\\boxed 5``);
-3. "the final answer is ..." (to the end of the line);
+3. the last answer phrase: "(final) answer is", "Answer:", a "### Answer" or
+   "**Final Answer**" heading (Minerva's "Final Answer: The final answer is
+   $X$. I hope it is correct." included); what follows it is the first math
+   span right after the phrase (``$...$``, ``$$...$$``, ``\\[...\\]``,
+   ``\\(...\\)``, even on the next line), else the rest of that line (or of
+   the next non-empty one);
 4. a GSM8K ``#### N`` line;
 5. the whole text when it is a bare answer: a single line of at most
    :data:`BARE_MAX_CHARS` characters without a (broken) ``\\boxed`` (so
    ``grade("0.5", ...)`` works);
-6. the last number in the text, only with ``last_number=True``.
+6. the last number in the text, only with ``last_number=True`` (thousands
+   separators kept: ``2,500`` is one number, ``1,2`` is two).
+
+:func:`boxed_answers` lists the last few distinct boxes, for
+:mod:`rewards.math.grade`, which reads several boxes as several answers when
+the gold has that many.
 
 The last-number fallback is off by default: a completion that never marks its
 answer gets no reward, rather than being graded on whatever number it happened
@@ -24,7 +34,7 @@ to write last (which teaches a policy to stop marking answers and rewards
 intermediate results by accident). Turn it on for unformatted reference data.
 
 Does not: judge whether a completion is well formed (e.g. several different
-boxed answers; the last one wins), nor repair truncated LaTeX (an unclosed
+boxed answers: the last one is extracted), nor repair truncated LaTeX (an unclosed
 ``\\boxed{`` yields no answer from that marker).
 """
 
@@ -38,9 +48,14 @@ BOXED_TRIES = 4  # unclosed markers tried from the end, so 100 kB of "\\boxed{" 
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _BOX_CMD = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
-_FINAL = re.compile(r"final answer is[:\s]*([^\n]*)", re.IGNORECASE)
+_PHRASE = re.compile(
+    r"\banswer\s+is\b|\banswer\s*:|^[ \t]*(?:#+|\*\*)[ \t]*(?:final[ \t]+)?answer\b",
+    re.IGNORECASE | re.MULTILINE,
+)
+_SPAN_CLOSE = {"$$": "$$", "$": "$", "\\[": "\\]", "\\(": "\\)"}
+SPAN_MAX_CHARS = 2000  # a math span longer than this is not an answer
 _GSM = re.compile(r"^####\s*([^\n]+)", re.MULTILINE)
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?|-?\.\d+")
 
 
 def braced(text: str, start: int) -> tuple[str, int] | None:
@@ -87,15 +102,40 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-def _final_phrase(text: str) -> str | None:
+def boxed_answers(text: str, most: int = 8) -> list[str]:
+    r"""Distinct contents of the last ``\boxed``/``\fbox`` groups, last first (at most ``most``).
+
+    >>> boxed_answers(r"$\boxed{5}$ and $\boxed{-1}$, again $\boxed{-1}$")
+    ['-1', '5']
+    """
+    out: list[str] = []
+    for m in reversed(list(_BOX_CMD.finditer(text))[-2 * most :]):
+        i = m.end()
+        if i < len(text) and text[i] == "{":
+            found = braced(text, i)
+            if found is not None and found[0].strip() not in out:
+                out.append(found[0].strip())
+                if len(out) == most:
+                    break
+    return out
+
+
+def _answer_phrase(text: str) -> str | None:
     found = None
-    for found in _FINAL.finditer(text):
+    for found in _PHRASE.finditer(text):
         pass
     if found is None:
         return None
-    ans = found.group(1).strip()
-    ans = re.sub(r"^\$+|\$+\.?$", "", ans).strip()
-    return ans.rstrip(".") or None
+    rest = text[found.end() :].lstrip(" \t*:\n")
+    for opener in ("$$", "$", "\\[", "\\("):
+        if rest.startswith(opener):
+            end = rest.find(_SPAN_CLOSE[opener], len(opener), SPAN_MAX_CHARS)
+            if end > 0:
+                return rest[len(opener) : end].strip() or None
+            break
+    ans = rest.split("\n", 1)[0].strip()
+    ans = re.sub(r"^\$+|\$+\.?$", "", ans).strip().rstrip(".")
+    return None if not ans or _BOX_CMD.search(ans) else ans  # a broken \boxed is no answer
 
 
 def extract_answer(text: str, *, last_number: bool = False) -> str | None:
@@ -107,6 +147,10 @@ def extract_answer(text: str, *, last_number: bool = False) -> str | None:
     '4'
     >>> extract_answer("So the final answer is 12.")
     '12'
+    >>> extract_answer("Final Answer: The final answer is $x^2$. I hope it is correct.")
+    'x^2'
+    >>> extract_answer("Answer:\n\\[ \\frac{7}{2} \\]")
+    '\\frac{7}{2}'
     >>> extract_answer("She pays 3 * 4 = 12 dollars.\n#### 12")
     '12'
     >>> extract_answer("0.5")
@@ -122,7 +166,7 @@ def extract_answer(text: str, *, last_number: bool = False) -> str | None:
     if tags:
         inner = tags[-1]
         return last_boxed(inner) or inner.strip() or None
-    for finder in (last_boxed, _final_phrase):
+    for finder in (last_boxed, _answer_phrase):
         ans = finder(text)
         if ans:
             return ans

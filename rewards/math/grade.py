@@ -13,15 +13,24 @@ answer; the last-number fallback is off). The gold goes through it too, and
 is used whole when it has no marker, so both a bare MATH answer and a GSM8K
 solution ending in ``#### 72`` work as gold.
 
+Several boxes as several answers: when the last box does not match and the
+gold is a list or set of k > 1 answers, the last k distinct boxes (each a
+single answer) are compared as that list, so ``\boxed{5}`` and
+``\boxed{-1}`` match ``-1, 5``. A box repeated (``\boxed{3}`` twice) counts
+once, so it does not stand for two answers.
+
 Does not: score format or length, or give partial credit.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from rewards.math.equiv import answers_equal
-from rewards.math.extract import extract_answer
+from rewards.math.extract import boxed_answers, extract_answer, last_boxed
+from rewards.math.normalize import normalize
+from rewards.math.structure import MAX_ITEMS, Seq, parse_structure
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,8 @@ def grade_one(
 
     >>> grade_one(r"so the answer is $\boxed{0.5}$", r"\frac{1}{2}")
     Verdict(correct=True, extracted='0.5', reason='rational')
+    >>> grade_one(r"$\boxed{5}$ or $\boxed{-1}$", "-1, 5")
+    Verdict(correct=True, extracted='5, -1', reason='several boxes')
     >>> grade_one("I give up.\nNo idea at all.", "3")
     Verdict(correct=False, extracted=None, reason='no answer found')
     """
@@ -49,8 +60,27 @@ def grade_one(
     if extracted is None:
         return Verdict(False, None, "no answer found")
     gold_answer = extract_answer(gold) or gold.strip()
+    start = time.monotonic()
     correct, reason = answers_equal(extracted, gold_answer, timeout_s=timeout_s)
+    left = timeout_s - (time.monotonic() - start)  # both comparisons share the bound
+    if not correct and left > 0 and extracted == last_boxed(pred):
+        several = _several_boxes(pred, gold_answer)
+        if several is not None and answers_equal(several, gold_answer, timeout_s=left)[0]:
+            return Verdict(True, several, "several boxes")
     return Verdict(correct, extracted, reason)
+
+
+def _several_boxes(pred: str, gold: str) -> str | None:
+    """The last k distinct single-answer boxes of ``pred`` joined, k the gold's answer count."""
+    g = parse_structure(normalize(gold))
+    if not (isinstance(g, Seq) and g.kind in ("list", "set") and 1 < len(g.items) <= MAX_ITEMS):
+        return None
+    boxes = boxed_answers(pred, most=len(g.items))
+    if len(boxes) < len(g.items) or any(
+        isinstance(parse_structure(normalize(b)), Seq) for b in boxes
+    ):
+        return None
+    return ", ".join(reversed(boxes))
 
 
 def grade(completion_or_answer: str, gold: str, *, timeout_s: float = 5.0) -> bool:

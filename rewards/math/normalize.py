@@ -8,7 +8,10 @@ answer to one string: ``$``, ``\left``/``\right``, spacing commands
 ``\frac12`` -> ``\frac{1}{2}``, ``\sqrt2`` -> ``\sqrt{2}``, ``\text{}``/``\mbox{}``
 unwrapped, unit words dropped, degrees (``^\circ``), percent and dollar signs
 dropped, thousands separators (``1,000``, ``1{,}000``) removed, trailing
-punctuation removed.
+punctuation removed (not ``!``: ``6!`` is a factorial), ``\text{ or }`` and
+``\text{ and }`` between answers made a comma (``y=1 \text{ or } y=6`` is the
+list ``y=1,y=6``), ``\ne`` and ``!=`` -> ``\neq``, ``\log_3 27`` ->
+``\log_{3}27`` (the space is the only thing that ends the base).
 
 Does not: decide equality beyond the string (see :mod:`rewards.math.equiv`),
 nor keep the meaning of units or percent: ``50\%`` normalises to ``50`` (not
@@ -50,6 +53,11 @@ _SQRT_SHORT = re.compile(r"\\sqrt\s*(\d|[a-zA-Z](?![a-zA-Z]))")
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _SPACE_KEEP = re.compile(r"(\\[a-zA-Z]+) (?=[a-zA-Z])")
 _CHOICE = re.compile(r"^\(([A-E])\)$")
+_CONNECTIVE = re.compile(
+    r"\\(?:text|mbox|mathrm|textrm)\s*\{\s*(?:or|and)\s*\}|(?<=[\s$])or(?=[\s$])"
+)
+_LOG_BASE = re.compile(r"\\log_\s*([0-9a-zA-Z])\s+(?=[0-9a-zA-Z(\\{])")
+_NOT_EQUAL = re.compile(r"\\ne(?![a-zA-Z])|(?<=[a-zA-Z\s])!=")
 
 
 def _unwrap_text(s: str) -> str:
@@ -74,13 +82,20 @@ def normalize(ans: str) -> str:
     True
     >>> normalize(r"\frac12") == normalize(r"\frac{1}{2}")
     True
+    >>> normalize(r"y = 1 \text{ or } y = 6")
+    'y=1,y=6'
+    >>> normalize(r"\log_3 27"), normalize("6!"), normalize("x != 2")
+    ('\\log_{3}27', '6!', 'x\\neq2')
     >>> normalize(r"\pi r^2") == normalize(r"\pir^2")
     False
     """
     s = ans.strip().replace("\u2212", "-").replace("\\%", "").replace("%", "")
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("{,}", ",")
+    s = _CONNECTIVE.sub(",", s)
     s = _DROP.sub(" ", s)
     s = _DEGREES.sub("", s)
+    s = _LOG_BASE.sub(r"\\log_{\1}", s)
+    s = _NOT_EQUAL.sub(r"\\neq ", s)
     s = _unwrap_text(s)
     s = _UNIT_WORD.sub("", s.strip())
     s = _FRAC_SHORT.sub(r"\\frac{\1}{\2}", s)
@@ -88,7 +103,7 @@ def normalize(ans: str) -> str:
     s = _SQRT_SHORT.sub(r"\\sqrt{\1}", s)
     s = s.replace("\\le ", "\\leq ").replace("\\ge ", "\\geq ")
     s = re.sub(r"\\(le|ge)(?![a-zA-Z])", r"\\\1q", s)
-    s = re.sub(r"\s+", " ", s).strip().rstrip(".,;:!").strip()
+    s = re.sub(r"\s+", " ", s).strip().rstrip(".,;:").strip()
     s = _SPACE_KEEP.sub("\\1\x00", s).replace(" ", "").replace("\x00", " ")
     if _THOUSANDS.fullmatch(s):
         s = s.replace(",", "")

@@ -17,11 +17,16 @@ Rules (how :mod:`rewards.math.equiv` reads the kinds):
 * ``\begin{pmatrix}...\end{pmatrix}`` (and ``bmatrix``, ``matrix``) is a
   ``matrix`` of ``row``s, ordered.
 * ``a \pm b`` is the ``list`` ``a+b, a-b``.
-* one top-level ``=``, ``<``, ``>``, ``\leq``, ``\geq`` makes a :class:`Rel`;
-  ``>`` and ``\geq`` are turned around into ``<`` and ``<=``.
+* one top-level ``=``, ``<``, ``>``, ``\leq``, ``\geq``, ``\neq`` makes a
+  :class:`Rel`; ``>`` and ``\geq`` are turned around into ``<`` and ``<=``.
+* an equation chain ``x = 2+3 = 5`` is the :class:`Rel` ``x = 5`` (first
+  left-hand side, last right-hand side: the last one is the result).
+* a chained inequality ``2 \leq t < 9`` (same direction, a single letter in
+  the middle) is the ``interval`` ``[2, 9)``.
 
-Does not: read ``x > 2`` as the interval ``(2, \infty)``, nor chained
-relations ``1 < x < 3`` (kept as one leaf).
+Does not: read other chains (``1 < x > 0``, ``a = b < c``): they stay one
+leaf. ``x > 2`` against the interval ``(2, \infty)`` is
+:mod:`rewards.math.equiv`'s business.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ class Leaf:
 
 @dataclass(frozen=True)
 class Rel:
-    """``lhs op rhs`` with ``op`` one of ``=``, ``<``, ``<=``."""
+    """``lhs op rhs`` with ``op`` one of ``=``, ``<``, ``<=``, ``!=``."""
 
     op: str
     lhs: str
@@ -71,7 +76,10 @@ _REL_OP = {
     "\\gt": ">",
     ">=": ">=",
     "\\geq": ">=",
+    "\\neq": "!=",
+    "\\ne": "!=",
 }
+_MIDDLE = re.compile(r"[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?")
 _MATRIX = re.compile(r"\\begin\{([pbBvV]?matrix)\}(.*)\\end\{\1\}", re.DOTALL)
 
 
@@ -109,21 +117,38 @@ def _wraps(s: str) -> bool:
     return False
 
 
-def _relation(s: str) -> Rel | None:
+def _chain_interval(parts: list[str], ops: list[str]) -> Seq | None:
+    """``a < x <= b`` (or ``b >= x > a``) as the interval ``(a, b]``."""
+    if _MIDDLE.fullmatch(parts[1]) is None:
+        return None
+    if set(ops) <= {">", ">="}:
+        parts, ops = parts[::-1], [op.replace(">", "<") for op in ops[::-1]]
+    if not set(ops) <= {"<", "<="}:
+        return None
+    return Seq("interval", (Leaf(parts[0]), Leaf(parts[2])), (ops[0] == "<=", ops[1] == "<="))
+
+
+def _relation(s: str) -> Rel | Seq | None:
     ops, depth = [], 0
     for m in _REL.finditer(s):
         prefix = s[: m.start()]
         depth = sum(prefix.count(c) for c in _OPEN) - sum(prefix.count(c) for c in _CLOSE)
         if depth == 0:
             ops.append(m)
-        if len(ops) > 1:
+        if len(ops) > MAX_ITEMS:
             return None
-    if len(ops) != 1 or ops[0].group(0) in ("\\neq", "\\ne"):
+    if not ops:
         return None
-    m = ops[0]
-    lhs, rhs, op = s[: m.start()].strip(), s[m.end() :].strip(), _REL_OP[m.group(0)]
-    if not lhs or not rhs:
+    cuts = [0] + [i for m in ops for i in (m.start(), m.end())] + [len(s)]
+    parts = [s[cuts[i] : cuts[i + 1]].strip() for i in range(0, len(cuts), 2)]
+    names = [_REL_OP[m.group(0)] for m in ops]
+    if not all(parts):
         return None
+    if len(ops) == 2 and "=" not in names and "!=" not in names:
+        return _chain_interval(parts, names)
+    if len(ops) > 1 and set(names) != {"="}:
+        return None
+    lhs, rhs, op = parts[0], parts[-1], names[0]
     if op in (">", ">="):
         return Rel(op.replace(">", "<"), rhs, lhs)
     return Rel(op, lhs, rhs)
@@ -150,6 +175,10 @@ def parse_structure(s: str) -> Node:
     Seq(kind='interval', items=(Leaf(text='1'), Leaf(text='2')), closed=(False, True))
     >>> parse_structure("y=2x+1")
     Rel(op='=', lhs='y', rhs='2x+1')
+    >>> parse_structure("x=2+3=5")
+    Rel(op='=', lhs='x', rhs='5')
+    >>> parse_structure(r"2\leqt<9")
+    Seq(kind='interval', items=(Leaf(text='2'), Leaf(text='9')), closed=(True, False))
     >>> parse_structure(r"1\pm\sqrt{2}").kind
     'list'
     """
@@ -173,6 +202,6 @@ def parse_structure(s: str) -> Node:
     if bracketed is not None:
         return bracketed
     pm = split_top(s, "\\pm")
-    if len(pm) == 2 and pm[0] and pm[1]:
+    if len(pm) == 2 and pm[1]:  # "a \pm b", or "\pm b" alone
         return Seq("list", (Leaf(f"{pm[0]}+{pm[1]}"), Leaf(f"{pm[0]}-({pm[1]})")))
     return Leaf(s)

@@ -21,7 +21,7 @@ in :mod:`rewards.math.equiv` before they get here):
   ``numeric``) at one of :data:`SAMPLE_POINTS` random rational points (a
   proof of inequality that spares ``simplify``); else equal when
   ``expand(a - b)`` or ``simplify(a - b)`` is 0. Relations (``=``, ``<``,
-  ``\leq``) compare ``lhs - rhs`` up to a
+  ``\leq``, ``\neq``) compare ``lhs - rhs`` up to a
   nonzero constant factor (positive for inequalities), so ``y = 2x+1`` matches
   ``2x - y + 1 = 0``.
 
@@ -115,7 +115,7 @@ def expr_equal(a: sympy.Basic, b: sympy.Basic) -> tuple[bool, str]:
 def relation_equal(op: str, l1: str, r1: str, l2: str, r2: str) -> tuple[bool, str]:
     r"""Compare ``l1 op r1`` with ``l2 op r2`` up to a constant factor.
 
-    ``op`` is ``=``, ``<`` or ``<=`` (the caller turns ``>`` around).
+    ``op`` is ``=``, ``!=``, ``<`` or ``<=`` (the caller turns ``>`` around).
 
     >>> relation_equal("=", "y", "2x+1", "2x-y+1", "0")
     (True, 'symbolic')
@@ -131,7 +131,7 @@ def relation_equal(op: str, l1: str, r1: str, l2: str, r2: str) -> tuple[bool, s
     ratio = sympy.simplify(d1 / d2)
     if ratio.free_symbols or ratio == 0 or not ratio.is_number:
         return False, "symbolic"
-    return bool(op == "=" or ratio.is_positive), "symbolic"
+    return bool(op in ("=", "!=") or ratio.is_positive), "symbolic"
 
 
 def compare(request: list) -> tuple[bool, str]:
