@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"r1kit: config error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the server engine's handler has already said so on stderr
+        return 130
 
 
 if __name__ == "__main__":

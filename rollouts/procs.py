@@ -1,5 +1,6 @@
 """Process plumbing for engines that run children: a parent-death signal, a supervisor that
-leaves no descendant behind, a record of every process a tree ever had, and RSS sampling.
+leaves no descendant (and no ``/dev/shm`` file its tree mapped) behind, a record of every process a
+tree ever had, and RSS sampling.
 
 Used by ``rollouts.server`` (see its docstring for the process tree and the guarantees).
 """
@@ -58,6 +59,7 @@ class ProcessTree:
         self.root_pid = root_pid
         self.pgid = root_pid  # the root is started as a session (and group) leader
         self.seen: dict[int, psutil.Process] = {}
+        self.shm_paths: set[str] = set()
         self.refresh()
 
     def refresh(self) -> None:
@@ -69,6 +71,31 @@ class ProcessTree:
             procs = []
         for p in procs:
             self.seen.setdefault(p.pid, p)
+
+    def record_shm(self) -> None:
+        """Record the ``/dev/shm`` files the live processes map (vLLM's shared-memory queues,
+        multiprocessing's named semaphores); ``remove_shm`` deletes them once the tree is dead."""
+        for p in self.alive():
+            try:
+                with open(f"/proc/{p.pid}/maps") as f:
+                    for line in f:
+                        path = line.split(maxsplit=5)[-1].strip()
+                        if path.startswith("/dev/shm/") and not path.endswith("(deleted)"):
+                            self.shm_paths.add(path)
+            except OSError:
+                continue
+
+    def remove_shm(self) -> list[str]:
+        """Delete the recorded ``/dev/shm`` files that still exist (call after ``kill_all``: a
+        SIGKILLed process cannot unlink its own); return their paths."""
+        removed = []
+        for path in sorted(self.shm_paths):
+            try:
+                os.unlink(path)
+                removed.append(path)
+            except OSError:
+                continue
+        return removed
 
     def group_members(self) -> list[psutil.Process]:
         """Processes still in the root's process group, wherever they were reparented."""
@@ -134,11 +161,16 @@ def supervise(parent_pid: int, grace_s: float, cmd: list[str]) -> int:
     # This process is single-threaded, so preexec_fn is safe here.
     child = subprocess.Popen(cmd, preexec_fn=set_parent_death_signal)  # noqa: PLW1509
     tree = ProcessTree(os.getpid())
+    ticks = 0
     while child.poll() is None and not stop and os.getppid() == parent_pid:
         tree.refresh()
+        if ticks % 8 == 0:  # every 2 s: a worker's maps run to thousands of lines
+            tree.record_shm()
+        ticks += 1
         time.sleep(0.25)
     if child.poll() is None:
         tree.refresh()
+        tree.record_shm()
         child.terminate()
         deadline = time.monotonic() + grace_s
         while child.poll() is None and time.monotonic() < deadline:
@@ -146,6 +178,7 @@ def supervise(parent_pid: int, grace_s: float, cmd: list[str]) -> int:
             time.sleep(0.1)
     tree.kill_all()
     child.wait()
+    tree.remove_shm()  # vLLM's abort-mode shutdown SIGKILLs EngineCore, which leaks its segments
     return child.returncode if child.returncode and child.returncode > 0 else 0
 
 

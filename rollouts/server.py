@@ -15,13 +15,16 @@ Process tree and what guarantees that nothing outlives r1kit:
   itself (``prctl`` through ctypes, the equivalent of a ``preexec_fn`` without its thread-safety
   problem), re-checks its parent after that call (closing the fork race), and also polls
   ``getppid()``. When r1kit dies, is signalled, or the server exits, it sends SIGTERM to the API
-  server, waits ``grace_s``, then SIGKILLs every descendant it has seen and every process left in
-  its group. The API server gets ``PR_SET_PDEATHSIG=SIGTERM`` too, in case the supervisor is
+  server, SIGINT 1 s later (uvicorn's second Ctrl-C: otherwise it waits for r1kit's own requests in
+  flight, until the SIGKILL skips vLLM's cleanup of its /dev/shm segments and sockets), and at
+  ``grace_s`` (5 s) SIGKILLs every descendant it has seen and every process left in its group. The API server gets ``PR_SET_PDEATHSIG=SIGTERM`` too, in case the supervisor is
   SIGKILLed on its own.
-- ``close()`` sends SIGTERM to the whole group, waits, SIGKILLs the group and every process ever
-  seen in the tree (tracked with psutil), then raises ``ServerError`` if any is still alive.
+- ``close()`` sends SIGTERM to the supervisor, waits, SIGKILLs the group and every process ever
+  seen in the tree (tracked with psutil), then raises ``ServerError`` if any is still alive. It
+  removes the log folder it made in ``/tmp`` unless the server died on its own.
 - ``atexit`` and SIGINT/SIGTERM handlers (installed once, from the main thread, chaining to the
-  previous handlers) close every live engine.
+  previous handlers) close every live engine and remove the weight-sync files in ``/dev/shm``;
+  the signal handler first writes one line to stderr.
 - Caveat: Linux delivers the parent-death signal when the *thread* that started the child exits.
   Create the engine in a thread that lives as long as the engine (normally the main thread).
 
@@ -69,8 +72,11 @@ What it does not do:
 from __future__ import annotations
 
 import atexit
+import contextlib
+import getpass
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -111,10 +117,18 @@ class ServerError(RuntimeError):
 # -- the engine ---------------------------------------------------------------------------------
 
 _LIVE: set[VLLMServerEngine] = set()
+_SHM_FILES: set[str] = set()  # weight-sync files being written or read right now
 _PREVIOUS_HANDLERS: dict[int, Any] = {}
+_INTERRUPTED: list[int] = []  # the signals whose handler closed the engines
 
 
 def _close_all() -> None:
+    for path in list(_SHM_FILES):  # a default SIGTERM or a SIGKILL would skip their `finally`
+        _SHM_FILES.discard(path)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
     for engine in list(_LIVE):
         try:
             engine.close()
@@ -123,6 +137,13 @@ def _close_all() -> None:
 
 
 def _on_signal(signum: int, frame: Any) -> None:
+    """Say so on stderr at once (stopping takes up to ``grace_s``), close every engine, then
+    chain: Python's default SIGINT handler raises ``KeyboardInterrupt`` for the caller."""
+    if _LIVE:
+        name = signal.Signals(signum).name
+        urls = ", ".join(e.url for e in _LIVE)
+        os.write(2, f"r1kit: {name}, stopping the vLLM server at {urls}\n".encode())
+    _INTERRUPTED.append(signum)
     _close_all()
     previous = _PREVIOUS_HANDLERS.get(signum)
     if callable(previous):
@@ -142,6 +163,18 @@ def _install_signal_handlers() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         _PREVIOUS_HANDLERS[sig] = signal.getsignal(sig)
         signal.signal(sig, _on_signal)
+
+
+@contextlib.contextmanager
+def _interrupt_not_error():
+    """A request cut off because a signal handler closed the server is the interrupt, not a server
+    failure: raise ``KeyboardInterrupt`` (without a chained traceback) instead of ``ServerError``."""
+    try:
+        yield
+    except ServerError:
+        if _INTERRUPTED:
+            raise KeyboardInterrupt(signal.Signals(_INTERRUPTED[-1]).name) from None
+        raise
 
 
 def _no_cuda() -> bool:
@@ -261,7 +294,7 @@ class VLLMServerEngine:
         connect_timeout_s: float = 5.0,
         max_concurrency: int = 64,
         sleep_mode: bool = False,
-        grace_s: float = 15.0,
+        grace_s: float = 5.0,
         log_path: str | os.PathLike | None = None,
     ):
         """``extra_args`` go to vLLM after r1kit's own flags, so they win (``--dtype``, ...);
@@ -274,8 +307,8 @@ class VLLMServerEngine:
         self.host, self.port = host, port or free_port(host)
         self.url = f"http://{host}:{self.port}"
         self.sleep_mode, self.grace_s = sleep_mode, grace_s
-        self.log_path = Path(log_path) if log_path else (
-            Path(tempfile.mkdtemp(prefix="r1kit-vllm-server-")) / "server.log")
+        self._run_dir = Path(tempfile.mkdtemp(prefix="r1kit-vllm-server-"))  # removed by close()
+        self.log_path = Path(log_path) if log_path else self._run_dir / "server.log"
         self.last_stats: GenerationStats | None = None
         self.last_sync_seconds: float | None = None
         self.startup_seconds: float | None = None
@@ -332,6 +365,14 @@ class VLLMServerEngine:
 
     def _spawn(self, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
         child_env = {**os.environ, **env, "VLLM_SERVER_DEV_MODE": "1"}
+        # vLLM's ZMQ sockets and vllm_dist_* files go to TMPDIR and outlive a killed server: a
+        # private one is removed by close(); Inductor keeps its usual shared cache.
+        child_env.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
+            tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}"))
+        private = self._run_dir / "tmp"
+        if len(str(private)) <= 60:  # + "/<uuid4>" of a ZMQ socket: under AF_UNIX's 107 bytes
+            private.mkdir(exist_ok=True)
+            child_env["TMPDIR"] = str(private)
         child_env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on CPU
         child_env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO_ROOT), child_env.get("PYTHONPATH", "")) if p)
@@ -370,25 +411,29 @@ class VLLMServerEngine:
         return self._tree.alive()
 
     def close(self) -> None:
-        """Stop the server: SIGTERM its group, wait, SIGKILL what is left; raise ``ServerError`` if
-        any process of the tree is still alive afterwards. Safe to call twice."""
+        """Stop the server: SIGTERM the supervisor, which stops the server in order (SIGTERM,
+        SIGKILL after ``grace_s``); SIGKILL the group if the supervisor outlives that; raise
+        ``ServerError`` if any process of the tree is still alive afterwards. Removes the log
+        folder it made itself unless the server had died on its own. Safe to call twice."""
         if self._closed:
             return
         self._closed = True
         _LIVE.discard(self)
-        if self._proc.poll() is None:
+        crashed = self._proc.poll() is not None
+        if not crashed:
             self._tree.refresh()
+            self._proc.terminate()
             try:
-                os.killpg(self._tree.pgid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self._proc.wait(timeout=self.grace_s + 10)
+                self._proc.wait(timeout=self.grace_s + 5)
             except subprocess.TimeoutExpired:
                 os.killpg(self._tree.pgid, signal.SIGKILL)
                 self._proc.wait()
         survivors = self._tree.kill_all()
         self.client.close()
+        if crashed and self.log_path.parent == self._run_dir:  # keep the log its error names
+            shutil.rmtree(self._run_dir / "tmp", ignore_errors=True)
+        else:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
         if survivors:
             raise ServerError(f"processes of the vLLM server survived SIGKILL: "
                               f"{[p.pid for p in survivors]}")
@@ -411,7 +456,7 @@ class VLLMServerEngine:
         if self._closed:
             raise ServerError(f"the vLLM server engine for {self.url} is closed")
         sampler = PeakSampler(self._tree)
-        with sampler:
+        with sampler, _interrupt_not_error():
             groups = self.client.generate(prompts, n, sampling)
         self.last_stats = GenerationStats(**{**vars(self.client.last_stats),
                                              "peak_memory_bytes": sampler.peak})
@@ -429,13 +474,17 @@ class VLLMServerEngine:
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         fd, path = tempfile.mkstemp(prefix="r1kit-weights-", suffix=".safetensors", dir=shm)
         os.close(fd)
+        _SHM_FILES.add(path)
         try:
             save_file(tensors, path)
             del tensors
-            result = self._request("POST", "/collective_rpc", json={
-                "method": "update_weights_from_safetensors", "args": [path]}).json()
+            with _interrupt_not_error():
+                result = self._request("POST", "/collective_rpc", json={
+                    "method": "update_weights_from_safetensors", "args": [path]}).json()
         finally:
-            os.unlink(path)
+            _SHM_FILES.discard(path)
+            if os.path.exists(path):  # a signal handler may have removed it already
+                os.unlink(path)
         self._request("POST", "/reset_prefix_cache")
         counts = {int(r) for r in result["results"]}
         if not counts or counts == {0}:

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -267,14 +268,63 @@ def test_sigkill_of_r1kit_leaves_no_orphan(tiny_qwen, tmp_path):
     assert _wait_gone(seen, timeout_s=60) == []
 
 
+SAMPLING_CHILD = textwrap.dedent("""
+    import sys, threading
+    sys.path.insert(0, {repo!r})
+    from rollouts.server import VLLMServerEngine
+    from rollouts.types import Sampling
+    engine = VLLMServerEngine({model!r}, extra_args={args!r}, startup_timeout_s=400)
+    print("READY", engine.log_path.parent, flush=True)
+    threading.Timer(2.0, lambda: print("SAMPLING", flush=True)).start()
+    try:  # as r1kit.cli does: the handler has said what happens, no traceback
+        engine.generate(["hello"] * 16, 8, Sampling(max_tokens=400))
+    except KeyboardInterrupt:
+        sys.exit(130)
+""")
+
+
 @pytest.mark.vllm
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_sigint_of_r1kit_stops_a_ready_server(tiny_qwen, tmp_path):
-    proc = _start_child(tiny_qwen, tmp_path)
-    assert proc.stdout.readline().strip() == "READY"
+def test_sigint_of_r1kit_while_sampling_is_one_line_and_leaves_nothing(tiny_qwen, tmp_path):
+    # Before: uvicorn waited for r1kit's own requests until SIGKILL (15 s), which left vLLM's
+    # /dev/shm segments, its sockets in /tmp and r1kit's log folder; and a ServerError traceback.
+    script = tmp_path / "child.py"
+    script.write_text(SAMPLING_CHILD.format(repo=str(REPO), model=str(tiny_qwen),
+                                            args=SERVER_ARGS))
+    tmp = Path(tempfile.mkdtemp(dir="/tmp"))  # short: vLLM's ZMQ socket paths live under it
+    shm_before = set(os.listdir("/dev/shm"))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "TMPDIR": str(tmp),
+                                 "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")})
+    line = proc.stdout.readline()
+    assert line.startswith("READY "), proc.communicate()[1][-4000:]
+    assert Path(line.split()[1]).is_dir()
+    assert proc.stdout.readline().strip() == "SAMPLING"
     seen = psutil.Process(proc.pid).children(recursive=True)
-    assert any("EngineCor" in p.name() for p in seen)
-    proc.send_signal(signal.SIGINT)  # the handler closes the engine, then KeyboardInterrupt
-    proc.wait(timeout=60)
-    assert _alive(seen) == []  # gone by the time r1kit exits, not just eventually
+    mapped = {line.split()[-1] for p in _alive(seen) for line in _maps(p)
+              if line.split()[-1].startswith("/dev/shm/")}
+    assert mapped  # vLLM's shared-memory queues exist while it runs
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    first = proc.stderr.readline()
+    said_at = time.monotonic() - start
+    rest = proc.communicate(timeout=60)[1]
+    stopped_at = time.monotonic() - start
+    assert first.startswith("r1kit: SIGINT, stopping the vLLM server at http://"), first
+    assert said_at < 2.0
+    assert "Traceback" not in rest and proc.returncode == 130, rest
+    assert stopped_at < 5.0 + 5.0  # grace_s, then SIGKILL, and the checks of close()
+    assert _alive(seen) == []
+    assert os.listdir(tmp) == []  # r1kit's run folder (log, vLLM's TMPDIR) is gone
+    tmp.rmdir()
+    left = (set(os.listdir("/dev/shm")) - shm_before) & {os.path.basename(m) for m in mapped}
+    assert left == set()
+
+
+def _maps(p: psutil.Process) -> list[str]:
+    try:
+        return Path(f"/proc/{p.pid}/maps").read_text().splitlines()
+    except OSError:
+        return []
