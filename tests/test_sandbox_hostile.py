@@ -125,9 +125,9 @@ while True:
     assert result.status == "timeout" and result.wall_s < 4
 
 
-def test_double_forked_setsid_daemon():
-    marker = f"r1kit-daemon-{uuid.uuid4().hex}"
-    code = f"""
+def _daemon_program(marker: str) -> str:
+    """A program that leaves a double-forked, setsid daemon (tagged with ``marker``) behind."""
+    return f"""
 import os, sys
 read, write = os.pipe()
 if os.fork() == 0:
@@ -138,6 +138,11 @@ if os.fork() == 0:
     os._exit(0)
 print(os.read(read, 2).decode())
 """
+
+
+def test_double_forked_setsid_daemon():
+    marker = f"r1kit-daemon-{uuid.uuid4().hex}"
+    code = _daemon_program(marker)
     result = run(code, timeout_s=10)
     assert (result.status, result.stdout) == ("ok", "up\n")
     assert survivors(marker=marker) == []
@@ -397,17 +402,7 @@ def test_killing_the_supervisor_is_refused():
 
 def test_rlimits_unsafe_setsid_daemon_is_killed():
     marker = f"r1kit-daemon-{uuid.uuid4().hex}"
-    code = f"""
-import os, sys
-read, write = os.pipe()
-if os.fork() == 0:
-    os.setsid()
-    if os.fork() == 0:
-        os.write(write, b"up")
-        os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(60)", {marker!r}])
-    os._exit(0)
-print(os.read(read, 2).decode())
-"""
+    code = _daemon_program(marker)
     result = run(code, "rlimits_unsafe", timeout_s=10)
     assert (result.status, result.stdout) == ("ok", "up\n")
     assert survivors(marker=marker) == []
