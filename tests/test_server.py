@@ -302,9 +302,7 @@ def test_sigint_of_r1kit_while_sampling_is_one_line_and_leaves_nothing(tiny_qwen
     assert line.startswith("READY "), proc.communicate()[1][-4000:]
     assert Path(line.split()[1]).is_dir()
     assert proc.stdout.readline().strip() == "SAMPLING"
-    seen = psutil.Process(proc.pid).children(recursive=True)
-    mapped = {line.split()[-1] for p in _alive(seen) for line in _maps(p)
-              if line.split()[-1].startswith("/dev/shm/")}
+    seen, mapped = _shm_mapped_by_children(proc.pid, timeout_s=20)
     assert mapped  # vLLM's shared-memory queues exist while it runs
     start = time.monotonic()
     proc.send_signal(signal.SIGINT)
@@ -321,6 +319,19 @@ def test_sigint_of_r1kit_while_sampling_is_one_line_and_leaves_nothing(tiny_qwen
     tmp.rmdir()
     left = (set(os.listdir("/dev/shm")) - shm_before) & {os.path.basename(m) for m in mapped}
     assert left == set()
+
+
+def _shm_mapped_by_children(pid: int, timeout_s: float):
+    """The child processes of ``pid`` and the /dev/shm files they map, polled until some are
+    mapped (vLLM creates its shared-memory queues as its processes come up)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        seen = psutil.Process(pid).children(recursive=True)
+        mapped = {line.split()[-1] for p in _alive(seen) for line in _maps(p)
+                  if line.split()[-1].startswith("/dev/shm/")}
+        if mapped or time.monotonic() > deadline:
+            return seen, mapped
+        time.sleep(0.2)
 
 
 def _maps(p: psutil.Process) -> list[str]:
