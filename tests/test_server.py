@@ -294,9 +294,12 @@ def test_sigint_of_r1kit_while_sampling_is_one_line_and_leaves_nothing(tiny_qwen
                                             args=SERVER_ARGS))
     tmp = Path(tempfile.mkdtemp(dir="/tmp"))  # short: vLLM's ZMQ socket paths live under it
     shm_before = set(os.listdir("/dev/shm"))
+    # vLLM's own default, multiprocess engine core (its queues live in /dev/shm); a colocated
+    # VLLMEngine built earlier in this process sets VLLM_ENABLE_V1_MULTIPROCESSING=0 here.
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "TMPDIR": str(tmp),
+                            env={**env, "VLLM_CPU_KVCACHE_SPACE": "1", "TMPDIR": str(tmp),
                                  "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")})
     line = proc.stdout.readline()
     assert line.startswith("READY "), proc.communicate()[1][-4000:]
