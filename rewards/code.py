@@ -267,6 +267,21 @@ def _checked_outcome(payload: str) -> list:
     return ["missing"]
 
 
+def _read_stdin_keep_stdout():
+    """In a harness process: the JSON document on stdin, and a private copy of stdout; fd 1
+    then points at stderr, so what the code under test prints never reaches the grader."""
+    import json
+    import os
+
+    chunks = []
+    while chunk := os.read(0, 1 << 16):
+        chunks.append(chunk)
+    data = json.loads(b"".join(chunks))
+    out = os.dup(1)
+    os.dup2(2, 1)
+    return data, out
+
+
 def _encode(value):
     """Plain data as JSON-ready tagged lists, exact types only; anything else raises
     TypeError. Sets are sorted, so equal inputs encode alike.
@@ -360,8 +375,10 @@ class _SoftAsserts(ast.NodeTransformer):
 
 
 def _program(harness: str, main: str, *args) -> str:
-    """A harness with the codec's source, then a call of its ``main`` on ``args``."""
-    codec = inspect.getsource(_encode) + "\n" + inspect.getsource(_decode)
+    """A harness with the codec's and the stdin reader's source, then a call of its ``main``
+    on ``args``."""
+    codec = "\n".join(inspect.getsource(f)
+                      for f in (_read_stdin_keep_stdout, _encode, _decode))
     return f"{harness}\n{codec}\n{main}(*{args!r})\n"
 
 
@@ -371,12 +388,7 @@ _CANDIDATE_HARNESS = r'''
 import json, os
 
 def _r1kit_candidate(source, entry_point):
-    chunks = []
-    while chunk := os.read(0, 1 << 16):
-        chunks.append(chunk)
-    calls = json.loads(b"".join(chunks))
-    out = os.dup(1)
-    os.dup2(2, 1)  # the candidate's own prints go to stderr
+    calls, out = _read_stdin_keep_stdout()  # the candidate's own prints go to stderr
     namespace = {"__name__": "__r1kit_candidate__"}
     try:
         exec(compile(source, "<candidate>", "exec"), namespace)
@@ -428,12 +440,7 @@ class _R1kitRaised(Exception):
     """The candidate raised an exception that is not a builtin one."""
 
 def _r1kit_tests(prompt, test, entry_point, n_asserts):
-    chunks = []
-    while chunk := os.read(0, 1 << 16):
-        chunks.append(chunk)
-    known = json.loads(b"".join(chunks))
-    out = os.dup(1)
-    os.dup2(2, 1)  # the test's own prints go to stderr
+    known, out = _read_stdin_keep_stdout()  # the test's own prints go to stderr
     clean = [True]  # the current test met no placeholder and no missing output
 
     def write(line):
