@@ -223,9 +223,7 @@ def _r1kit_steps(engine: str, steps: int) -> dict[str, Any]:
             metrics.append(trainer.run_step())
             seconds.append(time.perf_counter() - t0)
     finally:
-        trainer.p.runlog.close()
-        trainer.p.scorer.close()
-        trainer.p.engine.close()
+        trainer.p.close()
     parts = {f"median_{k.replace('/', '_')}": statistics.median(m.get(k, 0.0) for m in metrics[1:])
              for k in ("time/generate", "time/rollout", "time/update", "time/sync")}
     return _step_summary(seconds, {"completion_len": statistics.mean(

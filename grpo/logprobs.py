@@ -24,7 +24,6 @@ distribution, which is what every engine reports (``rollouts.hf``, ``rollouts.vl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -100,7 +99,6 @@ def completion_logprobs(
     completion_lens: Tensor,
     *,
     chunk_tokens: int = 1024,
-    decoder_kwargs: dict[str, Any] | None = None,
 ) -> TokenLogprobs:
     """Log-probs and entropies of the completion tokens of right-padded rows.
 
@@ -108,8 +106,7 @@ def completion_logprobs(
     (``completion_lens[b]`` tokens) then padding. Returns (B, C) tensors, C = max completion length.
     """
     decoder, head = split_model(model)
-    out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                  **(decoder_kwargs or {}))
+    out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     hidden = out.last_hidden_state  # (B, T, H)
     b, c = input_ids.shape[0], int(completion_lens.max()) if len(completion_lens) else 0
     j = torch.arange(c, device=input_ids.device)  # (C,)

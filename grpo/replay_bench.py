@@ -45,9 +45,7 @@ def run(replay: bool, args: argparse.Namespace, out_dir: Path) -> dict[str, floa
         while trainer.step < cfg.train.steps:
             rows.append(trainer.run_step())
     finally:
-        trainer.p.runlog.close()
-        trainer.p.scorer.close()
-        trainer.p.engine.close()
+        trainer.p.close()
     return {k: sum(r.get(k, float("nan")) for r in rows) / len(rows) for k in KEYS}
 
 

@@ -209,6 +209,22 @@ def router_stats(
     return out
 
 
+def update_router_stats(recorded: list) -> dict[str, float]:
+    """``router_stats`` over one update pass: ``recorded`` holds a (``RoutingRecorder``,
+    ``grpo.batch.MicroBatch``) pair per micro-batch. The reference is the sampler's routing
+    (``mb.routed``) when every micro-batch carries it; only positions it covers are compared."""
+    num_experts = recorded[0][0].routers[0].num_experts
+    layers = len(recorded[0][0].calls[-1])
+    topk = [torch.cat([rec.calls[-1][i].cpu() for rec, _ in recorded]) for i in range(layers)]
+    valid = torch.cat([mb.attention_mask.bool().flatten().cpu() for _, mb in recorded])
+    reference = None
+    if all(mb.routed is not None for _, mb in recorded):
+        reference = [torch.cat([mb.routed[:, :, i].reshape(-1, mb.routed.shape[-1]).cpu()
+                                for _, mb in recorded]) for i in range(layers)]
+        valid = valid & torch.cat([mb.routed_valid.flatten().cpu() for _, mb in recorded])
+    return router_stats(topk, num_experts, valid, reference)
+
+
 def load_balancing_loss(model: nn.Module, recorded: RoutingRecorder, valid: Tensor) -> Tensor:
     """The router auxiliary loss of the recorder's last forward call (without its coefficient).
 

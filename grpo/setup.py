@@ -1,9 +1,10 @@
 """Assembling a ``GRPOTrainer`` from a recipe, resuming it, and running it: ``r1kit train``.
 
 Order of work, so that errors come before cost: recipe checks (``validate_training``) -> run
-folder and resume decision -> policy (from the checkpoint when resuming) -> optimiser and
-scheduler state -> reference (beta > 0, full fine-tuning) -> engine -> one weight sync (the
-engine samples from exactly the trainer's weights from the first step) -> scorer -> loop.
+folder and resume decision -> problems and prompt lengths -> policy (from the checkpoint when
+resuming) -> optimiser -> reference (beta > 0, full fine-tuning) -> engine -> scorer -> resumed
+trainer state -> one weight sync (the engine samples from exactly the trainer's weights from the
+first step) -> loop. If anything fails after the engine starts, ``Parts.close`` stops it.
 """
 
 from __future__ import annotations
@@ -104,38 +105,6 @@ def recorder_factory(policy: torch.nn.Module, aux_loss: bool):
     return lambda model: routing.RoutingRecorder(model, keep_logits=aux_loss)
 
 
-def num_experts(policy: torch.nn.Module) -> int:
-    base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
-    c = base.config
-    return int(getattr(c, "num_experts", None) or c.n_routed_experts)
-
-
-def router_metrics(policy: torch.nn.Module, recorded: list) -> dict[str, float]:
-    """Router statistics of one update's first epoch: load balance per MoE layer, and the share
-    of tokens whose top-k experts changed between the sampler and the update."""
-    from grpo import routing
-
-    experts = num_experts(policy)
-    per_layer: list[list[torch.Tensor]] = []
-    refs: list[list[torch.Tensor]] = []
-    valid: list[torch.Tensor] = []
-    for rec, mb in recorded:
-        topk = rec.calls[-1]  # per MoE layer: (b * T, k)
-        per_layer.append(topk)
-        valid.append(mb.attention_mask.bool().flatten().cpu())
-        if mb.routed is not None:
-            refs.append([mb.routed[:, :, layer].reshape(-1, mb.routed.shape[-1]).cpu()
-                         for layer in range(mb.routed.shape[2])])
-    layers = len(per_layer[0])
-    topk = [torch.cat([c[i].cpu() for c in per_layer]) for i in range(layers)]
-    mask = torch.cat(valid)
-    reference = None
-    if len(refs) == len(per_layer):
-        reference = [torch.cat([r[i] for r in refs]) for i in range(layers)]
-        mask = mask & torch.cat([mb.routed_valid.flatten().cpu() for _, mb in recorded])
-    return routing.router_stats(topk, experts, mask, reference)
-
-
 def build_trainer(cfg: Any, show_progress: bool = True) -> GRPOTrainer:
     from transformers import AutoTokenizer
 
@@ -171,9 +140,7 @@ def build_trainer(cfg: Any, show_progress: bool = True) -> GRPOTrainer:
     try:
         return _start(parts, base, ckpt, out, show_progress)
     except BaseException:  # nothing left running: the scorer's workers, the engine
-        for held in (parts.scorer, parts.engine):
-            if held is not None:
-                held.close()
+        parts.close()
         raise
 
 
@@ -234,9 +201,7 @@ def run_train(cfg: Any, show_progress: bool = True) -> dict[str, Any]:
             if (every and trainer.step % every == 0) or trainer.step == cfg.train.steps:
                 last_saved = save(trainer)
     finally:
-        trainer.p.runlog.close()
-        trainer.p.scorer.close()
-        trainer.p.engine.close()
+        trainer.p.close()
     final = last_saved or latest_checkpoint(cfg.log.out_dir)
     return {"step": trainer.step, "checkpoint": str(final / "model") if final else None,
             "out_dir": str(cfg.log.out_dir), **metrics}

@@ -42,19 +42,16 @@ from grpo.update import (
     Sums,
     batch_logprobs,
     check_finite,
-    check_grads,
+    check_grad_norm,
     check_params,
     micro_batches,
     microbatch_loss,
     minibatch_order,
 )
+from rewards.scorer import RewardFailure
 from rollouts.types import Sampling
 
 log = logging.getLogger("r1kit.train")
-
-
-class RewardError(RuntimeError):
-    """A reward failed on every sample of a batch: it is broken, not the samples."""
 
 
 class ProblemStream:
@@ -111,6 +108,12 @@ class Parts:
     recorder_fn: Any = None
     """model -> a fresh routing recorder (MoE statistics), or None."""
 
+    def close(self) -> None:
+        """Stop what runs beside the trainer: the run log, the scorer's workers, the engine."""
+        for held in (self.runlog, self.scorer, self.engine):
+            if held is not None:
+                held.close()
+
 
 class GRPOTrainer:
     def __init__(self, parts: Parts, step: int = 0, version: int = 0):
@@ -125,7 +128,7 @@ class GRPOTrainer:
         kept: list[tuple[Any, Any, list[float], dict[str, list[float]]]] = []
         every: list[tuple[list[float], Any, dict[str, list[float]]]] = []
         t0, gen_s, refills = time.perf_counter(), 0.0, 0
-        self._failures: dict[str, int] = {}
+        failures: dict[str, int] = {}  # reward label -> samples it failed on, every round
         for attempt in range(1 + a.max_refills):
             # A refill asks for the shortfall divided by the keep rate so far (at least 1/4), as
             # DAPO samples a larger generation batch than it trains on.
@@ -136,7 +139,8 @@ class GRPOTrainer:
             g0 = time.perf_counter()
             groups = self._generate([self.p.prompt_fn(q.question) for q in problems], sampling)
             gen_s += time.perf_counter() - g0
-            for prob, grp, tot, per in zip(problems, groups, *self._score(problems, groups)):
+            totals, pers = self._score(problems, groups, failures)
+            for prob, grp, tot, per in zip(problems, groups, totals, pers):
                 every.append((tot, grp, per))
                 if not a.filter_zero_variance or max(tot) > min(tot):
                     kept.append((prob, grp, tot, per))
@@ -144,7 +148,8 @@ class GRPOTrainer:
             if len(kept) >= want:
                 break
         kept = kept[:want]
-        stats = self._rollout_stats(every, len(kept), refills, gen_s, time.perf_counter() - t0)
+        stats = self._rollout_stats(every, len(kept), refills, failures, gen_s,
+                                    time.perf_counter() - t0)
         return Rollout(
             problems=[k[0] for k in kept], groups=[k[1] for k in kept],
             rewards=torch.tensor([k[2] for k in kept], dtype=torch.float32).reshape(-1, r.n),
@@ -162,7 +167,8 @@ class GRPOTrainer:
                 f"step {self.step}: the policy's sampling probabilities are not finite ({e}); the "
                 "weights diverged in the last update; the last checkpoint is intact") from e
 
-    def _score(self, problems, groups):
+    def _score(self, problems, groups, failures: dict[str, int]):
+        """Totals and per-reward scores per group; adds each reward's failures to ``failures``."""
         n = self.cfg.rollout.n
         texts = [c.text for g in groups for c in g.completions]
         res = self.p.scorer.score(
@@ -170,16 +176,16 @@ class GRPOTrainer:
             completion_lengths=[len(c.token_ids) for g in groups for c in g.completions])
         broken = res.failed_everywhere()
         if broken:
-            raise RewardError(f"step {self.step}: reward {', '.join(broken)} failed on all "
+            raise RewardFailure(f"step {self.step}: reward {', '.join(broken)} failed on all "
                               f"{len(texts)} samples (see train.log for the first error)")
         for label, count in res.failure_counts().items():
-            self._failures[label] = self._failures.get(label, 0) + count
+            failures[label] = failures.get(label, 0) + count
         totals = [res.total[i * n:(i + 1) * n] for i in range(len(groups))]
         per = [{k: v[i * n:(i + 1) * n] for k, v in res.per_reward.items()}
                for i in range(len(groups))]
         return totals, per
 
-    def _rollout_stats(self, every, kept, refills, gen_s, total_s) -> dict[str, float]:
+    def _rollout_stats(self, every, kept, refills, failures, gen_s, total_s) -> dict[str, float]:
         rewards = [x for tot, _, _ in every for x in tot]
         comps = [c for _, g, _ in every for c in g.completions]
         lengths = [len(c.token_ids) for c in comps]
@@ -196,7 +202,7 @@ class GRPOTrainer:
         for name in every[0][2]:
             scores = [x for _, _, per in every for x in per[name]]
             stats[f"reward/{name}"] = sum(scores) / len(scores)
-            stats[f"reward_failures/{name}"] = self._failures.get(name, 0)
+            stats[f"reward_failures/{name}"] = failures.get(name, 0)
         return stats
 
     # -- 2. advantages, masks, reference ----------------------------------------------------
@@ -265,11 +271,11 @@ class GRPOTrainer:
                     total += float(out.loss.detach())
                     if rec is not None and epoch == t.epochs - 1:
                         router.append((rec, mb))
-                check_grads(self.step, model)
-                gn = torch.nn.utils.clip_grad_norm_(
-                    [p for p in model.parameters() if p.requires_grad],
-                    t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
-                check_finite(self.step, "gradient norm", gn)
+                params = [p for p in model.parameters() if p.grad is not None]
+                gn = torch.nn.utils.get_total_norm([p.grad for p in params])
+                check_grad_norm(self.step, model, gn)  # before clipping rescales anything
+                if t.max_grad_norm > 0:
+                    torch.nn.utils.clip_grads_with_norm_(params, t.max_grad_norm, gn)
                 opt.step()
                 check_params(self.step, model)
                 self.p.scheduler.step()
@@ -294,9 +300,9 @@ class GRPOTrainer:
         if "kl" in v:
             stats["kl"] = v["kl"] / tok
         if router:
-            from grpo.setup import router_metrics
+            from grpo.routing import update_router_stats
 
-            stats.update(router_metrics(self.p.policy, router))
+            stats.update(update_router_stats(router))
         return stats
 
     # -- 4. sync, 5. log / save ---------------------------------------------------------------
@@ -346,4 +352,4 @@ class GRPOTrainer:
         self.p.scheduler.load_state_dict(s["scheduler"])
 
 
-__all__ = ["GRPOTrainer", "NonFiniteError", "Parts", "ProblemStream", "RewardError"]
+__all__ = ["GRPOTrainer", "NonFiniteError", "Parts", "ProblemStream"]

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from grpo.batch import MicroBatch, TrainBatch, make_micro_batch, plan_micro_batches
-from grpo.logprobs import completion_logprobs
+from grpo.logprobs import TokenLogprobs, completion_logprobs
 from grpo.losses import (
     AGGREGATIONS,
     KL_ESTIMATORS,
@@ -71,7 +71,8 @@ class Objective:
 
 @dataclass
 class Sums:
-    """Statistics summed over micro-batches; ``means()`` divides by the right counts."""
+    """Statistics summed (or max/min-ed) over micro-batches; the trainer divides the sums by
+    the right counts."""
 
     values: dict[str, float] = field(default_factory=dict)
     maxima: dict[str, float] = field(default_factory=dict)
@@ -91,27 +92,27 @@ class Sums:
 class MicroLoss:
     loss: Tensor
     """Scalar: this micro-batch's share of the minibatch loss (already normalised)."""
-    logp: Tensor
-    """(b, C) detached trainer log-probs (the rollout policy's, on the first forward)."""
 
 
-def _context(model: nn.Module, mb: MicroBatch, obj: Objective, recorder: Any):
-    stack = contextlib.ExitStack()
-    if obj.routing_replay and mb.routed is not None:
-        from grpo.routing import replay_routing
+def forward_logprobs(model: nn.Module, mb: MicroBatch, chunk: int, replay: bool,
+                     recorder: Any = None) -> TokenLogprobs:
+    """``completion_logprobs`` of a micro-batch, routed as the sampler routed it when ``replay``
+    is on and routing was recorded, and seen by ``recorder`` if one is given."""
+    with contextlib.ExitStack() as stack:
+        if replay and mb.routed is not None:
+            from grpo.routing import replay_routing
 
-        stack.enter_context(replay_routing(model, mb.routed, mb.routed_valid))
-    if recorder is not None:
-        stack.enter_context(recorder)
-    return stack
+            stack.enter_context(replay_routing(model, mb.routed, mb.routed_valid))
+        if recorder is not None:
+            stack.enter_context(recorder)
+        return completion_logprobs(model, mb.input_ids, mb.attention_mask, mb.prompt_lens,
+                                   mb.completion_lens, chunk_tokens=chunk)
 
 
 def microbatch_loss(model: nn.Module, batch: TrainBatch, mb: MicroBatch, obj: Objective,
                     norm: Norm, sums: Sums, recorder: Any = None) -> MicroLoss:
     """The objective on one micro-batch; adds its statistics to ``sums``."""
-    with _context(model, mb, obj, recorder):
-        tl = completion_logprobs(model, mb.input_ids, mb.attention_mask, mb.prompt_lens,
-                                 mb.completion_lens, chunk_tokens=obj.logprob_chunk)
+    tl = forward_logprobs(model, mb, obj.logprob_chunk, obj.routing_replay, recorder)
     dev = tl.logp.device
     c = tl.logp.shape[1]
 
@@ -138,7 +139,7 @@ def microbatch_loss(model: nn.Module, batch: TrainBatch, mb: MicroBatch, obj: Ob
         loss = loss + obj.aux_loss_coef * load_balancing_loss(model, recorder, valid) * (
             float(mask.shape[0]) / max(norm.seqs, 1.0))
     _record(sums, tl.entropy, pol.clipped, pol.ratio, mask, kept, old, sampler)
-    return MicroLoss(loss, tl.logp.detach())
+    return MicroLoss(loss)
 
 
 def _record(sums: Sums, entropy, clipped, ratio, mask, kept, old, sampler) -> None:
@@ -167,10 +168,14 @@ def check_finite(step: int, name: str, t: Tensor, updated: bool = False) -> None
                              f"; {state}; the last checkpoint is intact")
 
 
-def check_grads(step: int, model: nn.Module) -> None:
+def check_grad_norm(step: int, model: nn.Module, norm: Tensor) -> None:
+    """A finite global norm means every gradient is finite; otherwise name the first bad one."""
+    if torch.isfinite(norm):
+        return
     for name, p in model.named_parameters():
         if p.grad is not None:
             check_finite(step, f"gradient of {name}", p.grad)
+    check_finite(step, "gradient norm", norm)
 
 
 def check_params(step: int, model: nn.Module) -> None:
@@ -191,14 +196,7 @@ def batch_logprobs(model: nn.Module, batch: TrainBatch, budget: int, pad_id: int
     """(N, C) log-probs of every completion token under ``model``, no gradients."""
     out = torch.zeros_like(batch.sampler_logp)
     for mb in micro_batches(batch, list(range(batch.rows)), budget, pad_id, device):
-        ctx = contextlib.nullcontext()
-        if replay and mb.routed is not None:
-            from grpo.routing import replay_routing
-
-            ctx = replay_routing(model, mb.routed, mb.routed_valid)
-        with ctx:
-            tl = completion_logprobs(model, mb.input_ids, mb.attention_mask, mb.prompt_lens,
-                                     mb.completion_lens, chunk_tokens=chunk)
+        tl = forward_logprobs(model, mb, chunk, replay)
         out[mb.rows, : tl.logp.shape[1]] = tl.logp.cpu()
     return out
 

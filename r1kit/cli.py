@@ -63,7 +63,8 @@ def cmd_generate(argv: list[str]) -> int:
     cfg = load_config(recipe, overrides)
     _setup_logging(cfg.log.level)
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")  # vLLM's records go to engine.log
-    from r1kit.generate import PromptTooLong, RewardFailure, run_generate
+    from r1kit.generate import PromptTooLong, run_generate
+    from rewards.scorer import RewardFailure
 
     start = time.perf_counter()
     try:
@@ -104,16 +105,16 @@ def cmd_train(argv: list[str]) -> int:
     validate_training(cfg)
     _setup_logging(cfg.log.level)
     from grpo.setup import ResumeError, run_train
-    from r1kit.generate import PromptTooLong
-    from grpo.trainer import RewardError
     from grpo.update import NonFiniteError
+    from r1kit.generate import PromptTooLong
+    from rewards.scorer import RewardFailure
 
     try:
         result = run_train(cfg, show_progress=not args.no_progress)
     except (ResumeError, PromptTooLong) as e:
         print(f"r1kit: {e}", file=sys.stderr)
         return 2
-    except (NonFiniteError, RewardError) as e:
+    except (NonFiniteError, RewardFailure) as e:
         print(f"r1kit: training stopped: {e}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=1))

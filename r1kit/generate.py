@@ -58,12 +58,11 @@ def run_generate(cfg: Config) -> dict:
     """Run the job; return the metrics it also writes to ``metrics.json``."""
     from transformers import AutoTokenizer
 
-    from rewards.scorer import Scorer
+    from grpo.observe import output_to, route_logs
+    from rewards.scorer import RewardFailure, Scorer
     from rollouts.factory import make_engine
     from rollouts.prompts import build_prompt
     from rollouts.types import Sampling
-
-    from grpo.observe import output_to, route_logs
 
     r = cfg.rollout
     out = Path(cfg.log.out_dir)
@@ -117,10 +116,6 @@ def run_generate(cfg: Config) -> dict:
                             f"(counts in {out / 'metrics.json'}, first error in "
                             f"{out / 'train.log'})")
     return metrics
-
-
-class RewardFailure(RuntimeError):
-    """A reward failed on every sample: it is broken (import path, crash on every input)."""
 
 
 class PromptTooLong(ValueError):

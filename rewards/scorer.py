@@ -103,6 +103,11 @@ class FailureCounts:
         return self.errors + self.timeouts + self.crashes
 
 
+class RewardFailure(RuntimeError):
+    """A reward failed on every sample of a batch: it is broken (a wrong import path, a crash on
+    every input), not the samples. Raised by the jobs that check ``failed_everywhere``."""
+
+
 @dataclass(frozen=True)
 class ScoreResult:
     """Scores of one batch of N completions."""

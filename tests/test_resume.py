@@ -63,10 +63,10 @@ def pause(where):
     time.sleep(3600)
 
 score = tr.GRPOTrainer._score
-def _score(self, problems, groups):  # rollout: sampled, not yet scored
+def _score(self, *args):  # rollout: sampled, not yet scored
     if POINT == "rollout" and self.step == STEP:
         pause(f"rollout step={self.step}")
-    return score(self, problems, groups)
+    return score(self, *args)
 
 update = tr.GRPOTrainer.update
 def _update(self, batch):  # update: after the first optimiser step of this update
