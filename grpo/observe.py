@@ -25,11 +25,11 @@ PROGRESS_KEYS = (("reward", "reward"), ("acc", "reward/accuracy"), ("len", "resp
                  ("kl", "kl"), ("mis", "mismatch/kl"), ("s/step", "time/step"))
 
 
-def route_logs(out_dir: Path, level: str = "INFO") -> None:
-    """r1kit's records to ``train.log`` (warnings also to stderr); engine records to
-    ``engine.log`` only."""
+def route_logs(out_dir: Path, level: str = "INFO", name: str = "train.log") -> None:
+    """r1kit's records to ``name`` (warnings also to stderr); engine records to ``engine.log``
+    only."""
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    train = logging.FileHandler(out_dir / "train.log")
+    train = logging.FileHandler(out_dir / name)
     train.setFormatter(fmt)
     root = logging.getLogger()
     root.setLevel(level)

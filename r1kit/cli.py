@@ -121,6 +121,103 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
+_EVAL_FLAGS = {"model": "model.path", "suite": "eval.suites", "n": "eval.n", "k": "eval.k",
+               "preset": "eval.preset", "engine": "eval.engine", "replay": "eval.replay",
+               "data_dir": "eval.data_dir", "out_dir": "log.out_dir",
+               "max_problems": "eval.max_problems", "prompt_style": "eval.prompt_style"}
+
+
+def cmd_eval(argv: list[str]) -> int:
+    if argv[:1] == ["compare"]:
+        return cmd_eval_compare(argv[1:])
+    ap = _recipe_parser(
+        "r1kit eval",
+        "Score a model on math and coding suites with the training graders: avg@n, pass@k, "
+        "maj@n, format compliance and length, each with a 95% bootstrap interval. Writes "
+        "samples/<suite>.jsonl, summary.json and report.md to log.out_dir; re-running with the "
+        "same out_dir resumes. `r1kit eval compare RUN_A RUN_B` compares two runs.\n\n"
+        "example: r1kit eval --model PATH --suite math500,humaneval -n 8 --preset r1",
+        ["model", "eval", "log"])
+    ap.add_argument("recipe", nargs="?", help="recipe YAML with an eval section (optional)")
+    ap.add_argument("overrides", nargs="*", help="section.key=value")
+    ap.add_argument("--model", help="checkpoint folder or tiny:<family> (model.path)")
+    ap.add_argument("--suite", help="comma-separated suites (eval.suites)")
+    ap.add_argument("-n", type=int, help="samples per problem (eval.n)")
+    ap.add_argument("-k", help="comma-separated pass@k values (eval.k)")
+    ap.add_argument("--preset", choices=["r1", "greedy"], help="sampling preset (eval.preset)")
+    ap.add_argument("--prompt-style", choices=["r1_zero", "chat", "few_shot"],
+                    help="eval.prompt_style")
+    ap.add_argument("--engine", choices=["hf", "vllm", "vllm_server", "replay"],
+                    help="eval.engine")
+    ap.add_argument("--replay", help="grade completions from this JSONL (implies --engine replay)")
+    ap.add_argument("--data-dir", help="local copies laid out like shared/data (eval.data_dir)")
+    ap.add_argument("--out-dir", help="output folder (log.out_dir)")
+    ap.add_argument("--max-problems", type=int, help="first N problems per suite")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    recipe, overrides = args.recipe, list(args.overrides)
+    if recipe is not None and "=" in recipe:
+        recipe, overrides = None, [recipe, *overrides]
+    flags = []
+    if args.replay and not args.engine:
+        flags.append("eval.engine=replay")
+        if not args.model:
+            flags.append("model.path=")
+    for name, address in _EVAL_FLAGS.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if name in ("suite", "k"):
+            items = [v.strip() for v in str(value).split(",") if v.strip()]
+            value = json.dumps([int(v) if name == "k" and v.isdigit() else v for v in items])
+        flags.append(f"{address}={value}")
+    cfg = load_config(recipe, flags + overrides)
+    _setup_logging(cfg.log.level)
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    from eval.replay import ReplayError
+    from eval.run import run_eval
+
+    start = time.perf_counter()
+    try:
+        summary = run_eval(cfg, show_progress=not args.no_progress)
+    except ReplayError as e:
+        print(f"r1kit: {e}", file=sys.stderr)
+        return 2
+    from eval.report import report_markdown
+
+    print(report_markdown(summary))
+    print(f"r1kit: wrote {cfg.log.out_dir}/report.md, summary.json and samples/ in "
+          f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_eval_compare(argv: list[str]) -> int:
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(
+        prog="r1kit eval compare",
+        description="Paired comparison of two eval runs over the problems both scored: the "
+        "difference B - A per metric with a paired-bootstrap 95% interval and p-value, and "
+        "whether it is distinguishable from noise.")
+    ap.add_argument("run_a", type=Path)
+    ap.add_argument("run_b", type=Path)
+    ap.add_argument("--samples", type=int, default=2000, help="bootstrap replicates")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, help="also write the comparison as JSON here")
+    args = ap.parse_args(argv)
+    from eval.report import CompareError, compare_markdown, compare_runs
+
+    try:
+        result = compare_runs(args.run_a, args.run_b, samples=args.samples, seed=args.seed)
+    except CompareError as e:
+        print(f"r1kit: {e}", file=sys.stderr)
+        return 2
+    print(compare_markdown(result))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
 def _delegate(module: str) -> Callable[[list[str]], int]:
     def run(argv: list[str]) -> int:
         import importlib
@@ -135,6 +232,7 @@ BENCHES: dict[str, str] = {
     "rewards": "rewards.bench",
     "train": "grpo.bench",
     "replay": "grpo.replay_bench",
+    "eval": "eval.bench",
 }
 
 
@@ -144,7 +242,8 @@ def cmd_bench(argv: list[str]) -> int:
               "  rollout  tokens/s of the HF and vLLM engines and weight-sync time\n"
               "  rewards  math grading and sandbox throughput against peers\n"
               "  train    GRPO seconds/step and peak memory against TRL\n"
-              "  replay   what MoE routing replay does to off-policy updates", file=sys.stderr)
+              "  replay   what MoE routing replay does to off-policy updates\n"
+              "  eval     evaluation grading throughput and engine tokens/s", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return _delegate(BENCHES[argv[0]])(argv[1:])
 
@@ -153,9 +252,10 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "tiny": (cmd_tiny, "build an embedded tiny policy (Qwen3-MoE, DeepSeek-V3, dense Qwen3)"),
     "generate": (cmd_generate, "sample and score groups of completions from a recipe"),
     "train": (cmd_train, "GRPO training from a recipe (resumable)"),
+    "eval": (cmd_eval, "score a model on math and code suites; compare two runs"),
     "grade": (_delegate("rewards.math"), "grade math answers from a JSONL file"),
     "sandbox": (_delegate("rewards.sandbox"), "run a Python file in the sandbox, print JSON"),
-    "bench": (cmd_bench, "benchmarks: rollout, rewards, train, replay"),
+    "bench": (cmd_bench, "benchmarks: rollout, rewards, train, replay, eval"),
 }
 
 

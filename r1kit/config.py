@@ -230,6 +230,50 @@ class LogConfig:
 
 
 @dataclass
+class EvalConfig:
+    """``r1kit eval``: which suites, how to sample, how sure to be. Unset (null) sampling
+    settings come from the preset, then from each suite's defaults (docs in ``eval/``)."""
+
+    suites: list[str] = field(default_factory=lambda: ["math500"])
+    """Suite names (math500, gsm8k, aime24, amc23, humaneval, mbpp, livecodebench) or user
+    suites ``PATH.jsonl:GRADER`` (graders: math, stdio, function)."""
+    n: int | None = None
+    """Samples per problem; null = each suite's default (e.g. 16 for AIME)."""
+    k: list[int] = field(default_factory=list)
+    """pass@k values to report; empty = each suite's defaults that are <= n."""
+    preset: Literal["r1", "greedy"] = "r1"
+    """``r1``: temperature 0.6, top-p 0.95 (DeepSeek-R1's evaluation); ``greedy``: temperature 0,
+    one sample per problem."""
+    temperature: float | None = None
+    """Overrides the preset's temperature."""
+    top_p: float | None = None
+    """Overrides the preset's top-p."""
+    max_tokens: int | None = None
+    """Completion budget; null = each suite's default."""
+    prompt_style: Literal["r1_zero", "chat", "few_shot"] = "r1_zero"
+    """``r1_zero`` template, the tokenizer's ``chat`` template, or the suite's standard
+    ``few_shot`` prompt (GSM8K 8-shot CoT, MBPP 3-shot)."""
+    data_dir: str = ""
+    """A folder laid out like ``shared/data`` (``math500/test.jsonl``, ...); empty = read the
+    public hub copies through ``datasets``."""
+    max_problems: int | None = None
+    """Evaluate only the first N problems of each suite (quick looks; the report says so)."""
+    engine: Literal["hf", "vllm", "vllm_server", "replay"] = "hf"
+    """Sampling engine; ``replay`` grades completions read from ``eval.replay``."""
+    replay: str = ""
+    """JSONL of ``{prompt, completions}`` rows for the replay engine (an earlier run's
+    ``samples/*.jsonl`` works)."""
+    max_model_len: int | None = None
+    """Engine context; null = longest prompt + max_tokens."""
+    batch_problems: int = 32
+    """Problems per engine call; finished batches survive a kill (resume re-runs the rest)."""
+    bootstrap: int = 1000
+    """Bootstrap replicates behind each confidence interval."""
+    seed: int = 0
+    """Sampling and bootstrap seed."""
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -238,6 +282,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     source: str = field(default="<defaults>", repr=False)
     """Where the config came from (recipe path); not a setting."""
 
@@ -376,7 +421,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"{src}: {key}: {why}")
 
     m, d, r, w = cfg.model, cfg.data, cfg.rollout, cfg.reward
-    if m.path.startswith("tiny:"):
+    if not m.path:
+        pass  # no model: only a replay evaluation runs without one (r1kit.generate says so)
+    elif m.path.startswith("tiny:"):
         from r1kit.tiny import FAMILIES
 
         if m.path[5:] not in FAMILIES:

@@ -26,6 +26,10 @@ class Problem:
 
 def resolve_model_path(m: ModelConfig) -> Path:
     """A checkpoint folder; ``tiny:<family>`` builds (or reuses) the embedded tiny policy."""
+    if not m.path:
+        from r1kit.config import ConfigError
+
+        raise ConfigError("model.path: empty; give a checkpoint folder or tiny:<family>")
     if m.path.startswith("tiny:"):
         from r1kit.tiny import build_tiny
 

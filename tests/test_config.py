@@ -20,11 +20,16 @@ def test_there_are_recipes():
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
-def test_every_recipe_loads_and_validates(recipe: Path):
+def test_every_recipe_loads_and_validates(recipe: Path, monkeypatch):
     cfg = load_config(recipe)
     assert cfg.source == str(recipe)
     if "train:" in recipe.read_text():
         validate_training(cfg)
+    if "eval:" in recipe.read_text():  # its suites load and its sampling settings resolve
+        from eval.plan import plan_suites
+
+        monkeypatch.chdir(REPO)  # data_dir is relative to the project root
+        assert plan_suites(cfg, None)
     # every non-default value in a recipe carries a comment saying why
     for line in recipe.read_text().splitlines():
         if line.startswith("  ") and ":" in line:

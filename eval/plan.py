@@ -1,0 +1,151 @@
+"""Everything about an evaluation decided before an engine starts: suites loaded, prompts built,
+sampling resolved from preset and suite defaults, ks checked against n, context sized.
+
+Any problem here is a one-line ``ConfigError`` (exit code 2), never a failure half-way through.
+Sampling precedence: explicit ``eval.*`` setting > preset > suite default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from eval.suite import EvalProblem, Suite
+from r1kit.config import Config, ConfigError
+
+PRESETS: dict[str, dict[str, float]] = {
+    "r1": {"temperature": 0.6, "top_p": 0.95},  # DeepSeek-R1 paper, section 3.1
+    "greedy": {"temperature": 0.0, "top_p": 1.0},
+}
+
+
+@dataclass
+class SuitePlan:
+    """One suite of a run, fully resolved."""
+
+    suite: Suite
+    problems: list[EvalProblem]
+    prompts: list[str]
+    n: int
+    ks: list[int]
+    temperature: float
+    top_p: float
+    max_tokens: int
+    stop: tuple[str, ...]
+    prompt_style: str
+    total_problems: int
+    """Problems in the dataset (``len(problems)`` is fewer under ``eval.max_problems``)."""
+
+    def settings(self, model: str, seed: int) -> dict[str, Any]:
+        """What must match for a resumed run to continue this suite's outputs."""
+        return {"model": model, "n": self.n, "temperature": self.temperature,
+                "top_p": self.top_p, "max_tokens": self.max_tokens, "stop": list(self.stop),
+                "prompt_style": self.prompt_style, "seed": seed}
+
+
+def _fail(cfg: Config, key: str, why: str) -> ConfigError:
+    return ConfigError(f"{cfg.source}: {key}: {why}")
+
+
+def check_settings(cfg: Config) -> None:
+    """Checks that need no data: numbers in range, preset combinations, the replay file."""
+    from pathlib import Path
+
+    e = cfg.eval
+    if not e.suites:
+        raise _fail(cfg, "eval.suites", "no suites given")
+    for key in ("n", "max_tokens", "max_problems", "max_model_len"):
+        value = getattr(e, key)
+        if value is not None and value < 1:
+            raise _fail(cfg, f"eval.{key}", f"must be >= 1, got {value}")
+    for key in ("batch_problems", "bootstrap"):
+        if getattr(e, key) < 1:
+            raise _fail(cfg, f"eval.{key}", f"must be >= 1, got {getattr(e, key)}")
+    if any(k < 1 for k in e.k):
+        raise _fail(cfg, "eval.k", f"every k must be >= 1, got {e.k}")
+    if e.temperature is not None and e.temperature < 0:
+        raise _fail(cfg, "eval.temperature", f"must be >= 0, got {e.temperature}")
+    if e.top_p is not None and not 0 < e.top_p <= 1:
+        raise _fail(cfg, "eval.top_p", f"must be in (0, 1], got {e.top_p}")
+    if e.preset == "greedy" and e.n is not None and e.n > 1 and not e.temperature:
+        raise _fail(cfg, "eval.n", f"greedy decoding gives {e.n} identical samples; use n=1 "
+                    "or preset r1")
+    if e.engine == "replay":
+        if not e.replay or not Path(e.replay).expanduser().is_file():
+            raise _fail(cfg, "eval.replay", f"the replay engine needs a JSONL file, got "
+                        f"{e.replay!r}")
+    elif e.replay:
+        raise _fail(cfg, "eval.replay", f"set, but eval.engine is {e.engine!r}, not replay")
+
+
+def plan_suites(cfg: Config, tokenizer: Any) -> list[SuitePlan]:
+    """Load every suite and resolve its settings; raises ``ConfigError`` on the first problem."""
+    from eval.suites import SuiteError, get_suite, load_problems
+
+    e = cfg.eval
+    check_settings(cfg)
+    preset = PRESETS[e.preset]
+    plans = []
+    for spec in dict.fromkeys(e.suites):
+        try:
+            suite = get_suite(spec)
+            problems = load_problems(suite, e.data_dir)
+        except SuiteError as err:
+            raise _fail(cfg, "eval.suites", str(err)) from None
+        n = e.n or (1 if e.preset == "greedy" else suite.n)
+        ks = sorted(set(e.k)) if e.k else [k for k in suite.ks if k <= n] or [1]
+        if ks[-1] > n:
+            raise _fail(cfg, "eval.k", f"pass@{ks[-1]} needs at least {ks[-1]} samples per "
+                        f"problem; suite {suite.name} has n={n}")
+        if e.prompt_style == "few_shot" and suite.few_shot is None:
+            raise _fail(cfg, "eval.prompt_style", f"suite {suite.name} has no standard few-shot "
+                        "prompt (GSM8K and MBPP do); use r1_zero or chat")
+        total = len(problems)
+        problems = problems[: e.max_problems] if e.max_problems else problems
+        prompts = [build_prompt(suite, p, e.prompt_style, tokenizer) for p in problems]
+        plans.append(SuitePlan(
+            suite, problems, prompts, n, ks,
+            temperature=preset["temperature"] if e.temperature is None else e.temperature,
+            top_p=preset["top_p"] if e.top_p is None else e.top_p,
+            max_tokens=e.max_tokens or suite.max_tokens,
+            stop=suite.few_shot_stop if e.prompt_style == "few_shot" else (),
+            prompt_style=e.prompt_style, total_problems=total))
+    return plans
+
+
+def build_prompt(suite: Suite, problem: EvalProblem, style: str, tokenizer: Any) -> str:
+    """The text the engine continues for ``problem`` in prompt ``style``."""
+    from rollouts.prompts import chat_prompt, r1_zero_prompt
+
+    if style == "few_shot":
+        return suite.few_shot(problem)
+    if style == "chat":
+        if tokenizer is None:
+            raise ConfigError("eval.prompt_style: chat needs a model with a tokenizer")
+        try:
+            return chat_prompt(problem.question + suite.instruction, tokenizer)
+        except ValueError as err:
+            raise ConfigError(f"eval.prompt_style: {err}") from None
+    return r1_zero_prompt(problem.question)
+
+
+def context_length(cfg: Config, plans: list[SuitePlan], tokenizer: Any, limit: int | None) -> int:
+    """The engine context: ``eval.max_model_len`` or the longest prompt + its budget; a
+    ``ConfigError`` when that exceeds what the model supports (``limit``)."""
+    from rollouts.prompts import encode_prompt
+
+    need, where = 0, ""
+    for plan in plans:
+        for problem, prompt in zip(plan.problems, plan.prompts):
+            size = len(encode_prompt(tokenizer, prompt)) + plan.max_tokens
+            if size > need:
+                need, where = size, f"{plan.suite.name} problem {problem.id}"
+    if cfg.eval.max_model_len is not None:
+        if need > cfg.eval.max_model_len:
+            raise _fail(cfg, "eval.max_model_len", f"{cfg.eval.max_model_len} tokens, but "
+                        f"{where} needs {need} (prompt + max_tokens)")
+        return cfg.eval.max_model_len
+    if limit is not None and need > limit:
+        raise _fail(cfg, "eval.max_tokens", f"{where} needs {need} tokens (prompt + max_tokens) "
+                    f"but the model's context is {limit}; lower eval.max_tokens")
+    return need

@@ -1,0 +1,142 @@
+"""What a suite is: a loader, a prompt builder, a grader and default sampling, declared once.
+
+Every suite turns dataset rows into ``EvalProblem``s (``to_problems``), states the question for
+the R1-Zero and chat prompt styles (``EvalProblem.question``), optionally its own standard
+few-shot prompt (``few_shot``), and grades completions with the same functions training rewards
+call (``rewards.math`` for math, ``rewards.code`` in the sandbox for code), so a score and a
+reward never disagree.
+
+Rows come from the public hub copy by default (``Source.hub``, read through ``datasets``) or from
+a local JSONL file (``Source.local``, relative to a data folder laid out like
+``../shared/data``); ``to_problems`` accepts both field layouts.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rollouts.types import split_think
+
+
+@dataclass(frozen=True)
+class EvalProblem:
+    """One problem of a suite, ready to prompt and grade."""
+
+    id: str
+    """Stable id within the suite (the dataset's own where it has one); resume keys on it."""
+    question: str
+    """The problem as posed to the model in the ``r1_zero`` and ``chat`` prompt styles."""
+    gold: Any
+    """What the grader needs: the gold answer (math) or the tests (code); JSON-serialisable."""
+    reference: str | None = None
+    """A known-correct completion (the dataset's solution), for checking the grader."""
+    meta: dict = field(default_factory=dict)
+    """Fields the report or a grader may want (subject, level, difficulty); JSON-serialisable."""
+
+
+@dataclass(frozen=True)
+class Grade:
+    """The verdict on one completion."""
+
+    correct: bool
+    answer: str | None
+    """The extracted final answer (math; what maj@k votes on), None when none was found or the
+    suite has no answers to vote on (code)."""
+    detail: str
+    """Why: the math grader's deciding stage, or ``"3/5 tests"`` for code."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a suite's rows come from."""
+
+    hub: str
+    """Hub dataset id read through ``datasets.load_dataset``."""
+    split: str
+    hub_config: str | None = None
+    local: str = ""
+    """The file inside a data folder (``--data-dir``), e.g. ``math500/test.jsonl``."""
+
+
+Grader = Callable[[Sequence[EvalProblem], Sequence[str]], list[Grade]]
+"""``grade(problems, completions)``: ``completions[i]`` answers ``problems[i]``."""
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A declarative evaluation suite."""
+
+    name: str
+    kind: Literal["math", "code"]
+    source: Source
+    to_problems: Callable[[list[dict]], list[EvalProblem]]
+    """Dataset rows (hub or local layout) -> problems, in dataset order."""
+    grade: Grader
+    few_shot: Callable[[EvalProblem], str] | None = None
+    """The suite's standard few-shot prompt (GSM8K, MBPP), None where there is none."""
+    few_shot_stop: tuple[str, ...] = ()
+    """Stop strings for the few-shot style (where the next exemplar would begin)."""
+    instruction: str = ""
+    """Appended to the question in the chat style (e.g. R1's "put your final answer within
+    \\boxed{}")."""
+    ks: tuple[int, ...] = (1,)
+    """pass@k values reported by default (those <= n)."""
+    n: int = 1
+    """Samples per problem by default (the suite's usual reporting, e.g. 16 for AIME)."""
+    max_tokens: int = 4096
+    """Completion budget by default."""
+
+
+def answer_part(completion: str) -> str:
+    """The part of a completion that holds the answer: after ``</think>`` when the completion
+    closed a think block, else the whole text (models without a think block).
+
+    >>> answer_part("let me see</think> <answer>4</answer>")
+    ' <answer>4</answer>'
+    >>> answer_part("The answer is 4.")
+    'The answer is 4.'
+    """
+    _, answer = split_think(completion)
+    return answer if "</think>" in completion else completion
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Rows of a JSONL file (``.gz`` too) or of a JSON array file, with the line in errors."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        text = f.read()
+    if path.suffix == ".json" or text.lstrip().startswith("["):
+        rows = json.loads(text)
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected a JSON array of rows")
+        return rows
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not JSON ({e.msg})") from None
+    return rows
+
+
+def hub_rows(source: Source) -> list[dict]:
+    """Rows of the public hub copy (needs network access or the ``datasets`` cache)."""
+    import logging
+
+    import datasets
+
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # each retry of an unreachable hub warns; the error says it
+    try:
+        ds = datasets.load_dataset(source.hub, source.hub_config, split=source.split)
+    finally:
+        hub_log.setLevel(level)
+    return [dict(row) for row in ds]
