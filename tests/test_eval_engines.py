@@ -51,3 +51,78 @@ def test_tiny_policy_on_two_suites(tiny_cache, tmp_path, engine):
     r = r1kit(*args, cache=tiny_cache)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((out / "summary.json").read_text()) == first
+
+
+@pytest.mark.slow
+def test_a_killed_eval_resumes_where_it_stopped(tiny_cache, tmp_path):
+    """SIGKILL mid-run (the tiny policy on the HF engine, one problem per batch), then the same
+    command again: the problems written before the kill are kept as they were, the rest are
+    sampled, and every problem appears exactly once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "run"
+    args = ["eval", "--model", "tiny:qwen3_moe", "--suite", "gsm8k", "-n", "2",
+            "--max-problems", "12", "--data-dir", str(DATA), "--out-dir", str(out),
+            "--no-progress", "eval.max_tokens=24", "eval.batch_problems=1"]
+    samples = out / "samples" / "gsm8k.jsonl"
+    env = {**os.environ, "R1KIT_CACHE": str(tiny_cache)}
+    proc = subprocess.Popen([sys.executable, "-m", "r1kit", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if samples.is_file() and samples.read_text().count("\n") >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = [json.loads(x) for x in samples.read_text().splitlines() if x.endswith("}")]
+    assert 3 <= len(before) < 12, "the kill came too late to test a resume"
+    assert not (out / "summary.json").exists()
+    r = r1kit(*args, cache=tiny_cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    after = [json.loads(x) for x in samples.read_text().splitlines()]
+    assert len(after) == 12 and len({row["id"] for row in after}) == 12
+    assert after[:len(before)] == before
+    assert json.loads((out / "summary.json").read_text())["suites"]["gsm8k"]["problems"] == 12
+
+
+def test_prompt_styles_with_the_tiny_tokenizer(tiny_qwen):
+    from transformers import AutoTokenizer
+
+    from eval.plan import plan_suites
+    from r1kit.config import load_config
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen)
+    base = [f"eval.data_dir={DATA}", "eval.suites=[gsm8k]", "eval.max_problems=2"]
+    chat, = plan_suites(load_config(None, [*base, "eval.prompt_style=chat"]), tok)
+    question = chat.problems[0].question
+    assert question in chat.prompts[0] and "within \\boxed{}" in chat.prompts[0]
+    assert chat.prompts[0] == tok.apply_chat_template(
+        [{"role": "user", "content": question + "\nPlease reason step by step, and put your "
+          "final answer within \\boxed{}."}], tokenize=False, add_generation_prompt=True)
+    shots, = plan_suites(load_config(None, [*base, "eval.prompt_style=few_shot"]), tok)
+    assert shots.prompts[0].count("\nA: ") == 8 and shots.prompts[0].endswith("\nA:")
+    assert shots.stop == ("\n\nQ:", "\nQ:")
+    r1, = plan_suites(load_config(None, base), tok)
+    assert r1.prompts[0].endswith("Assistant: <think>") and r1.stop == ()
+    assert (r1.temperature, r1.top_p, r1.n) == (0.6, 0.95, 1)  # preset r1, GSM8K's default n
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_bench_eval_quick_writes_json(tiny_cache, tmp_path):
+    out = tmp_path / "bench.json"
+    r = r1kit("bench", "eval", "--quick", "--data-dir", str(DATA), "--out", str(out),
+              cache=tiny_cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["grading"]["problems"] == 20 and result["grading"]["problems_per_s"] > 0
+    assert {s["engine"] for s in result["sampling"]} == {"hf", "vllm"}
+    assert all(s["tokens_per_s"] > 0 and s["new_tokens"] > 0 for s in result["sampling"])
+    assert "problems/s" in r.stdout

@@ -214,3 +214,37 @@ def test_compare_refuses_what_is_not_a_run(tmp_path, capsys):
     assert main(["eval", "compare", str(tmp_path), str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a finished r1kit eval run" in err[0]
+
+
+def _humaneval_stub(p) -> str:
+    """The prompt's function with its body replaced by ``pass``."""
+    return p.gold["prompt"] + "    pass\n"
+
+
+@pytest.mark.slow
+def test_humaneval_canonical_solutions_pass_and_stubs_fail(tmp_path):
+    replay = tmp_path / "r.jsonl"
+    write_replay(replay, "humaneval", lambda p: [p.reference, _humaneval_stub(p)])
+    out = tmp_path / "run"
+    assert run(out, "--replay", str(replay), "--suite", "humaneval", "-n", "2",
+               "-k", "1,2") == 0
+    rows = [json.loads(x) for x in (out / "samples" / "humaneval.jsonl").read_text().splitlines()]
+    assert len(rows) == 164
+    assert [r["id"] for r in rows if not r["completions"][0]["correct"]] == []  # pass@1 = 1.0
+    assert [r["id"] for r in rows if r["completions"][1]["correct"]] == []  # stubs: 0.0
+    m = summary(out)["suites"]["humaneval"]["metrics"]
+    assert m["avg@2"]["value"] == 0.5 and m["pass@2"]["value"] == 1.0
+
+
+@pytest.mark.slow
+def test_mbpp_reference_code_scores_at_least_99_percent(tmp_path):
+    from tests.test_eval_code_suites import KNOWN_MISSES
+
+    replay = tmp_path / "r.jsonl"
+    write_replay(replay, "mbpp", lambda p: [p.reference])
+    out = tmp_path / "run"
+    assert run(out, "--replay", str(replay), "--suite", "mbpp") == 0
+    rows = [json.loads(x) for x in (out / "samples" / "mbpp.jsonl").read_text().splitlines()]
+    missed = {r["id"] for r in rows if not r["completions"][0]["correct"]}
+    assert len(rows) == 500 and missed == set(KNOWN_MISSES)  # reasons are listed there
+    assert summary(out)["suites"]["mbpp"]["metrics"]["avg@1"]["value"] >= 0.99
