@@ -174,7 +174,8 @@ def run_function_tests(
     """
     code = extract_code(completion)
     defines = re.search(rf"^(async\s+)?def\s+{re.escape(entry_point)}\s*\(", code, re.MULTILINE)
-    candidate = f"{prompt}\n{code}" if defines else prompt + completion
+    # A fenced body continues the prompt like a bare one (the fence itself would not parse).
+    candidate = f"{prompt}\n{code}" if defines else prompt + code
     instrumented, n_asserts = _instrument_check(test)
     limits = {"timeout_s": timeout_s, "memory_mb": memory_mb, "isolation": isolation}
     test_program = _program(_TEST_HARNESS, "_r1kit_tests", prompt, instrumented, entry_point,

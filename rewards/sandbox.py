@@ -215,7 +215,10 @@ def run_python(
     here), or ``"rlimits_unsafe"`` (no file-system or process isolation; explicit opt-in).
     """
     limits = Limits(timeout_s, memory_mb, max_processes, max_open_files, disk_mb, output_bytes)
-    return _run(code, stdin.encode(), limits, resolve_mode(isolation))
+    # Model text can hold lone surrogates (a JSON "\ud800"), which UTF-8 cannot encode: they
+    # become "?" rather than an exception out of a reward.
+    code = code.encode("utf-8", "replace").decode("utf-8")
+    return _run(code, stdin.encode("utf-8", "replace"), limits, resolve_mode(isolation))
 
 
 def resolve_mode(isolation: str = "auto") -> str:

@@ -102,6 +102,19 @@ def test_function_tests_accept_a_full_function_in_a_fence():
     assert run_function_tests(ADD_PROMPT, completion, ADD_TEST, "add").all_passed
 
 
+def test_function_tests_accept_a_body_in_a_fence():
+    completion = "The body:\n```python\n    return a + b\n```\nDone."
+    assert run_function_tests(ADD_PROMPT, completion, ADD_TEST, "add").all_passed
+
+
+def test_lone_surrogates_score_zero_instead_of_raising():
+    """Model text decoded from JSON can hold a lone surrogate that UTF-8 cannot encode."""
+    bad = "```python\nprint('\ud800')\n```"
+    assert code_reward([bad], tests=[[("", "x")]]) == [0.0]
+    assert humaneval_reward(["    return '\ud800'\n"], prompt=[ADD_PROMPT], test=[ADD_TEST],
+                            entry_point=["add"]) == [0.0]
+
+
 def test_check_without_asserts_is_one_test():
     test = "def check(candidate):\n    if candidate(1, 1) != 2:\n        raise ValueError\n"
     good = run_function_tests(ADD_PROMPT, "    return a + b\n", test, "add")
