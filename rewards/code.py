@@ -18,8 +18,8 @@ candidate's process can rewrite that process (frames, ``gc``, ``/proc/self/fd``,
   stdin, runs the completion, calls the entry point on each and writes one line per call,
   ``<k>\t["ok", result, [args, kwargs] after the call]`` or ``["raise", exception name]``.
   Results and arguments must be plain data (``None``, ``bool``, ``int``, ``float``,
-  ``complex``, ``str``, ``bytes``, and ``list``/``tuple``/``dict``/``set``/``frozenset`` of
-  those, exact types), serialised by ``_encode``; anything else is a failure, never an
+  ``complex``, ``str``, ``bytes``, and ``list``/``tuple``/``dict``/``set``/``frozenset``/
+  ``Counter``/``OrderedDict`` of those, exact types), serialised by ``_encode``; anything else is a failure, never an
   exception a test could expect;
 - the grader reads only those lines: each is decoded by ``_decode`` into fresh plain
   objects and re-encoded, and a call with no valid line, or two, is "missing". The exit
@@ -60,6 +60,8 @@ import inspect
 import json
 import os
 import re
+from collections import Counter as _Counter
+from collections import OrderedDict as _OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -283,9 +285,14 @@ def _read_stdin_keep_stdout():
     return data, out
 
 
+# The codec's source is copied into the harnesses: they import these names the same way.
+_CODEC_IMPORTS = "from collections import Counter as _Counter, OrderedDict as _OrderedDict"
+
+
 def _encode(value):
-    """Plain data as JSON-ready tagged lists, exact types only; anything else raises
-    TypeError. Sets are sorted, so equal inputs encode alike.
+    """Plain data as JSON-ready tagged lists, exact types only (``collections.Counter`` and
+    ``OrderedDict`` count as plain: they rebuild exactly from their items); anything else
+    raises TypeError. Sets are sorted, so equal inputs encode alike.
 
     >>> _encode((1, [2.5, "a"], {None: {True}}))
     ['t', [['i', '0x1'], ['l', [['f', '2.5'], ['s', 'a']]], ['d', [[['n'], ['e', [['b', 1]]]]]]]]
@@ -307,8 +314,9 @@ def _encode(value):
         return ["y", value.hex()]
     if kind is list or kind is tuple:
         return ["l" if kind is list else "t", [_encode(item) for item in value]]
-    if kind is dict:
-        return ["d", [[_encode(k), _encode(v)] for k, v in value.items()]]
+    if kind is dict or kind is _Counter or kind is _OrderedDict:
+        tag = "d" if kind is dict else "C" if kind is _Counter else "O"
+        return [tag, [[_encode(k), _encode(v)] for k, v in value.items()]]
     if kind is set or kind is frozenset:
         return ["e" if kind is set else "z", sorted((_encode(v) for v in value), key=repr)]
     raise TypeError(f"not plain data: {kind.__name__}")
@@ -336,8 +344,10 @@ def _decode(data):
     if tag in ("l", "t", "e", "z") and type(arg) is list:
         kind = {"l": list, "t": tuple, "e": set, "z": frozenset}[tag]
         return kind(_decode(item) for item in arg)
-    if tag == "d" and type(arg) is list and all(type(p) is list and len(p) == 2 for p in arg):
-        return {_decode(key): _decode(value) for key, value in arg}
+    if tag in ("d", "C", "O") and type(arg) is list and all(
+            type(p) is list and len(p) == 2 for p in arg):
+        items = {_decode(key): _decode(value) for key, value in arg}
+        return items if tag == "d" else _Counter(items) if tag == "C" else _OrderedDict(items)
     raise ValueError(f"malformed plain data: {str(data)[:80]}")
 
 
@@ -378,8 +388,8 @@ class _SoftAsserts(ast.NodeTransformer):
 def _program(harness: str, main: str, *args) -> str:
     """A harness with the codec's and the stdin reader's source, then a call of its ``main``
     on ``args``."""
-    codec = "\n".join(inspect.getsource(f)
-                      for f in (_read_stdin_keep_stdout, _encode, _decode))
+    codec = "\n".join([_CODEC_IMPORTS] + [inspect.getsource(f)
+                       for f in (_read_stdin_keep_stdout, _encode, _decode)])
     return f"{harness}\n{codec}\n{main}(*{args!r})\n"
 
 

@@ -115,6 +115,20 @@ def test_lone_surrogates_score_zero_instead_of_raising():
                             entry_point=["add"]) == [0.0]
 
 
+def test_counter_and_ordered_dict_results_travel_exactly():
+    """MBPP references return Counters; they compare equal to dicts and must keep their type
+    (a Counter's missing key is 0, a dict's a KeyError)."""
+    prompt = "import collections\ndef count(s):\n    pass\n"
+    test = ("def check(candidate):\n    assert candidate('aab') == {'a': 2, 'b': 1}\n"
+            "    assert candidate('aab')['z'] == 0\n")
+    counter = "def count(s):\n    return collections.Counter(s)\n"
+    plain = "def count(s):\n    return dict(collections.Counter(s))\n"
+    assert run_function_tests(prompt, counter, test, "count").passed == 2
+    assert run_function_tests(prompt, plain, test, "count").passed == 1
+    ordered = "def count(s):\n    return collections.OrderedDict(a=2, b=1)\n"
+    assert run_function_tests(prompt, ordered, test, "count").passed == 1
+
+
 def test_check_without_asserts_is_one_test():
     test = "def check(candidate):\n    if candidate(1, 1) != 2:\n        raise ValueError\n"
     good = run_function_tests(ADD_PROMPT, "    return a + b\n", test, "add")

@@ -15,9 +15,6 @@ DATA = Path(__file__).parents[2] / "shared" / "data"
 # MBPP test-split problems whose reference solution fails, each with why. Exact: a new failure
 # or a fixed one fails the test, so this list cannot grow silently.
 KNOWN_MISSES = {
-    "40": "harness: the reference returns a collections.Counter, which rewards.code does not "
-          "accept as plain data (exact types only), though it == the expected dict",
-    "88": "harness: the reference returns a collections.Counter (see 40)",
     "367": "harness: the inputs are binary-tree Node objects built by test_setup_code from the "
            "solution's own class; rewards.code passes only plain data between processes, and "
            "the test's process never sees the solution's Node",
