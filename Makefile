@@ -27,11 +27,9 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# vLLM's CPU backend would otherwise reserve a large share of RAM for the tiny policy's KV cache.
-demo: export VLLM_CPU_KVCACHE_SPACE ?= 1
+# R1-Zero on the tiny MoE: base -> eval -> GRPO -> eval -> report (r1kit/demo.py; runs/tiny_r1_zero).
 demo: setup
-	$(BIN)/r1kit tiny --family all
-	$(BIN)/r1kit generate recipes/tiny_generate.yaml
+	$(BIN)/r1kit demo recipes/tiny_r1_zero.yaml
 
 bench: setup
 	$(BIN)/r1kit bench rollout --out runs/bench_rollout.json

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -195,8 +195,10 @@ def _load_run(run: Path) -> tuple[dict, dict]:
     return json.loads(summary_path.read_text()), json.loads(settings_path.read_text())
 
 
-def compare_runs(run_a: Path, run_b: Path, *, samples: int = 2000, seed: int = 0) -> dict:
-    """Paired comparison of every metric two runs share, over the problems both have."""
+def compare_runs(run_a: Path, run_b: Path, *, samples: int = 2000, seed: int = 0,
+                 labels: tuple[str, str] = ("A", "B")) -> dict:
+    """Paired comparison of every metric two runs share, over the problems both have;
+    ``labels`` are what the verdicts call the two runs."""
     sum_a, _ = _load_run(run_a)
     sum_b, _ = _load_run(run_b)
     common = [s for s in sum_a["suites"] if s in sum_b["suites"]]
@@ -223,9 +225,10 @@ def compare_runs(run_a: Path, run_b: Path, *, samples: int = 2000, seed: int = 0
                                    M.metric(name), samples=samples, level=LEVEL, seed=seed,
                                    within=two_stage(name))
             label = {"avg": "avg@n", "maj": "maj@n"}.get(name, name)
+            c = replace(c, metric=label.replace("@n", f"@{n}"))
             rows[label] = {**asdict(c), "metric": label,
                            "a": float(_fn_value(ma, name)), "b": float(_fn_value(mb, name)),
-                           "verdict": M.describe(c, "B", "A")}
+                           "verdict": M.describe(c, labels[1], labels[0])}
         result["suites"][suite] = {"problems": len(ids), "only_a": len(rows_a) - len(ids),
                                    "only_b": len(rows_b) - len(ids), "metrics": rows}
     return result

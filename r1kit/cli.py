@@ -36,9 +36,18 @@ def cmd_tiny(argv: list[str]) -> int:
     ap.add_argument("--cache-dir", default=None,
                     help=f"where checkpoints are kept (default {default_cache_dir()})")
     ap.add_argument("--force", action="store_true", help="rebuild even if cached")
+    ap.add_argument("--base", action="store_true",
+                    help="the supervised base R1-Zero RL starts from (r1kit.base): the policy "
+                    "pre-trained on worked arithmetic, deliberately imperfect; a few minutes")
     args = ap.parse_args(argv)
     for family in FAMILIES if args.family == "all" else [args.family]:
-        print(build_tiny(family, seed=args.seed, cache_dir=args.cache_dir, force=args.force))
+        if args.base:
+            from r1kit.base import build_base
+
+            print(build_base(family, seed=args.seed, cache_dir=args.cache_dir, force=args.force,
+                             progress=True))
+        else:
+            print(build_tiny(family, seed=args.seed, cache_dir=args.cache_dir, force=args.force))
     return 0
 
 
@@ -218,6 +227,48 @@ def cmd_eval_compare(argv: list[str]) -> int:
     return 0
 
 
+def cmd_demo(argv: list[str]) -> int:
+    ap = _recipe_parser(
+        "r1kit demo",
+        "R1-Zero that learns on a laptop: build the supervised base, evaluate it on held-out "
+        "arithmetic, train it with GRPO, evaluate again, and report the paired difference, "
+        "curves.png and report.md in log.out_dir. Re-running resumes.",
+        ["model", "data", "rollout", "reward", "algo", "train", "log"])
+    ap.add_argument("recipe", nargs="?", default="recipes/tiny_r1_zero.yaml",
+                    help="recipe YAML (default recipes/tiny_r1_zero.yaml)")
+    ap.add_argument("overrides", nargs="*", help="section.key=value")
+    ap.add_argument("--heldout", type=int, default=200, help="held-out problems (default 200)")
+    ap.add_argument("-n", type=int, default=4, help="samples per held-out problem (default 4)")
+    ap.add_argument("--base-steps", type=int, default=None,
+                    help="supervised steps of the base (default: the cached base's)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+    recipe, overrides = args.recipe, args.overrides
+    if recipe is not None and "=" in recipe:
+        recipe, overrides = "recipes/tiny_r1_zero.yaml", [recipe, *overrides]
+    from r1kit.config import validate_training
+
+    cfg = load_config(recipe, overrides)
+    validate_training(cfg)
+    if not cfg.model.path.startswith("tiny:") or not cfg.model.path.endswith("/base"):
+        print("r1kit demo: model.path must be an embedded base, tiny:<family>/base",
+              file=sys.stderr)
+        return 2
+    _setup_logging("WARNING")
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars are noise in the story
+    from r1kit.demo import run_demo
+
+    result = run_demo(cfg, heldout=args.heldout, n=args.n, base_steps=args.base_steps,
+                      progress=not args.no_progress)
+    print(result["text"])
+    print(f"r1kit demo: everything is in {result['out_dir']} (report.md, curves.png)",
+          file=sys.stderr)
+    return 0
+
+
 def _delegate(module: str) -> Callable[[list[str]], int]:
     def run(argv: list[str]) -> int:
         import importlib
@@ -252,6 +303,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "tiny": (cmd_tiny, "build an embedded tiny policy (Qwen3-MoE, DeepSeek-V3, dense Qwen3)"),
     "generate": (cmd_generate, "sample and score groups of completions from a recipe"),
     "train": (cmd_train, "GRPO training from a recipe (resumable)"),
+    "demo": (cmd_demo, "R1-Zero that learns on a laptop: base, eval, GRPO, eval, report"),
     "eval": (cmd_eval, "score a model on math and code suites; compare two runs"),
     "grade": (_delegate("rewards.math"), "grade math answers from a JSONL file"),
     "sandbox": (_delegate("rewards.sandbox"), "run a Python file in the sandbox, print JSON"),

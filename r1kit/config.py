@@ -37,8 +37,9 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     path: str = "tiny:qwen3_moe"
-    """HF checkpoint folder, or ``tiny:qwen3_moe`` / ``tiny:deepseek_v3`` for the embedded tiny
-    policy (built locally on first use, then cached)."""
+    """HF checkpoint folder, or ``tiny:qwen3_moe`` / ``tiny:deepseek_v3`` / ``tiny:qwen3`` for the
+    embedded tiny policy (built locally on first use, then cached), ``tiny:qwen3_moe/base`` for
+    its supervised base that R1-Zero RL starts from (``r1kit.base``)."""
     tiny_seed: int = 0
     """Seed of the embedded tiny policy's random init (only for ``tiny:`` paths)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -55,6 +56,10 @@ class DataConfig:
     """How many problems to draw (from the top of a JSONL file, or generated)."""
     seed: int = 0
     """Seed of the synthetic task generator."""
+    max_operand: int = 20
+    """Largest operand of the synthetic task family (operands are 0..max_operand)."""
+    max_terms: int = 3
+    """Most terms per synthetic problem (2..max_terms)."""
     question_key: str = "question"
     """JSONL field holding the question."""
     answer_key: str = "answer"
@@ -426,8 +431,10 @@ def validate(cfg: Config) -> None:
     elif m.path.startswith("tiny:"):
         from r1kit.tiny import FAMILIES
 
-        if m.path[5:] not in FAMILIES:
-            fail("model.path", f"unknown tiny family {m.path[5:]!r} (known: {', '.join(FAMILIES)})")
+        family, _, variant = m.path[5:].partition("/")
+        if family not in FAMILIES or variant not in ("", "base"):
+            fail("model.path", f"unknown tiny policy {m.path[5:]!r} (known: "
+                 f"{', '.join(FAMILIES)}, each also as <family>/base)")
     else:
         from rollouts.checkpoint import CheckpointError, check_causal_lm
 
@@ -440,6 +447,10 @@ def validate(cfg: Config) -> None:
             fail("data.source", f"neither 'arithmetic' nor an existing JSONL file: {d.source!r}")
         _check_jsonl(d, fail)
     _check_out_dir(cfg.log.out_dir, fail)
+    if d.max_operand < 1 or d.max_terms < 2:
+        fail("data.max_operand" if d.max_operand < 1 else "data.max_terms",
+             f"must be >= {1 if d.max_operand < 1 else 2}, got "
+             f"{d.max_operand if d.max_operand < 1 else d.max_terms}")
     for key, value in (("data.num_prompts", d.num_prompts), ("rollout.n", r.n),
                        ("rollout.max_tokens", r.max_tokens), ("rollout.batch_size", r.batch_size),
                        ("reward.workers", w.workers)):

@@ -25,7 +25,8 @@ class Problem:
 
 
 def resolve_model_path(m: ModelConfig) -> Path:
-    """A checkpoint folder; ``tiny:<family>`` builds (or reuses) the embedded tiny policy."""
+    """A checkpoint folder; ``tiny:<family>`` builds (or reuses) the embedded tiny policy, and
+    ``tiny:<family>/base`` its supervised base (``r1kit.base``)."""
     if not m.path:
         from r1kit.config import ConfigError
 
@@ -33,7 +34,12 @@ def resolve_model_path(m: ModelConfig) -> Path:
     if m.path.startswith("tiny:"):
         from r1kit.tiny import build_tiny
 
-        return build_tiny(m.path[len("tiny:"):], seed=m.tiny_seed)
+        family, _, variant = m.path[len("tiny:"):].partition("/")
+        if variant == "base":
+            from r1kit.base import build_base
+
+            return build_base(family, seed=m.tiny_seed, progress=True)
+        return build_tiny(family, seed=m.tiny_seed)
     return Path(m.path).expanduser()
 
 
@@ -42,7 +48,8 @@ def load_problems(d: DataConfig) -> list[Problem]:
         from r1kit.tasks import arithmetic_tasks
 
         return [Problem(t.question, t.answer)
-                for t in arithmetic_tasks(d.split, d.num_prompts, seed=d.seed)]
+                for t in arithmetic_tasks(d.split, d.num_prompts, seed=d.seed,
+                                          max_operand=d.max_operand, max_terms=d.max_terms)]
     problems = []
     with open(d.source) as f:
         for lineno, line in enumerate(f, 1):

@@ -77,3 +77,29 @@ def arithmetic_tasks(
         # eval on our own generated digits-and-operators string only.
         tasks.append(ArithmeticTask(f"What is {expr}?", expr, str(eval(expr))))
     return tasks
+
+
+def arithmetic_steps(expression: str) -> list[str]:
+    """The worked steps of an expression: products first, then sums left to right.
+
+    >>> arithmetic_steps("12 + 7 * 3")
+    ['7 * 3 = 21', '12 + 21 = 33']
+    >>> arithmetic_steps("5 - 9 - 2")
+    ['5 - 9 = -4', '-4 - 2 = -6']
+    """
+    t = expression.split()
+    steps = []
+    i = 1
+    while i < len(t):
+        if t[i] == "*":
+            value = int(t[i - 1]) * int(t[i + 1])
+            steps.append(f"{t[i - 1]} * {t[i + 1]} = {value}")
+            t[i - 1:i + 2] = [str(value)]
+        else:
+            i += 2
+    while len(t) > 1:
+        a, op, b = int(t[0]), t[1], int(t[2])
+        value = a + b if op == "+" else a - b
+        steps.append(f"{a} {op} {b} = {value}")
+        t[:3] = [str(value)]
+    return steps
