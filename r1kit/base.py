@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from r1kit.tasks import arithmetic_steps, arithmetic_tasks
-from r1kit.tiny import BUILD_VERSION, build_tiny, default_cache_dir
+from r1kit.tiny import BUILD_VERSION, build_tiny, default_cache_dir, save_checkpoint
 
 BASE_VERSION = 2  # bump when the data or training below change
 STYLES = {"r1": 0.4, "untagged": 0.3, "prose": 0.3}
@@ -114,19 +112,8 @@ def build_base(family: str = "qwen3_moe", seed: int = 0, cache_dir: Path | None 
         losses = train_sft(model, examples, SFTConfig(
             steps=steps, lr=SFT_LR, row_tokens=ROW_TOKENS, rows_per_step=ROWS_PER_STEP,
             warmup_steps=min(20, steps // 2), seed=seed), tokenizer.pad_token_id, on_step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        meta = json.loads((init / "r1kit_tiny.json").read_text())
-        meta["base"] = {"version": BASE_VERSION, "styles": STYLES, "problems": len(examples),
-                        "sft_steps": steps, "lr": SFT_LR, "final_loss": losses[-1],
-                        "seconds": round(time.perf_counter() - start, 1)}
-        (tmp / "r1kit_tiny.json").write_text(json.dumps(meta, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    meta = json.loads((init / "r1kit_tiny.json").read_text())
+    meta["base"] = {"version": BASE_VERSION, "styles": STYLES, "problems": len(examples),
+                    "sft_steps": steps, "lr": SFT_LR, "final_loss": losses[-1],
+                    "seconds": round(time.perf_counter() - start, 1)}
+    return save_checkpoint(model, tokenizer, meta, out)

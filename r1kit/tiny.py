@@ -146,11 +146,21 @@ def build_tiny(
             _randomize_correction_bias(model, seed)
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    meta = {"family": family, "seed": seed, "build_version": BUILD_VERSION,
+            "tie_word_embeddings": tied, "parameters": sum(p.numel() for p in model.parameters())}
+    return save_checkpoint(model, tokenizer, meta, out, tmp)
+
+
+def save_checkpoint(model, tokenizer, meta: dict, out: Path, tmp: Path | None = None) -> Path:
+    """Write model, tokenizer and ``r1kit_tiny.json`` into ``tmp`` (a fresh temporary folder
+    beside ``out`` if None), then rename it to ``out``: a reader never sees half a checkpoint."""
+    tmp = tmp or Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        meta = {"family": family, "seed": seed, "build_version": BUILD_VERSION,
-                "tie_word_embeddings": tied,
-                "parameters": sum(p.numel() for p in model.parameters())}
         (tmp / "r1kit_tiny.json").write_text(json.dumps(meta, indent=1))
         if out.exists():
             shutil.rmtree(out)
