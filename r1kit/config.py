@@ -37,7 +37,8 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     path: str = "tiny:qwen3_moe"
-    """HF checkpoint folder, or ``tiny:qwen3_moe`` / ``tiny:deepseek_v3`` / ``tiny:qwen3`` for the
+    """HF checkpoint folder or hub id (``Qwen/Qwen3-30B-A3B-Base``, fetched when a run starts),
+    or ``tiny:qwen3_moe`` / ``tiny:deepseek_v3`` / ``tiny:qwen3`` for the
     embedded tiny policy (built locally on first use, then cached), ``tiny:qwen3_moe/base`` for
     its supervised base that R1-Zero RL starts from (``r1kit.base``)."""
     tiny_seed: int = 0
@@ -418,6 +419,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     return cfg
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def is_hub_id(path: str) -> bool:
+    """``org/name``, as on the Hugging Face hub (not a relative path that starts with ./ or ../).
+
+    >>> is_hub_id("Qwen/Qwen3-30B-A3B-Base"), is_hub_id("./ckpt/model"), is_hub_id("/abs/x")
+    (True, False, False)
+    """
+    return _HUB_ID.fullmatch(path) is not None
+
+
 def validate(cfg: Config) -> None:
     """Impossible values and combinations, found before any work starts."""
     src = cfg.source
@@ -435,6 +448,8 @@ def validate(cfg: Config) -> None:
         if family not in FAMILIES or variant not in ("", "base"):
             fail("model.path", f"unknown tiny policy {m.path[5:]!r} (known: "
                  f"{', '.join(FAMILIES)}, each also as <family>/base)")
+    elif is_hub_id(m.path) and not Path(m.path).expanduser().exists():
+        pass  # a hub model id: transformers and vLLM fetch it when a run starts
     else:
         from rollouts.checkpoint import CheckpointError, check_causal_lm
 
