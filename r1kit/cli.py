@@ -65,6 +65,7 @@ def cmd_generate(argv: list[str]) -> int:
         ["model", "data", "rollout", "reward", "log"])
     ap.add_argument("recipe", nargs="?", help="recipe YAML (defaults apply without one)")
     ap.add_argument("overrides", nargs="*", help="section.key=value")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     recipe, overrides = args.recipe, args.overrides
     if recipe is not None and "=" in recipe:  # no recipe, only overrides
@@ -77,7 +78,7 @@ def cmd_generate(argv: list[str]) -> int:
 
     start = time.perf_counter()
     try:
-        metrics = run_generate(cfg)
+        metrics = run_generate(cfg, show_progress=not args.no_progress)
     except PromptTooLong as e:
         print(f"r1kit: {e}", file=sys.stderr)
         return 2

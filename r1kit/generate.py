@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -65,7 +66,68 @@ def load_problems(d: DataConfig) -> list[Problem]:
     return problems
 
 
-def run_generate(cfg: Config) -> dict:
+def sample_with_progress(engine, prompts: list[str], n: int, sampling, chunk: int,
+                         show: bool):
+    """``engine.generate`` over ``chunk`` prompts at a time under a progress bar; chunk ``i``
+    samples with seed ``sampling.seed + i`` (distinct draws for repeated prompts). Returns the
+    groups and the summed ``GenerationStats``."""
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from rollouts.types import GenerationStats
+
+    groups, total = [], GenerationStats(0, 0, 0, 0.0, 0)
+    with tqdm(total=len(prompts), desc="sampling", unit="prompt", disable=not show,
+              dynamic_ncols=True) as bar:
+        for i, start in enumerate(range(0, len(prompts), chunk)):
+            seed = None if sampling.seed is None else sampling.seed + i
+            groups += engine.generate(prompts[start:start + chunk], n,
+                                      dataclasses.replace(sampling, seed=seed))
+            st = engine.last_stats
+            total = GenerationStats(total.prompts + st.prompts, total.completions + st.completions,
+                                    total.new_tokens + st.new_tokens, total.seconds + st.seconds,
+                                    max(total.peak_memory_bytes, st.peak_memory_bytes))
+            bar.update(st.prompts)
+    return groups, total
+
+
+def score_with_progress(scorer, texts: list[str], answers: list[str], lengths: list[int],
+                        show: bool, chunk: int = 64):
+    """``scorer.score`` over ``chunk`` completions at a time under a progress bar; the results
+    are merged into one ``ScoreResult``."""
+    from tqdm import tqdm
+
+    parts = []
+    with tqdm(total=len(texts), desc="scoring", unit="completion", disable=not show,
+              dynamic_ncols=True) as bar:
+        for s in range(0, len(texts), chunk):
+            parts.append(scorer.score(texts[s:s + chunk], answer=answers[s:s + chunk],
+                                      completion_lengths=lengths[s:s + chunk]))
+            bar.update(len(parts[-1].total))
+    return merge_scores(parts)
+
+
+def merge_scores(parts: list):
+    """One ``ScoreResult`` from the results of consecutive chunks."""
+    from rewards.scorer import FailureCounts, ScoreResult
+
+    labels = parts[0].per_reward
+    per = {k: [x for p in parts for x in p.per_reward[k]] for k in labels}
+    failures = {k: FailureCounts(*(sum(getattr(p.failures.get(k, FailureCounts()), f)
+                                       for p in parts)
+                                   for f in ("errors", "timeouts", "crashes"))) for k in labels}
+    failed: dict[str, list[int]] = {k: [] for k in labels}
+    offset = 0
+    for p in parts:
+        for k, idx in p.failed.items():
+            failed[k] += [offset + i for i in idx]
+        offset += len(p.total)
+    return ScoreResult([x for p in parts for x in p.total], per, failures, failed,
+                       sum(p.seconds for p in parts))
+
+
+def run_generate(cfg: Config, show_progress: bool = True) -> dict:
     """Run the job; return the metrics it also writes to ``metrics.json``."""
     from transformers import AutoTokenizer
 
@@ -94,8 +156,8 @@ def run_generate(cfg: Config) -> dict:
                              gpu_memory_utilization=r.gpu_memory_utilization,
                              batch_size=r.batch_size)
     try:
-        groups = engine.generate(prompts, r.n, sampling)
-        stats = engine.last_stats
+        groups, stats = sample_with_progress(engine, prompts, r.n, sampling, r.batch_size,
+                                             show_progress)
     finally:
         engine.close()
     texts = [c.text for g in groups for c in g.completions]
@@ -103,7 +165,7 @@ def run_generate(cfg: Config) -> dict:
     lengths = [len(c.token_ids) for g in groups for c in g.completions]
     with Scorer(reward_specs(cfg), workers=cfg.reward.workers,
                 timeout_s=cfg.reward.timeout_s) as scorer:
-        scores = scorer.score(texts, answer=answers, completion_lengths=lengths)
+        scores = score_with_progress(scorer, texts, answers, lengths, show_progress)
     _write_groups(out / "completions.jsonl", problems, groups, scores.total, r.n)
     metrics = {
         "engine": r.engine,

@@ -70,6 +70,9 @@ def test_generate_hf_writes_scored_groups(tiny_cache, tmp_path):
     assert r.stderr.strip().splitlines()[-1].startswith(f"r1kit: wrote {out}/completions.jsonl")
     assert metrics["reward_failures/accuracy"] == 0
     assert (out / "engine.log").exists()
+    # sampling and scoring show progress on stderr (tqdm's final state of each bar)
+    assert "sampling: 100%" in r.stderr and "2/2" in r.stderr
+    assert "scoring: 100%" in r.stderr and "6/6" in r.stderr
 
 
 def test_generate_stops_when_a_reward_fails_on_every_sample(tiny_cache, tmp_path):
