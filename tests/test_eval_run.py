@@ -248,3 +248,25 @@ def test_mbpp_reference_code_scores_at_least_99_percent(tmp_path):
     missed = {r["id"] for r in rows if not r["completions"][0]["correct"]}
     assert len(rows) == 500 and missed == set(KNOWN_MISSES)  # reasons are listed there
     assert summary(out)["suites"]["mbpp"]["metrics"]["avg@1"]["value"] >= 0.99
+
+
+def test_hub_loading_passes_dataset_config_and_split(monkeypatch):
+    """The hub cannot be reached here, so ``datasets.load_dataset`` is replaced by a stand-in
+    that records its arguments and returns the local copy's rows as a real ``datasets.Dataset``:
+    what is tested is r1kit's side (id, config, split, row layout), not the download."""
+    import datasets
+
+    from eval.suite import read_rows
+
+    calls = []
+
+    def fake_load(path, name=None, split=None):
+        calls.append((path, name, split))
+        local = {"openai/gsm8k": "gsm8k/test.jsonl", "HuggingFaceH4/MATH-500": "math500/test.jsonl"}
+        return datasets.Dataset.from_list(read_rows(DATA / local[path])[:5])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    gsm = load_problems(SUITES["gsm8k"])
+    math = load_problems(SUITES["math500"])
+    assert calls == [("openai/gsm8k", "main", "test"), ("HuggingFaceH4/MATH-500", None, "test")]
+    assert len(gsm) == len(math) == 5 and gsm[0].gold == "18" and math[0].id.startswith("test/")
