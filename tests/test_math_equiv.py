@@ -129,3 +129,33 @@ def test_overrun_is_killed_and_replaced():
     assert run_bounded([slow], timeout_s=0.5) is None
     assert time.monotonic() - start < 1.5
     assert run_bounded([["expr", "2x", "x+x"]], timeout_s=20) == [(True, "symbolic")]
+
+
+def test_pairs_do_not_time_out_under_load():
+    """Many threads share the helpers with pairs that take about 0.07 s of CPU each: every pair
+    still grades correct with a 0.2 s bound, though each waits for several others (about 0.3 s).
+    Only the helper's own CPU time on the call counts, not the wait for a helper or a core."""
+    import threading
+
+    import sympy
+
+    from rewards.math.bounded import POOL_SIZE, warm_up
+
+    warm_up()
+    x = sympy.Symbol("x")
+    results = []
+
+    def grade(t: int):
+        for i in range(3):  # distinct pairs: nothing is answered from a cache
+            k = 10 * t + i + 2
+            expanded = sympy.latex(sympy.expand((x + k) ** 10))
+            results.append(run_bounded([["expr", f"(x+{k})^{{10}}", expanded]], timeout_s=0.2))
+
+    threads = [threading.Thread(target=grade, args=(t,)) for t in range(6 * POOL_SIZE)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(results) == 18 * POOL_SIZE
+    failed = [r for r in results if r != [(True, "symbolic")]]
+    assert failed == [], f"{len(failed)} of {len(results)} pairs failed under load"

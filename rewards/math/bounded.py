@@ -2,16 +2,24 @@
 
 Guarantees:
 
-* :func:`run_bounded` returns within ``timeout_s`` of the moment a helper
-  process is ready, from any thread and from any process (daemonic
+* :func:`run_bounded` gives up once the helper has spent ``timeout_s`` of CPU
+  time on the call, from any thread and from any process (daemonic
   ``multiprocessing`` workers included: helpers are started with
   ``subprocess``, not ``multiprocessing``). It uses neither SIGALRM nor any
   other signal, so it works off the main thread.
+* Grading does not depend on load: only the helper's own CPU time (read from
+  ``/proc/<pid>/stat``) counts against ``timeout_s``, not time spent waiting
+  for a free helper nor time the helper spends runnable while other processes
+  hold the cores. So a pair that takes 0.05 s alone is not failed because
+  eight threads or a busy trainer share the machine. A starved helper is
+  still cut off after ``WALL_FACTOR * timeout_s + 1`` seconds of wall time
+  (and a wait for a free helper after ``STARTUP_TIMEOUT_S``), so a call
+  always returns.
 * The work runs in persistent helper processes (``python -m
   rewards.math.symbolic``), reused across calls. A helper that overruns is
   killed (SIGKILL) and a replacement is started at once, so the next call
   finds it warm or nearly so. At most :data:`POOL_SIZE` helpers run per
-  process; a call waiting for a free one counts that wait against its bound.
+  process.
 * Each helper's address space is capped (see ``symbolic.HELPER_MEMORY_BYTES``),
   so a blow-up ends as a failed comparison, not as an out-of-memory trainer.
 * After ``os.fork`` the child starts with an empty pool of its own.
@@ -35,7 +43,9 @@ import time
 from pathlib import Path
 
 POOL_SIZE = max(1, min(4, os.cpu_count() or 1))  # helpers per process
-STARTUP_TIMEOUT_S = 60.0  # bound on one helper's start-up (imports)
+STARTUP_TIMEOUT_S = 60.0  # bound on one helper's start-up (imports), and on a wait for a helper
+WALL_FACTOR = 4.0  # a starved call is cut off after this many times its CPU budget (+1 s)
+_TICK = os.sysconf("SC_CLK_TCK")
 _ROOT = str(Path(__file__).resolve().parents[2])  # directory holding the rewards package
 _BOOT = (
     f"import sys; sys.path.insert(0, {_ROOT!r}); from rewards.math.symbolic import serve; serve()"
@@ -74,14 +84,33 @@ class _Helper:
             self.ready = self.readline(time.monotonic() + STARTUP_TIMEOUT_S) == b"ready"
         return self.ready
 
-    def request(self, payload: list, deadline: float) -> list | None:
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the helper so far (0 if it is gone)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15)
+
+    def request(self, payload: list, budget_s: float) -> list | None:
+        """The helper's answer, or None once it has used ``budget_s`` of CPU on this request
+        (or ``WALL_FACTOR * budget_s + 1`` s of wall time), or died."""
         try:
             self.proc.stdin.write(json.dumps(payload).encode() + b"\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             return None
-        line = self.readline(deadline)
-        return None if line is None else json.loads(line)
+        cpu0, wall_end = self.cpu_seconds(), time.monotonic() + WALL_FACTOR * budget_s + 1.0
+        while True:
+            left_cpu = budget_s - (self.cpu_seconds() - cpu0)
+            left_wall = wall_end - time.monotonic()
+            if left_cpu <= 0 or left_wall <= 0 or self.proc.poll() is not None:
+                return None
+            # Wait at most the CPU time left (it cannot be spent faster), then look again.
+            line = self.readline(time.monotonic() + min(left_wall, max(left_cpu, 0.01)))
+            if line is not None:
+                return json.loads(line)
 
     def kill(self) -> None:
         self.proc.kill()
@@ -150,17 +179,14 @@ def run_bounded(requests: list[list], timeout_s: float) -> list[tuple[bool, str]
     [(True, 'symbolic')]
     """
     pool = _pool
-    start = time.monotonic()
-    helper = pool.acquire(start + timeout_s)
+    helper = pool.acquire(time.monotonic() + STARTUP_TIMEOUT_S)  # waiting is not charged
     if helper is None:
         return None
-    was_ready = helper.ready
     if not helper.wait_ready():
         helper.kill()
         pool.discard()
         return None
-    deadline = start + timeout_s if was_ready else time.monotonic() + timeout_s
-    answer = helper.request(requests, deadline)
+    answer = helper.request(requests, timeout_s)
     if answer is None or len(answer) != len(requests):
         helper.kill()
         pool.discard()
@@ -183,9 +209,15 @@ def _prestart(pool: _Pool) -> None:
 
 
 def warm_up() -> None:
-    """Start one helper and wait until it is ready (pays the start-up cost up front)."""
-    helper = _pool.acquire(time.monotonic() + STARTUP_TIMEOUT_S)
-    if helper is not None:
+    """Start every helper of the pool and wait until they are ready (pays the start-up cost up
+    front; they start in parallel)."""
+    helpers = []
+    for _ in range(POOL_SIZE):
+        helper = _pool.acquire(time.monotonic() + STARTUP_TIMEOUT_S)
+        if helper is None:
+            break
+        helpers.append(helper)
+    for helper in helpers:
         if helper.wait_ready():
             _pool.release(helper)
         else:
