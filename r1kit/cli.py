@@ -101,6 +101,9 @@ def cmd_train(argv: list[str]) -> int:
     ap.add_argument("recipe", nargs="?", help="recipe YAML (defaults apply without one)")
     ap.add_argument("overrides", nargs="*", help="section.key=value")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="2 steps on CPU of the recipe's architecture at toy size, random init "
+                    "(grpo/dryrun.py)")
     if not argv:  # training is never started by accident
         ap.print_usage(sys.stderr)
         print("r1kit train: give a recipe and/or section.key=value settings", file=sys.stderr)
@@ -109,6 +112,10 @@ def cmd_train(argv: list[str]) -> int:
     recipe, overrides = args.recipe, args.overrides
     if recipe is not None and "=" in recipe:
         recipe, overrides = None, [recipe, *overrides]
+    if args.dry_run:
+        from grpo.dryrun import dry_run
+
+        return dry_run(recipe, overrides, show_progress=not args.no_progress)
     from r1kit.config import validate_training
 
     cfg = load_config(recipe, overrides)
@@ -306,6 +313,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (cmd_train, "GRPO training from a recipe (resumable)"),
     "demo": (cmd_demo, "R1-Zero that learns on a laptop: base, eval, GRPO, eval, report"),
     "eval": (cmd_eval, "score a model on math and code suites; compare two runs"),
+    "plan": (_delegate("r1kit.plan"), "per-GPU memory and step-time estimate of a recipe"),
     "grade": (_delegate("rewards.math"), "grade math answers from a JSONL file"),
     "sandbox": (_delegate("rewards.sandbox"), "run a Python file in the sandbox, print JSON"),
     "bench": (cmd_bench, "benchmarks: rollout, rewards, train, replay, eval"),

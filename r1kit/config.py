@@ -280,6 +280,27 @@ class EvalConfig:
 
 
 @dataclass
+class PlanConfig:
+    """``r1kit plan``: the hardware a recipe is meant for. ``r1kit train`` runs on one device
+    today (multi-GPU training is not built yet); ``plan`` estimates what the recipe would need per
+    GPU on this hardware under this sharding, and how long a step would take."""
+
+    gpu: Literal["h100", "h200", "a100_80g", "a100_40g"] = "h100"
+    """GPU kind; its memory, peak FLOP/s and bandwidths are the table in ``r1kit/plan.py``."""
+    gpus: int = 1
+    """GPUs the run is meant for. ``r1kit train`` runs on one device today; ``r1kit plan``
+    estimates what the recipe would need on this many, each GPU holding one rollout-engine
+    replica and training on its share of the sequences (data parallel)."""
+    sharding: Literal["none", "fsdp"] = "none"
+    """Planned sharding (the trainer does not shard yet): ``none``, every GPU holds full
+    weights, gradients and optimizer state (DDP); ``fsdp`` (FSDP / ZeRO-3), weights, gradients,
+    optimizer state and reference model are divided by ``plan.gpus``."""
+    mfu: float = 0.4
+    """Assumed model FLOP utilisation of compute-bound work (prefill, log-probs, update): the
+    fraction of the GPU's peak FLOP/s achieved. 0.4 is a typical well-tuned training figure."""
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -289,6 +310,7 @@ class Config:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     source: str = field(default="<defaults>", repr=False)
     """Where the config came from (recipe path); not a setting."""
 
@@ -391,8 +413,11 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults, then the recipe at ``path`` (if any), then ``section.key=value`` overrides."""
+def load_config(path: str | Path | None = None, overrides: list[str] = (), *,
+                check_data: bool = True) -> Config:
+    """Defaults, then the recipe at ``path`` (if any), then ``section.key=value`` overrides.
+    ``check_data=False`` leaves a missing ``data.source`` file to the run (a recipe written for
+    data that lives elsewhere can still be checked)."""
     cfg = Config()
     if path is not None:
         cfg.source = str(path)
@@ -415,7 +440,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     for text in overrides:
         section, key, value = parse_override(text)
         _set(cfg, section, key, value, "command line")
-    validate(cfg)
+    validate(cfg, check_data=check_data)
     return cfg
 
 
@@ -431,7 +456,7 @@ def is_hub_id(path: str) -> bool:
     return _HUB_ID.fullmatch(path) is not None
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config, *, check_data: bool = True) -> None:
     """Impossible values and combinations, found before any work starts."""
     src = cfg.source
 
@@ -457,7 +482,7 @@ def validate(cfg: Config) -> None:
             check_causal_lm(m.path)
         except CheckpointError as e:
             fail("model.path", str(e))
-    if d.source != "arithmetic":
+    if d.source != "arithmetic" and (check_data or Path(d.source).expanduser().exists()):
         if not Path(d.source).expanduser().is_file():
             fail("data.source", f"neither 'arithmetic' nor an existing JSONL file: {d.source!r}")
         _check_jsonl(d, fail)
@@ -535,8 +560,10 @@ def _check_out_dir(out_dir: str, fail) -> None:
         fail("log.out_dir", f"cannot create or write {out_dir!r}: {parent} is not writable")
 
 
-def validate_training(cfg: Config) -> None:
-    """What ``r1kit train`` needs on top of ``validate`` (other commands ignore algo/train)."""
+def validate_training(cfg: Config, *, this_machine: bool = True) -> None:
+    """What ``r1kit train`` needs on top of ``validate`` (other commands ignore algo/train).
+    ``this_machine=False`` skips what depends on the machine (CUDA, installed packages): for
+    checking a GPU recipe on a CPU machine."""
 
     def fail(key: str, why: str) -> None:
         raise ConfigError(f"{cfg.source}: {key}: {why}")
@@ -578,10 +605,10 @@ def validate_training(cfg: Config) -> None:
     if a.routing_replay and r.engine == "vllm_server":
         fail("algo.routing_replay", "the vllm_server engine does not report routed experts; use "
              "rollout.engine=hf, or vllm on a GPU")
-    if a.routing_replay and r.engine == "vllm" and not _cuda_available():
+    if a.routing_replay and r.engine == "vllm" and this_machine and not _cuda_available():
         fail("algo.routing_replay", "vLLM reports routed experts only on GPU (Model Runner V2 "
              "needs Triton); on CPU use rollout.engine=hf")
-    if t.wandb and importlib.util.find_spec("wandb") is None:
+    if t.wandb and this_machine and importlib.util.find_spec("wandb") is None:
         fail("train.wandb", "wandb is not installed (pip install wandb)")
 
 

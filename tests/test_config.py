@@ -21,10 +21,12 @@ def test_there_are_recipes():
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_every_recipe_loads_and_validates(recipe: Path, monkeypatch):
-    cfg = load_config(recipe)
+    # Real-model recipes name data files users bring and may need a GPU: everything else is
+    # checked here (tests/test_dry_run.py runs each of them for two steps on CPU).
+    cfg = load_config(recipe, check_data=False)
     assert cfg.source == str(recipe)
     if "train:" in recipe.read_text():
-        validate_training(cfg)
+        validate_training(cfg, this_machine=False)
     if "eval:" in recipe.read_text():  # its suites load and its sampling settings resolve
         from eval.plan import plan_suites
 

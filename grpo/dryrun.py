@@ -1,0 +1,226 @@
+"""``r1kit train RECIPE --dry-run``: a real-model recipe's GRPO, two steps on CPU at toy size.
+
+What runs is ``grpo.setup.run_train``, the code path of the real run, on a checkpoint of the
+recipe's architecture (``r1kit.archs.reduced_config``: same model type, attention, MoE layout and
+routing, toy widths) with random weights and the embedded tiny tokenizer (``r1kit.tiny``); nothing
+is downloaded. The checkpoint is built once and cached under ``$R1KIT_CACHE/dryrun``.
+
+Kept from the recipe: the whole ``algo`` section (advantage, scaling, loss, aggregation, clip, KL,
+mismatch correction, dynamic sampling, routing replay), LoRA settings, rewards, prompt style,
+learning-rate schedule, minibatch structure. Changed, each printed:
+
+- ``train.steps=2``, ``train.device=cpu``, ``model.dtype=float32``, ``train.wandb=false``;
+  ``log.out_dir`` a fresh temporary folder unless given as an override;
+- sizes that would take minutes on CPU, capped (``CAPS``); the soft overlong buffer scaled with
+  ``rollout.max_tokens`` so it stays inside it;
+- data: the synthetic arithmetic family when the recipe's data file is not there;
+- ``rollout.engine=hf`` where vLLM cannot serve the recipe on CPU: routing replay needs each
+  token's routed experts, which vLLM reports only on GPU (``rollouts/vllm_engine.py``);
+- the random LM head's EOS row scaled by ``EOS_SCALE``: a random policy would almost never end
+  within ``rollout.max_tokens``, and with overlong filtering (``algo.mask_truncated``) an update
+  of only truncated completions trains on no token at all;
+- one reward added, ``rewards.toy:digit_share``: a random-init policy scores 0 on math and code,
+  every group would have zero reward variance, and no step would reach the update. The recipe's
+  own rewards are still computed and logged.
+
+Checked before anything is built: every column each reward needs is one the trainer passes
+(``SCORED_COLUMNS``); a recipe whose reward needs another (the code reward's ``tests``) fails
+here with one line, as its real run would fail at its first step.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger("r1kit.dryrun")
+
+BUILD_VERSION = 2  # bump when the reduced checkpoints change, so old caches are not reused
+SCORED_COLUMNS = ("answer", "completion_lengths")  # what GRPOTrainer._score passes to rewards
+CAPS = {  # setting -> largest value a dry run keeps (CPU seconds, not correctness)
+    "data.num_prompts": 64, "train.prompts_per_step": 2, "rollout.n": 4,
+    "rollout.max_tokens": 24, "rollout.max_model_len": 256, "train.minibatches": 2,
+    "reward.workers": 1,
+}
+TOY_REWARD = "rewards.toy:digit_share"
+EOS_SCALE = 25.0  # the random LM head's EOS row is scaled by this: a share of completions end early
+
+
+class DryRunError(RuntimeError):
+    """The recipe cannot run here, or its dry run did not exercise the update; one line."""
+
+
+def dry_run(recipe: str | None, overrides: list[str], show_progress: bool = False) -> int:
+    """Run the dry run; print the plan and a summary; 0 on success, 1 with one line if not."""
+    from r1kit.config import ConfigError
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # a toy model needs little KV cache
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    logging.basicConfig(level="WARNING", stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    start = time.perf_counter()
+    try:
+        result = _run(recipe, list(overrides), show_progress)
+    except ConfigError:
+        raise  # the CLI prints it as a config error, exit 2
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"r1kit: dry run failed: {type(e).__name__}: {first}", file=sys.stderr)
+        log.debug("dry run failure", exc_info=True)
+        return 1
+    print(f"dry run: done in {time.perf_counter() - start:.1f} s; {result}")
+    return 0
+
+
+def _run(recipe: str | None, overrides: list[str], show_progress: bool) -> str:
+    from grpo.setup import run_train
+    from r1kit.config import load_config, reward_specs, validate_training
+
+    source, data_fix = _data_override(recipe, overrides)
+    first = load_config(recipe, overrides + data_fix)
+    check_reward_columns(reward_specs(first))
+    changes = _reductions(first, overrides)
+    model_dir, arch_line, routing_note = build_reduced(first.model.path, first.train.seed,
+                                                       first.algo.routing_replay)
+    forced = [f"model.path={model_dir}", *(f"{k}={v}" for k, (_, v) in changes.items())]
+    cfg = load_config(recipe, overrides + data_fix + forced)
+    validate_training(cfg)
+    print(f"dry run of {recipe or '<defaults>'}: {first.model.path} as {arch_line}")
+    print(f"  checkpoint (random init, tiny tokenizer): {model_dir}")
+    if routing_note:
+        print(f"  routing replay: {routing_note}")
+    if data_fix:
+        print(f"  data: {source!r} is not here; using the synthetic arithmetic family")
+    for key, (old, new) in changes.items():
+        print(f"  {key}: {old} -> {new}")
+    result = run_train(cfg, show_progress=show_progress)
+    rows = [json.loads(ln) for ln in (Path(cfg.log.out_dir) / "metrics.jsonl").read_text()
+            .splitlines() if ln.strip()]
+    updates = sum(r.get("grad_norm", 0.0) > 0 for r in rows)  # an update that moved something
+    if result["step"] != cfg.train.steps or not updates:
+        raise DryRunError(f"{result['step']} steps done, {updates} reached the update "
+                          f"(see {cfg.log.out_dir}/train.log)")
+    shown = {k: round(v, 4) for k, v in result.items() if isinstance(v, float) and k in (
+        "reward", "loss", "grad_norm", "entropy", "clip_frac", "kl", "mismatch/max_ratio",
+        "router/topk_changed", "router/load_entropy", "groups_kept")}
+    return (f"{result['step']} steps, {updates} updates; last step {json.dumps(shown)}; "
+            f"outputs in {cfg.log.out_dir}")
+
+
+def _data_override(recipe: str | None, overrides: list[str]) -> tuple[str, list[str]]:
+    """The recipe's (or override's) data source, and ``["data.source=arithmetic"]`` if it is a
+    file that is not there."""
+    from r1kit.config import parse_override
+
+    source = "arithmetic"
+    if recipe is not None and Path(recipe).is_file():
+        raw = yaml.safe_load(Path(recipe).read_text(encoding="utf-8")) or {}
+        data = raw.get("data") if isinstance(raw, dict) else None
+        if isinstance(data, dict) and isinstance(data.get("source"), str):
+            source = data["source"]
+    for text in overrides:
+        if text.startswith("data.source="):
+            source = str(parse_override(text)[2])
+    if source == "arithmetic" or Path(source).expanduser().is_file():
+        return source, []
+    return source, ["data.source=arithmetic"]
+
+
+def check_reward_columns(specs) -> None:
+    """Every column a reward needs is one the trainer passes (``SCORED_COLUMNS``)."""
+    from rewards.registry import resolve
+
+    for spec in specs:
+        params = inspect.signature(resolve(spec.name)).parameters
+        needed = [n for n, p in params.items() if n != "completions" and n not in spec.kwargs
+                  and p.default is p.empty
+                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        missing = [n for n in needed if n not in SCORED_COLUMNS]
+        if missing:
+            raise DryRunError(
+                f"reward {spec.name!r} needs the column(s) {', '.join(missing)}, which r1kit's "
+                f"data loading does not supply: problems carry only question and answer, and the "
+                f"trainer passes rewards {', '.join(SCORED_COLUMNS)}")
+
+
+def _reductions(cfg: Any, overrides: list[str]) -> dict[str, tuple[Any, Any]]:
+    """``section.key -> (recipe value, dry-run value)`` for every setting the dry run changes."""
+    changes: dict[str, tuple[Any, Any]] = {}
+
+    def put(key: str, new: Any) -> None:
+        section, name = key.split(".")
+        old = getattr(getattr(cfg, section), name)
+        if old != new:
+            changes[key] = (old, new)
+
+    put("train.steps", 2)
+    put("train.device", "cpu")
+    put("model.dtype", "float32")
+    put("train.wandb", False)
+    if not any(o.startswith("log.out_dir=") for o in overrides):
+        put("log.out_dir", tempfile.mkdtemp(prefix="r1kit-dryrun-"))
+    for key, cap in CAPS.items():
+        section, name = key.split(".")
+        put(key, min(getattr(getattr(cfg, section), name), cap))
+    new_max = min(cfg.rollout.max_tokens, CAPS["rollout.max_tokens"])
+    if "soft_overlong" in cfg.reward.funcs and cfg.reward.overlong_buffer >= new_max:
+        scaled = cfg.reward.overlong_buffer * new_max // cfg.rollout.max_tokens
+        put("reward.overlong_buffer", min(max(1, scaled), new_max - 1))
+    if cfg.rollout.engine != "hf" and cfg.algo.routing_replay:
+        put("rollout.engine", "hf")  # vLLM reports routed experts only on GPU
+    if TOY_REWARD not in cfg.reward.funcs:
+        put("reward.funcs", json.dumps([*cfg.reward.funcs, TOY_REWARD]))
+        put("reward.weights", json.dumps([*cfg.reward.weights, 1.0]))
+    return changes
+
+
+def build_reduced(model_path: str, seed: int, routing_replay: bool) -> tuple[Path, str, str]:
+    """The reduced random-init checkpoint of ``model_path`` (built once, cached), a one-line
+    description of its architecture, and what routing replay will do on it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from grpo import routing
+    from r1kit import archs
+    from r1kit.tiny import build_tokenizer, default_cache_dir, save_checkpoint
+
+    if model_path.startswith("tiny:"):
+        raise DryRunError(f"{model_path} is already tiny: run the recipe itself")
+    tokenizer = build_tokenizer(0)
+    config = archs.reduced_config(model_path, len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                                  pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    name = model_path.strip("/").replace("/", "--")
+    out = default_cache_dir() / "dryrun" / f"{name}-seed{seed}-v{BUILD_VERSION}"
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # some completions must end: overlong filtering masks truncated ones
+        model.get_output_embeddings().weight[tokenizer.eos_token_id] *= EOS_SCALE
+    full_moe = any(getattr(archs.full_config(model_path), k, None)
+                   for k in ("num_experts", "n_routed_experts"))
+    if full_moe and not any(".experts." in n for n, _ in model.named_parameters()):
+        raise DryRunError(f"the reduced {config.model_type} lost its MoE layers")
+    try:
+        routing.moe_routers(model)
+        note = "on" if routing_replay else "off in the recipe (supported for this router)"
+    except ValueError as e:
+        if routing_replay:
+            raise DryRunError(f"algo.routing_replay: {e}") from None
+        note = f"off; not available: {e}" if full_moe else ""
+    if not (out / "model.safetensors").is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        meta = {"dry_run_of": model_path, "seed": seed, "build_version": BUILD_VERSION,
+                "parameters": sum(p.numel() for p in model.parameters())}
+        save_checkpoint(model, tokenizer, meta, out)
+    params = sum(p.numel() for p in model.parameters())
+    return out, f"{archs.describe(config)} ({params / 1e6:.2f}M parameters)", note
