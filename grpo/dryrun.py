@@ -23,14 +23,12 @@ learning-rate schedule, minibatch structure. Changed, each printed:
   every group would have zero reward variance, and no step would reach the update. The recipe's
   own rewards are still computed and logged.
 
-Checked before anything is built: every column each reward needs is one the trainer passes
-(``SCORED_COLUMNS``); a recipe whose reward needs another (the code reward's ``tests``) fails
-here with one line, as its real run would fail at its first step.
+A recipe whose data file is not here trains on the synthetic arithmetic family, or, when it
+names ``data.columns: [tests]`` (the code reward), on synthetic stdin/stdout problems.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -45,7 +43,6 @@ import yaml
 log = logging.getLogger("r1kit.dryrun")
 
 BUILD_VERSION = 2  # bump when the reduced checkpoints change, so old caches are not reused
-SCORED_COLUMNS = ("answer", "completion_lengths")  # what GRPOTrainer._score passes to rewards
 CAPS = {  # setting -> largest value a dry run keeps (CPU seconds, not correctness)
     "data.num_prompts": 64, "train.prompts_per_step": 2, "rollout.n": 4,
     "rollout.max_tokens": 24, "rollout.max_model_len": 256, "train.minibatches": 2,
@@ -83,11 +80,10 @@ def dry_run(recipe: str | None, overrides: list[str], show_progress: bool = Fals
 
 def _run(recipe: str | None, overrides: list[str], show_progress: bool) -> str:
     from grpo.setup import run_train
-    from r1kit.config import load_config, reward_specs, validate_training
+    from r1kit.config import load_config, validate_training
 
     source, data_fix = _data_override(recipe, overrides)
-    first = load_config(recipe, overrides + data_fix)
-    check_reward_columns(reward_specs(first))
+    first = load_config(recipe, overrides + data_fix)  # also checks every reward's columns
     changes = _reductions(first, overrides)
     model_dir, arch_line, routing_note = build_reduced(first.model.path, first.train.seed,
                                                        first.algo.routing_replay)
@@ -99,7 +95,8 @@ def _run(recipe: str | None, overrides: list[str], show_progress: bool) -> str:
     if routing_note:
         print(f"  routing replay: {routing_note}")
     if data_fix:
-        print(f"  data: {source!r} is not here; using the synthetic arithmetic family")
+        print(f"  data: {source!r} is not here; using {data_fix[0].split('=', 1)[1]} "
+              "(synthetic problems)")
     for key, (old, new) in changes.items():
         print(f"  {key}: {old} -> {new}")
     result = run_train(cfg, show_progress=show_progress)
@@ -127,29 +124,34 @@ def _data_override(recipe: str | None, overrides: list[str]) -> tuple[str, list[
         data = raw.get("data") if isinstance(raw, dict) else None
         if isinstance(data, dict) and isinstance(data.get("source"), str):
             source = data["source"]
+    columns = data.get("columns", []) if isinstance(data, dict) else []
     for text in overrides:
         if text.startswith("data.source="):
             source = str(parse_override(text)[2])
+        if text.startswith("data.columns="):
+            columns = parse_override(text)[2]
     if source == "arithmetic" or Path(source).expanduser().is_file():
         return source, []
-    return source, ["data.source=arithmetic"]
+    if not columns:
+        return source, ["data.source=arithmetic"]
+    return source, [f"data.source={synthetic_code_problems(columns)}"]
 
 
-def check_reward_columns(specs) -> None:
-    """Every column a reward needs is one the trainer passes (``SCORED_COLUMNS``)."""
-    from rewards.registry import resolve
-
-    for spec in specs:
-        params = inspect.signature(resolve(spec.name)).parameters
-        needed = [n for n, p in params.items() if n != "completions" and n not in spec.kwargs
-                  and p.default is p.empty
-                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        missing = [n for n in needed if n not in SCORED_COLUMNS]
-        if missing:
-            raise DryRunError(
-                f"reward {spec.name!r} needs the column(s) {', '.join(missing)}, which r1kit's "
-                f"data loading does not supply: problems carry only question and answer, and the "
-                f"trainer passes rewards {', '.join(SCORED_COLUMNS)}")
+def synthetic_code_problems(columns: list[str], count: int = 64) -> Path:
+    """A JSONL of stdin/stdout problems (add two integers) with a ``tests`` column, standing in
+    for a code recipe's data file; other columns cannot be made up."""
+    if set(columns) != {"tests"}:
+        raise DryRunError(f"the recipe's data file is not here and the dry run can only stand in "
+                          f"for a 'tests' column, not {columns}")
+    path = Path(tempfile.mkdtemp(prefix="r1kit-dryrun-data-")) / "code.jsonl"
+    rows = []
+    for i in range(count):
+        a, b = i, 3 * i + 1
+        rows.append({"question": f"Read two integers from one line of stdin and print their "
+                     f"sum. Example: input `{a} {b}`, output `{a + b}`.",
+                     "tests": [[f"{a} {b}\n", f"{a + b}\n"], [f"{b} 7\n", f"{b + 7}\n"]]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
 def _reductions(cfg: Any, overrides: list[str]) -> dict[str, tuple[Any, Any]]:

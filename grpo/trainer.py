@@ -171,9 +171,12 @@ class GRPOTrainer:
         """Totals and per-reward scores per group; adds each reward's failures to ``failures``."""
         n = self.cfg.rollout.n
         texts = [c.text for g in groups for c in g.completions]
+        columns = {c: [p.columns[c] for p in problems for _ in range(n)]
+                   for c in self.cfg.data.columns}
         res = self.p.scorer.score(
             texts, answer=[p.answer for p in problems for _ in range(n)],
-            completion_lengths=[len(c.token_ids) for g in groups for c in g.completions])
+            completion_lengths=[len(c.token_ids) for g in groups for c in g.completions],
+            **columns)
         broken = res.failed_everywhere()
         if broken:
             raise RewardFailure(f"step {self.step}: reward {', '.join(broken)} failed on all "

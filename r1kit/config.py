@@ -64,7 +64,11 @@ class DataConfig:
     question_key: str = "question"
     """JSONL field holding the question."""
     answer_key: str = "answer"
-    """JSONL field holding the gold answer (passed to rewards as the ``answer`` column)."""
+    """JSONL field holding the gold answer (passed to rewards as the ``answer`` column); empty
+    for data without one (code problems: their ``tests`` column is the gold)."""
+    columns: list[str] = field(default_factory=list)
+    """Further JSONL fields passed to the rewards as columns of the same name, e.g. ``[tests]``
+    for the code reward. Every column a reward needs must be supplied (checked up front)."""
 
 
 @dataclass
@@ -515,16 +519,25 @@ def validate(cfg: Config, *, check_data: bool = True) -> None:
     if "soft_overlong" in w.funcs and not 0 < w.overlong_buffer < r.max_tokens:
         fail("reward.overlong_buffer", f"must be in (0, rollout.max_tokens={r.max_tokens}), "
              f"got {w.overlong_buffer}")
-    from rewards.registry import build
+    from rewards.registry import build, needed_columns
 
     try:
         build(reward_specs(cfg))
     except (ImportError, AttributeError, ValueError) as e:
         fail("reward.funcs", str(e).strip("'\""))
+    if d.source == "arithmetic" and d.columns:
+        fail("data.columns", f"the synthetic arithmetic family has no fields {d.columns}; give a "
+             "JSONL data.source")
+    supplied = {"answer", "completion_lengths", *d.columns}
+    for spec in reward_specs(cfg):
+        missing = [c for c in needed_columns(spec) if c not in supplied]
+        if missing:
+            fail("data.columns", f"reward {spec.name!r} needs the column(s) {', '.join(missing)}; "
+                 f"add them to data.columns (JSONL fields of the same name)")
 
 
 def _check_jsonl(d: DataConfig, fail) -> None:
-    """The problems a run will read: valid JSON lines holding both configured keys."""
+    """The problems a run will read: valid JSON lines holding every configured field."""
     rows = 0
     with open(Path(d.source).expanduser(), encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
@@ -536,11 +549,13 @@ def _check_jsonl(d: DataConfig, fail) -> None:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 fail("data.source", f"{d.source}:{lineno}: not a JSON line ({e.msg})")
-            for key in ("question_key", "answer_key"):
-                name = getattr(d, key)
+            wanted = [("data.question_key", d.question_key)]
+            wanted += [("data.answer_key", d.answer_key)] if d.answer_key else []
+            wanted += [("data.columns", c) for c in d.columns]
+            for key, name in wanted:
                 if not isinstance(row, dict) or name not in row:
                     have = ", ".join(row) if isinstance(row, dict) else type(row).__name__
-                    fail(f"data.{key}", f"{d.source}:{lineno} has no field {name!r} (has: {have})")
+                    fail(key, f"{d.source}:{lineno} has no field {name!r} (has: {have})")
             rows += 1
     if rows == 0:
         fail("data.source", f"{d.source} holds no problems")

@@ -23,6 +23,8 @@ log = logging.getLogger("r1kit.generate")
 class Problem:
     question: str
     answer: str
+    columns: dict = dataclasses.field(default_factory=dict)
+    """``data.columns`` fields of the row, passed to rewards as columns of the same name."""
 
 
 def resolve_model_path(m: ModelConfig) -> Path:
@@ -60,7 +62,9 @@ def load_problems(d: DataConfig) -> list[Problem]:
                 continue
             try:
                 row = json.loads(line)
-                problems.append(Problem(str(row[d.question_key]), str(row[d.answer_key])))
+                answer = str(row[d.answer_key]) if d.answer_key else ""
+                problems.append(Problem(str(row[d.question_key]), answer,
+                                        {c: row[c] for c in d.columns}))
             except (json.JSONDecodeError, KeyError) as e:
                 raise ValueError(f"{d.source}:{lineno}: bad problem line ({e!r})") from None
     return problems
@@ -93,17 +97,18 @@ def sample_with_progress(engine, prompts: list[str], n: int, sampling, chunk: in
 
 
 def score_with_progress(scorer, texts: list[str], answers: list[str], lengths: list[int],
-                        show: bool, chunk: int = 64):
+                        show: bool, columns: dict | None = None, chunk: int = 64):
     """``scorer.score`` over ``chunk`` completions at a time under a progress bar; the results
-    are merged into one ``ScoreResult``."""
+    are merged into one ``ScoreResult``. ``columns``: further columns, aligned with ``texts``."""
     from tqdm import tqdm
 
+    columns = {"answer": answers, "completion_lengths": lengths, **(columns or {})}
     parts = []
     with tqdm(total=len(texts), desc="scoring", unit="completion", disable=not show,
               dynamic_ncols=True) as bar:
         for s in range(0, len(texts), chunk):
-            parts.append(scorer.score(texts[s:s + chunk], answer=answers[s:s + chunk],
-                                      completion_lengths=lengths[s:s + chunk]))
+            parts.append(scorer.score(texts[s:s + chunk],
+                                      **{k: v[s:s + chunk] for k, v in columns.items()}))
             bar.update(len(parts[-1].total))
     return merge_scores(parts)
 
@@ -165,7 +170,9 @@ def run_generate(cfg: Config, show_progress: bool = True) -> dict:
     lengths = [len(c.token_ids) for g in groups for c in g.completions]
     with Scorer(reward_specs(cfg), workers=cfg.reward.workers,
                 timeout_s=cfg.reward.timeout_s) as scorer:
-        scores = score_with_progress(scorer, texts, answers, lengths, show_progress)
+        columns = {c: [p.columns[c] for p in problems for _ in range(r.n)]
+                   for c in cfg.data.columns}
+        scores = score_with_progress(scorer, texts, answers, lengths, show_progress, columns)
     _write_groups(out / "completions.jsonl", problems, groups, scores.total, r.n)
     metrics = {
         "engine": r.engine,

@@ -135,6 +135,20 @@ class RewardSpec:
     """Name its scores are reported under; defaults to ``name``. Must be unique."""
 
 
+def needed_columns(spec: RewardSpec) -> list[str]:
+    """The dataset columns ``spec``'s function needs: its parameters after ``completions`` that
+    have no default and are not set by the spec.
+
+    >>> needed_columns(RewardSpec("code"))
+    ['tests']
+    >>> needed_columns(RewardSpec("format"))
+    []
+    """
+    params = inspect.signature(resolve(spec.name)).parameters
+    return [n for n, p in params.items() if n != "completions" and n not in spec.kwargs
+            and p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
 @dataclass(frozen=True)
 class WeightedReward:
     """A resolved reward: the function with its settings bound, and its weight."""
