@@ -56,11 +56,23 @@ def device_of(cfg: Any) -> torch.device:
     return torch.device(d)
 
 
+def master_dtype(cfg: Any) -> str:
+    """The dtype the policy's weights are held in: float32 under mixed precision for full
+    fine-tuning; with LoRA the frozen base stays in model.dtype (peft keeps adapters float32)."""
+    t = cfg.train
+    return "float32" if t.mixed_precision and not t.lora_rank else cfg.model.dtype
+
+
+def compute_dtype(cfg: Any) -> str | None:
+    """The autocast dtype of forward passes, None when weights are used in their own dtype."""
+    return cfg.model.dtype if master_dtype(cfg) != cfg.model.dtype else None
+
+
 def load_policy(cfg: Any, base: Path, ckpt: Path | None, device: torch.device) -> torch.nn.Module:
     """The trainable policy: full weights, or a LoRA adapter over frozen base weights."""
     from transformers import AutoModelForCausalLM
 
-    t, dtype = cfg.train, getattr(torch, cfg.model.dtype)
+    t, dtype = cfg.train, getattr(torch, master_dtype(cfg))
     if not t.lora_rank:
         return AutoModelForCausalLM.from_pretrained(ckpt / "model" if ckpt else base,
                                                     dtype=dtype).to(device)
@@ -134,7 +146,8 @@ def build_trainer(cfg: Any, show_progress: bool = True) -> GRPOTrainer:
         cfg=cfg, policy=policy, tokenizer=tokenizer, engine=None, scorer=None,
         optimizer=optimizer, scheduler=scheduler, data=ProblemStream(problems, t.seed),
         prompt_fn=lambda q: build_prompt(q, r.prompt_style, tokenizer),
-        objective=Objective.from_config(cfg.algo, t, r.max_tokens, resolve_mismatch(cfg)),
+        objective=Objective.from_config(cfg.algo, t, r.max_tokens, resolve_mismatch(cfg),
+                                        compute_dtype(cfg)),
         reference=make_reference(cfg, base, device),
         recorder_fn=recorder_factory(policy, cfg.algo.aux_loss_coef > 0))
     try:

@@ -240,7 +240,8 @@ class GRPOTrainer:
     def _logprobs(self, model: nn.Module, batch: TrainBatch) -> torch.Tensor:
         t = self.cfg.train
         return batch_logprobs(model, batch, t.token_budget, self._pad_id(), t.logprob_chunk,
-                              self.device, replay=self.p.objective.routing_replay)
+                              self.device, replay=self.p.objective.routing_replay,
+                              compute_dtype=self.p.objective.compute_dtype)
 
     def _reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
         if self.p.reference is not None:

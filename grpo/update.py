@@ -56,9 +56,12 @@ class Objective:
     logprob_chunk: int = 256
     aux_loss_coef: float = 0.0
     routing_replay: bool = False
+    compute_dtype: str | None = None
+    """Autocast dtype of the forward passes (mixed precision), None for the weights' own."""
 
     @staticmethod
-    def from_config(algo: Any, train: Any, max_tokens: int, mismatch: str) -> Objective:
+    def from_config(algo: Any, train: Any, max_tokens: int, mismatch: str,
+                    compute_dtype: str | None = None) -> Objective:
         return Objective(
             policy_loss=algo.policy_loss, aggregation=algo.aggregation,
             clip=ClipParams(algo.clip_low, algo.clip_high, algo.dual_clip), beta=algo.beta,
@@ -66,7 +69,8 @@ class Objective:
             entropy_coef=algo.entropy_coef, mismatch=mismatch,
             mismatch_params=MismatchParams(algo.mismatch_cap, algo.mismatch_low),
             max_tokens=max_tokens, logprob_chunk=train.logprob_chunk,
-            aux_loss_coef=algo.aux_loss_coef, routing_replay=algo.routing_replay)
+            aux_loss_coef=algo.aux_loss_coef, routing_replay=algo.routing_replay,
+            compute_dtype=compute_dtype)
 
 
 @dataclass
@@ -95,10 +99,14 @@ class MicroLoss:
 
 
 def forward_logprobs(model: nn.Module, mb: MicroBatch, chunk: int, replay: bool,
-                     recorder: Any = None) -> TokenLogprobs:
+                     recorder: Any = None, compute_dtype: str | None = None) -> TokenLogprobs:
     """``completion_logprobs`` of a micro-batch, routed as the sampler routed it when ``replay``
-    is on and routing was recorded, and seen by ``recorder`` if one is given."""
+    is on and routing was recorded, seen by ``recorder`` if one is given, and run under autocast
+    in ``compute_dtype`` when given (mixed precision; the LM head's log-softmax stays float32)."""
     with contextlib.ExitStack() as stack:
+        if compute_dtype is not None:
+            stack.enter_context(torch.autocast(mb.input_ids.device.type,
+                                               dtype=getattr(torch, compute_dtype)))
         if replay and mb.routed is not None:
             from grpo.routing import replay_routing
 
@@ -112,7 +120,8 @@ def forward_logprobs(model: nn.Module, mb: MicroBatch, chunk: int, replay: bool,
 def microbatch_loss(model: nn.Module, batch: TrainBatch, mb: MicroBatch, obj: Objective,
                     norm: Norm, sums: Sums, recorder: Any = None) -> MicroLoss:
     """The objective on one micro-batch; adds its statistics to ``sums``."""
-    tl = forward_logprobs(model, mb, obj.logprob_chunk, obj.routing_replay, recorder)
+    tl = forward_logprobs(model, mb, obj.logprob_chunk, obj.routing_replay, recorder,
+                          obj.compute_dtype)
     dev = tl.logp.device
     c = tl.logp.shape[1]
 
@@ -192,11 +201,11 @@ def micro_batches(batch: TrainBatch, rows: list[int], budget: int, pad_id: int, 
 
 @torch.no_grad()
 def batch_logprobs(model: nn.Module, batch: TrainBatch, budget: int, pad_id: int, chunk: int,
-                   device: Any, replay: bool = False) -> Tensor:
+                   device: Any, replay: bool = False, compute_dtype: str | None = None) -> Tensor:
     """(N, C) log-probs of every completion token under ``model``, no gradients."""
     out = torch.zeros_like(batch.sampler_logp)
     for mb in micro_batches(batch, list(range(batch.rows)), budget, pad_id, device):
-        tl = forward_logprobs(model, mb, chunk, replay)
+        tl = forward_logprobs(model, mb, chunk, replay, compute_dtype=compute_dtype)
         out[mb.rows, : tl.logp.shape[1]] = tl.logp.cpu()
     return out
 

@@ -202,6 +202,12 @@ class TrainConfig:
     """Linear learning-rate warm-up, in optimiser steps."""
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm; 0 disables."""
+    mixed_precision: bool = True
+    """With model.dtype bfloat16/float16: keep float32 master weights and AdamW state and run
+    forward/backward under autocast in model.dtype (standard mixed precision; engines still
+    get model.dtype weights). Off: train the model.dtype weights directly, half the weight
+    memory, but updates below the dtype's resolution (bf16: ~3 significant digits, so most
+    lr 1e-6 steps) are lost. No effect with float32."""
     lora_rank: int = 0
     """LoRA rank; 0 trains all weights. With LoRA the reference model is the adapter off."""
     lora_alpha: int = 32

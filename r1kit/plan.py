@@ -7,12 +7,14 @@ constants below and the model's config; nothing is measured.
 
 What the memory model counts, per GPU, from what the trainer does (``grpo/setup.py``):
 
-- weights: all parameters in ``model.dtype``; with LoRA, plus the adapter in float32 (peft casts
+- weights: full fine-tuning under ``train.mixed_precision`` (the default) holds float32 master
+  weights whatever ``model.dtype`` is (forward passes autocast to it); without it, or with LoRA
+  (frozen base), the parameters are in ``model.dtype``, plus a LoRA adapter in float32 (peft casts
   adapters of bf16/fp16 models to float32: ``get_peft_model(autocast_adapter_dtype=True)``).
 - gradients and optimizer: ``torch.optim.AdamW`` over the trainable parameters. Its two moments
-  are ``zeros_like(param)``: in the parameter's dtype. With bf16 weights there is no fp32 master
-  copy and the moments are bf16 too (pure-bf16 training; an update far below a weight's bf16
-  resolution is lost). LoRA: only the adapter has gradients and moments.
+  are ``zeros_like(param)``: in the parameter's dtype (float32 masters under mixed precision;
+  bf16 moments in pure-bf16 training, where an update far below a weight's bf16 resolution is
+  lost). LoRA: only the adapter has gradients and moments.
 - reference: a second copy of the weights only for ``algo.beta > 0`` with full fine-tuning (LoRA's
   reference is the adapter switched off).
 - KV cache: the vLLM engines (colocated or server, no sleep mode during training) hold
@@ -247,9 +249,11 @@ def plan(cfg: Config, arch_config) -> dict[str, Any]:
 def _memory(cfg: Config, arch, c: Counts) -> tuple[dict[str, float], dict[str, Any]]:
     p, t, r = cfg.plan, cfg.train, cfg.rollout
     wb = DTYPE_BYTES[cfg.model.dtype]
+    # Full fine-tuning under train.mixed_precision keeps float32 master weights (grpo/setup.py).
+    mb = 4 if t.mixed_precision and not t.lora_rank else wb
     shard = p.gpus if p.sharding == "fsdp" else 1
-    trainable, tb = (c.lora, LORA_BYTES) if t.lora_rank else (c.total, wb)
-    weights = c.total * wb + c.lora * LORA_BYTES
+    trainable, tb = (c.lora, LORA_BYTES) if t.lora_rank else (c.total, mb)
+    weights = c.total * mb + c.lora * LORA_BYTES
     seqs = math.ceil(t.prompts_per_step * r.n / p.gpus)  # sequences per GPU
     kv_token = kv_elements_per_token(arch) * wb
     if r.engine == "hf":  # a dynamic cache for one generate batch, only while sampling

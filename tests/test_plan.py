@@ -155,10 +155,14 @@ def test_a_32b_full_fine_tune_does_not_fit_one_h100_and_fits_sharded_over_eight_
     cfg.model.dtype = "bfloat16"
     cfg.rollout.engine = "hf"
     cfg.train.token_budget = 4096
-    res = plan(cfg, qwen_32b())
-    assert res["memory"]["optimizer"] == params * 2 * 2  # two bf16 moments, no fp32 master copy
+    res = plan(cfg, qwen_32b())  # mixed precision: float32 master weights, grads, moments
+    assert res["memory"]["weights"] == params * 4 and res["memory"]["gradients"] == params * 4
+    assert res["memory"]["optimizer"] == params * 4 * 2  # two float32 moments
     assert not res["fits"] and res["largest"] == "optimizer"
-    assert res["total"] > 4 * params * 2  # weights, gradients and two moments, all bf16
+    assert res["total"] > 4 * params * 4
+    cfg.train.mixed_precision = False  # pure bf16: everything at 2 bytes
+    assert plan(cfg, qwen_32b())["memory"]["optimizer"] == params * 2 * 2
+    cfg.train.mixed_precision = True
     text = render(res)
     assert "WARNING: does not fit" in text and "largest: optimizer" in text
     cfg.plan.gpu, cfg.plan.gpus, cfg.plan.sharding = "h200", 8, "fsdp"

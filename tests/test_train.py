@@ -175,3 +175,39 @@ def test_prompt_longer_than_the_context_fails_before_any_engine(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "exceeds rollout.max_model_len=100" in proc.stderr
     assert not (tmp_path / "engine.log").exists() or not (tmp_path / "engine.log").read_text()
+
+
+def _one_bf16_step(out: Path, mixed: bool):
+    from grpo.setup import build_trainer
+    from r1kit.config import load_config
+
+    cfg = load_config(REPO / "recipes/tiny_grpo_hf.yaml", [
+        f"log.out_dir={out}", "model.dtype=bfloat16", f"train.mixed_precision={str(mixed).lower()}",
+        *LEARN, "train.lr=1e-5", "train.steps=1", "train.sample_every=0", "algo.beta=0.01",
+        "train.tensorboard=false"])
+    trainer = build_trainer(cfg, show_progress=False)
+    try:
+        before = {n: p.detach().clone() for n, p in trainer.p.policy.named_parameters()}
+        m = trainer.run_step()
+        after = dict(trainer.p.policy.named_parameters())
+        state = next(iter(trainer.p.optimizer.state.values()))
+        return m, before, after, state
+    finally:
+        trainer.p.close()
+
+
+def test_bf16_policy_trains_with_float32_master_weights(tmp_path):
+    """model.dtype bfloat16 (a GPU recipe's setting), here on CPU: under mixed precision the
+    trainer's weights and AdamW moments are float32 and a 1e-5 update changes almost every
+    weight; trained in bfloat16 directly, most of that update rounds away."""
+    m, before, after, state = _one_bf16_step(tmp_path / "mixed", mixed=True)
+    assert all(p.dtype == torch.float32 for p in after.values())
+    assert state["exp_avg"].dtype == torch.float32
+    assert torch.isfinite(torch.tensor(m["loss"])) and m["kl"] >= 0
+    changed = [(after[n] != before[n]).float().mean().item() for n in before]
+    assert sum(changed) / len(changed) > 0.9
+    m, before, after, state = _one_bf16_step(tmp_path / "bf16", mixed=False)
+    assert all(p.dtype == torch.bfloat16 for p in after.values())
+    assert state["exp_avg"].dtype == torch.bfloat16
+    lost = [(after[n] == before[n]).float().mean().item() for n in before]
+    assert sum(lost) / len(lost) > 0.5  # most bf16 weights did not move at all
