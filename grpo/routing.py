@@ -21,6 +21,9 @@ Supported routers (transformers >= 5, one entry each in ``_GATE_WEIGHTS``):
   ``n_group``/``topk_group`` restriction act on the *selection* only, so under replay they are not
   used (the rollout already applied them); weights are the sigmoid scores gathered, renormalised if
   ``norm_topk_prob`` (+1e-20), times ``routed_scaling_factor``.
+- ``DeepseekV2TopkRouter`` (DeepSeek-V2, V2-Lite): softmax over all experts in float32, gathered,
+  times ``routed_scaling_factor`` (no renormalisation); ``group_limited_greedy``'s group mask acts
+  on the selection only, so under replay it is not applied.
 
 Layer index ``L`` everywhere here means "the L-th MoE layer" (routers in module order): dense
 layers, such as DeepSeek-V3's first ``first_k_dense_replace`` layers or Qwen3-MoE's
@@ -58,10 +61,16 @@ def _deepseek_v3_weights(router: nn.Module, logits: Tensor, idx: Tensor) -> Tens
     return w * router.routed_scaling_factor
 
 
+def _deepseek_v2_weights(router: nn.Module, logits: Tensor, idx: Tensor) -> Tensor:
+    w = logits.softmax(dim=-1, dtype=torch.float32).gather(1, idx)  # group limit: selection only
+    return w * router.routed_scaling_factor
+
+
 # Router class name -> its gate weights at given expert ids, computed exactly as its forward does.
 _GATE_WEIGHTS: dict[str, Callable[[nn.Module, Tensor, Tensor], Tensor]] = {
     "Qwen3MoeTopKRouter": _qwen3_moe_weights,
     "DeepseekV3TopkRouter": _deepseek_v3_weights,
+    "DeepseekV2TopkRouter": _deepseek_v2_weights,
 }
 
 

@@ -13,13 +13,13 @@ from tests.test_cli import r1kit
 REAL_RECIPES = {
     "r1_zero_qwen3_30b_a3b.yaml": 11,         # routing replay: forced to the HF engine
     "r1_zero_qwen3_30b_a3b_lora.yaml": 7,
-    "r1_zero_deepseek_v2_lite.yaml": 25,      # colocated vLLM, MLA on CPU
+    "r1_zero_deepseek_v2_lite.yaml": 12,      # routing replay: forced to the HF engine
     "simplerl_qwen2.5_math_7b.yaml": 38,      # colocated vLLM
     "dapo_qwen2.5_32b.yaml": 45,              # vLLM server child
 }
 
 
-VLLM = {"r1_zero_deepseek_v2_lite.yaml", "simplerl_qwen2.5_math_7b.yaml", "dapo_qwen2.5_32b.yaml"}
+VLLM = {"simplerl_qwen2.5_math_7b.yaml", "dapo_qwen2.5_32b.yaml"}
 
 
 def _param(name: str, seconds: int):

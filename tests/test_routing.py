@@ -20,12 +20,30 @@ from rollouts.hf import HFEngine
 from rollouts.prompts import r1_zero_prompt
 from rollouts.types import Sampling
 
-FAMILIES = ["qwen3_moe", "deepseek_v3"]
+FAMILIES = ["qwen3_moe", "deepseek_v3", "deepseek_v2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_deepseek_v2(tmp_path_factory):
+    """DeepSeek-V2-Lite's architecture at dry-run size (MLA, shared experts, a dense first
+    layer, group-limited routing off as in V2-Lite), random init, with the tiny tokenizer."""
+    from r1kit import archs
+    from r1kit.tiny import build_tokenizer, save_checkpoint
+
+    tok = build_tokenizer(0)
+    cfg = archs.reduced_config("deepseek-ai/DeepSeek-V2-Lite", len(tok),
+                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                               bos_token_id=None)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    out = tmp_path_factory.mktemp("v2") / "model"
+    return save_checkpoint(model, tok, {"family": "deepseek_v2"}, out)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
-def family(request, tiny_qwen, tiny_deepseek):
-    path = {"qwen3_moe": tiny_qwen, "deepseek_v3": tiny_deepseek}[request.param]
+def family(request, tiny_qwen, tiny_deepseek, tiny_deepseek_v2):
+    path = {"qwen3_moe": tiny_qwen, "deepseek_v3": tiny_deepseek,
+            "deepseek_v2": tiny_deepseek_v2}[request.param]
     torch.manual_seed(0)
     return path, AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
