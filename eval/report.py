@@ -7,11 +7,13 @@ so both problem and sample variance are in it (slightly conservative: the spread
 already carries some sample noise). pass@k for k > 1 and maj@n resample problems only: resampling
 samples with replacement duplicates them, which biases both downwards (an interval could miss its
 own estimate), while each problem's unbiased per-problem estimate already carries its sample
-variance into the spread across problems (law of total variance). Metric names: ``avg@n`` is pass@1 averaged over the n
-samples (what papers call pass@1), ``pass@k`` the unbiased Codex estimator, ``maj@n`` the majority
-vote over all n extracted answers (math only). ``format`` is format compliance
-(``eval.run.format_ok``), ``length`` the mean completion length (tokens, or characters for a replay without a tokenizer), ``truncated`` the fraction that
-hit the token budget.
+variance into the spread across problems (law of total variance).
+
+Metric names: ``avg@n`` is pass@1 averaged over the n samples (what papers call pass@1),
+``pass@k`` the unbiased Codex estimator, ``maj@n`` the majority vote over all n extracted answers
+(math only). ``format`` is format compliance (``eval.run.format_ok``), ``length`` the mean
+completion length (tokens, or characters for a replay without a tokenizer), ``truncated`` the
+fraction that hit the token budget.
 
 maj@n clusters answers this way: every correct answer is one cluster (all equal the gold); wrong
 answers cluster by normalised text, numbers by value. Two wrong answers that are equal only

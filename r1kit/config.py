@@ -1,7 +1,8 @@
 """Recipes: one flat YAML file mapped onto typed config dataclasses.
 
-A recipe has sections (``model``, ``data``, ``rollout``, ``reward``, ``log``, ``algo``, ``train``), each a mapping of
-``key: value``; nothing is nested deeper than ``section.key``. Command-line overrides use the same
+A recipe has sections (``model``, ``data``, ``rollout``, ``reward``, ``log``, ``algo``, ``train``,
+``eval``, ``plan``), each a mapping of ``key: value``; nothing is nested deeper than
+``section.key``. Command-line overrides use the same
 address: ``rollout.n=8``. The dataclasses below are the one place a setting is documented: the
 docstring under each field is what ``r1kit <command> --help`` prints.
 
