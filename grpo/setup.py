@@ -179,10 +179,28 @@ def _start(parts: Parts, base: Path, ckpt: Path | None, out: Path, show_progress
         log.info("resumed from %s at step %d", ckpt, trainer.step)
     # Also with no checkpoint: a run killed before its first save left lines for steps it redoes.
     _truncate_metrics(out / "metrics.jsonl", trainer.step)
+    truncate_samples(out / "samples.md", trainer.step)
     parts.engine.update_weights(parts.policy)
     parts.runlog = RunLog(out, t.steps, trainer.step, tensorboard=t.tensorboard, wandb=t.wandb,
                           config=asdict(cfg), show_progress=show_progress)
     return trainer
+
+
+def truncate_samples(path: Path, step: int) -> None:
+    r"""Drop the sample tables of steps after ``step`` from ``samples.md`` (a killed run wrote
+    them; the resumed run writes them again).
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "samples.md"
+    >>> _ = p.write_text("```\nstep 5: a\n```\n\n```\nstep 10: b\n```\n\n")
+    >>> truncate_samples(p, 7); p.read_text()
+    '```\nstep 5: a\n```\n\n'
+    """
+    if not path.is_file():
+        return
+    blocks = [b for b in path.read_text().split("```\n\n") if b.strip()]
+    keep = [b for b in blocks if int(b.split("step ", 1)[1].split(":", 1)[0]) <= step]
+    path.write_text("".join(b + "```\n\n" for b in keep))
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -42,6 +42,7 @@ ARGS = [
     f"train.steps={STEPS}", "train.save_every=2", "train.keep_last=2", "train.lr=1e-2",
     "algo.mask_truncated=false", "reward.funcs=[rewards.toy:digit_share]", "reward.weights=[1.0]",
     "reward.workers=1", "train.deterministic=true", "train.tensorboard=false",
+    "train.sample_every=1",  # a sample table every step: a resume must not repeat any
 ]
 TIMEOUT = 240  # seconds for one CLI run; a run takes ~10 s alone on 2 cores
 
@@ -177,6 +178,7 @@ def assert_same_as_reference(out: Path, ref: Path) -> None:
     assert [m["step"] for m in lines] == list(range(1, STEPS + 1))
     for m, m_ref in zip(lines, ref_lines):
         assert comparable(m) == comparable(m_ref), f"metrics of step {m['step']} differ"
+    assert (out / "samples.md").read_text() == (ref / "samples.md").read_text()
 
 
 def resume(out: Path, cache: Path, ref: Path) -> None:
