@@ -159,3 +159,25 @@ def test_pairs_do_not_time_out_under_load():
     assert len(results) == 18 * POOL_SIZE
     failed = [r for r in results if r != [(True, "symbolic")]]
     assert failed == [], f"{len(failed)} of {len(results)} pairs failed under load"
+
+
+def test_symbolic_decisions_are_remembered_and_timeouts_are_not(monkeypatch):
+    """A repeated pair (RL grades a group's agreeing answers, and golds every epoch) never goes
+    back to the helper; a timed-out pair does, since a timeout is no decision."""
+    from rewards.math import equiv
+
+    calls = []
+
+    def counting(requests, timeout_s):  # the real helper, counted
+        calls.append(len(requests))
+        return run_bounded(requests, timeout_s)
+
+    monkeypatch.setattr(equiv, "run_bounded", counting)
+    pred, gold = "\\boxed{(y+7)(y-7)}", "y^2-49"
+    assert grade_one(pred, gold).reason == "symbolic"
+    assert grade_one(pred, gold).correct and grade_one(f"so {pred}", gold).correct
+    assert calls == [1]
+    slow = "\\sin^2(32x)+\\cos^2(32x)"  # true, but sympy needs seconds for it
+    assert equiv.answers_equal(slow, "1", timeout_s=0.3) == (False, "timeout")
+    assert equiv.answers_equal(slow, "1", timeout_s=0.3) == (False, "timeout")
+    assert calls == [1, 1, 1]

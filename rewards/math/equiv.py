@@ -43,8 +43,10 @@ an irrational as equal to it (the numeric tolerance is 1e-10 relative).
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import threading
 from fractions import Fraction
 
 from rewards.math.bounded import run_bounded
@@ -256,8 +258,28 @@ def answers_equal(pred: str, gold: str, *, timeout_s: float = 5.0) -> Verdict:
         else:
             table[pair] = verdict
     if pending:
-        results = run_bounded(list(pending.values()), timeout_s)
-        if results is None:
-            return False, "timeout"
-        table.update(zip(pending, results))
+        keys = {pair: json.dumps(req) for pair, req in pending.items()}
+        misses = {pair: req for pair, req in pending.items() if keys[pair] not in _DECIDED}
+        if misses:
+            results = run_bounded(list(misses.values()), timeout_s)
+            if results is None:
+                return False, "timeout"  # not remembered: a timeout is not a decision
+            _remember({keys[pair]: res for pair, res in zip(misses, results)})
+        table.update({pair: _DECIDED[keys[pair]] for pair in pending})
     return _decide(sp, sg, table)
+
+
+# Symbolic decisions already made in this process (request JSON -> verdict), least recently
+# added dropped first. RL grades the same answers over and over (a group's samples often agree,
+# and every epoch revisits the golds), and the symbolic stage is the only slow one; its
+# decisions are deterministic, so repeating a request is never needed. Timeouts are not kept.
+_DECIDED: dict[str, tuple[bool, str]] = {}
+_DECIDED_MAX = 100_000
+_DECIDED_LOCK = threading.Lock()
+
+
+def _remember(results: dict[str, tuple[bool, str]]) -> None:
+    with _DECIDED_LOCK:
+        _DECIDED.update(results)
+        while len(_DECIDED) > _DECIDED_MAX:
+            del _DECIDED[next(iter(_DECIDED))]
