@@ -51,6 +51,15 @@ def cmd_tiny(argv: list[str]) -> int:
     return 0
 
 
+def _recipe_and_overrides(args: argparse.Namespace, default: str | None = None):
+    """(recipe, overrides) from ``RECIPE [section.key=value ...]``; a first argument holding
+    ``=`` is an override, and the recipe is then ``default``."""
+    recipe, overrides = args.recipe, list(args.overrides)
+    if recipe is not None and "=" in recipe:
+        recipe, overrides = default, [recipe, *overrides]
+    return recipe, overrides
+
+
 def _recipe_parser(prog: str, description: str, sections: list[str]) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -67,9 +76,7 @@ def cmd_generate(argv: list[str]) -> int:
     ap.add_argument("overrides", nargs="*", help="section.key=value")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
-    recipe, overrides = args.recipe, args.overrides
-    if recipe is not None and "=" in recipe:  # no recipe, only overrides
-        recipe, overrides = None, [recipe, *overrides]
+    recipe, overrides = _recipe_and_overrides(args)
     cfg = load_config(recipe, overrides)
     _setup_logging(cfg.log.level)
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")  # vLLM's records go to engine.log
@@ -109,9 +116,7 @@ def cmd_train(argv: list[str]) -> int:
         print("r1kit train: give a recipe and/or section.key=value settings", file=sys.stderr)
         return 2
     args = ap.parse_args(argv)
-    recipe, overrides = args.recipe, args.overrides
-    if recipe is not None and "=" in recipe:
-        recipe, overrides = None, [recipe, *overrides]
+    recipe, overrides = _recipe_and_overrides(args)
     if args.dry_run:
         from grpo.dryrun import dry_run
 
@@ -172,9 +177,7 @@ def cmd_eval(argv: list[str]) -> int:
     ap.add_argument("--max-problems", type=int, help="first N problems per suite")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
-    recipe, overrides = args.recipe, list(args.overrides)
-    if recipe is not None and "=" in recipe:
-        recipe, overrides = None, [recipe, *overrides]
+    recipe, overrides = _recipe_and_overrides(args)
     flags = []
     if args.replay and not args.engine:
         flags.append("eval.engine=replay")
@@ -251,9 +254,7 @@ def cmd_demo(argv: list[str]) -> int:
                     help="supervised steps of the base (default: the cached base's)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
-    recipe, overrides = args.recipe, args.overrides
-    if recipe is not None and "=" in recipe:
-        recipe, overrides = "recipes/tiny_r1_zero.yaml", [recipe, *overrides]
+    recipe, overrides = _recipe_and_overrides(args, default="recipes/tiny_r1_zero.yaml")
     from r1kit.config import validate_training
 
     cfg = load_config(recipe, overrides)
