@@ -3,9 +3,25 @@
 It samples from a live transformers (or peft) model, so ``update_weights(model)`` only swaps the
 reference: the engine then samples from exactly the weights the trainer holds, at no copy cost.
 
-Logprobs are those of the raw model distribution (temperature 1, before top-p/top-k), taken from
-``generate``'s unprocessed logits: the quantity GRPO's importance ratio needs, and what the vLLM
-engines report. ``sleep``/``wake`` do nothing here: the weights are the trainer's own.
+Decoding is r1kit's own loop over the model's forward with its KV cache (``_decode``), not
+``generate``: per token it runs one forward, takes the raw log-softmax of the last position, and
+samples, with nothing else in between. Three reasons:
+
+- Speed. On small models ``generate``'s per-token machinery (logits processors, stopping
+  criteria, input preparation, output bookkeeping) costs as much as the forward itself;
+  ``r1kit bench train`` measures the step.
+- Memory. Only the chosen tokens' log-probs are kept, never ``(B, S, V)`` logits
+  (``output_logits=True`` stored them all).
+- Exactness. Sampling follows ``Sampling`` and nothing else: a checkpoint's
+  ``generation_config`` (Qwen3 ships ``top_k=20, top_p=0.95, temperature=0.6``) cannot change the
+  distribution behind the caller's back, as it did through ``generate``'s merge. The vLLM engines
+  also sample from the request's parameters alone.
+
+Logprobs are those of the raw model distribution (temperature 1, before top-p/top-k): the
+quantity GRPO's importance ratio needs, and what the vLLM engines report. Top-k and top-p filter
+as transformers' ``TopKLogitsWarper`` and ``TopPLogitsWarper`` do (ties at the k-th logit kept;
+the top-p set is the smallest whose mass reaches ``top_p``). ``sleep``/``wake`` do nothing here:
+the weights are the trainer's own.
 
 Seeded sampling (``Sampling.seed``) reproduces exactly for the same prompts, ``n`` and batch size,
 without touching the caller's global RNG state.
@@ -112,27 +128,9 @@ class HFEngine:
         # Left padding: every row's last prompt token sits at the same position.
         input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in prompt_ids])  # (B, T)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in prompt_ids])
-        greedy = s.temperature == 0
         recorder = self._recorder()
         with recorder:
-            out = self.model.generate(
-                input_ids=input_ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                max_new_tokens=s.max_tokens,
-                do_sample=not greedy,
-                temperature=None if greedy else s.temperature,
-                top_p=None if greedy else s.top_p,
-                top_k=None if greedy or s.top_k < 1 else s.top_k,
-                stop_strings=list(s.stop) or None,
-                tokenizer=tok if s.stop else None,
-                pad_token_id=pad,
-                eos_token_id=tok.eos_token_id,
-                output_logits=True,
-                return_dict_in_generate=True,
-            )
-        new = out.sequences[:, width:]  # (B, S)
-        logits = torch.stack(out.logits, dim=1).float()  # (B, S, V), raw
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+            new, logp = self._decode(input_ids.to(self.device), mask.to(self.device), s, pad)
         done = [self._completion(new[r].tolist(), logp[r].tolist(), s) for r in range(len(new))]
         if self.record_routing:
             routed = _routed_experts(recorder, len(new), width + new.shape[1] - 1)  # (B, W, L, k)
@@ -140,6 +138,44 @@ class HFEngine:
                 start = width - len(ids)  # left padding
                 c.routed_experts = routed[r, start : width + len(c.token_ids) - 1].clone()
         return done
+
+    def _decode(self, input_ids: torch.Tensor, mask: torch.Tensor, s: Sampling,
+                pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample up to ``s.max_tokens`` tokens per row: (B, S) token ids (``pad`` after a row
+        ended) and (B, S) their raw log-probs. One prefill forward, then one forward per token
+        fed back; none after the last token (``_routed_experts`` relies on this count)."""
+        b, width = input_ids.shape
+        eos = self.tokenizer.eos_token_id
+        full_mask = torch.cat([mask, mask.new_ones(b, s.max_tokens)], dim=1)  # (B, T + S)
+        position = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position,
+                         use_cache=True, logits_to_keep=1)
+        cache, position = out.past_key_values, position[:, -1:]  # (B, 1)
+        tokens, logps = [], []
+        running = torch.ones(b, dtype=torch.bool, device=input_ids.device)  # (B,)
+        stops = _StopStrings(self.tokenizer, s.stop) if s.stop else None
+        for t in range(s.max_tokens):
+            logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V), raw
+            if t < s.min_tokens and eos is not None:
+                logp_pick = logp.clone()
+                logp_pick[:, eos] = float("-inf")
+            else:
+                logp_pick = logp
+            token = _pick(logp_pick, s)  # (B,)
+            token = torch.where(running, token, torch.full_like(token, pad))
+            tokens.append(token)
+            chosen = logp.gather(-1, token[:, None])[:, 0]  # (B,)
+            logps.append(torch.where(running, chosen, torch.zeros_like(chosen)))
+            if eos is not None:
+                running &= token != eos
+            if stops is not None and t + 1 >= s.min_tokens:
+                running &= ~stops.hit(torch.stack(tokens, dim=1), running)
+            if t + 1 == s.max_tokens or not bool(running.any()):
+                break
+            position = position + 1
+            out = self.model(input_ids=token[:, None], attention_mask=full_mask[:, : width + t + 1],
+                             position_ids=position, past_key_values=cache, use_cache=True)
+        return torch.stack(tokens, dim=1).cpu(), torch.stack(logps, dim=1).float().cpu()
 
     def _recorder(self):
         if not self.record_routing:
@@ -178,6 +214,47 @@ class HFEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _pick(logp: torch.Tensor, s: Sampling) -> torch.Tensor:
+    """(B,) tokens drawn from (B, V) raw log-probs under ``s``'s temperature, top-k and top-p."""
+    if s.temperature == 0:
+        return logp.argmax(dim=-1)
+    return torch.multinomial(sampling_scores(logp, s).softmax(dim=-1), 1)[:, 0]
+
+
+def sampling_scores(logp: torch.Tensor, s: Sampling) -> torch.Tensor:
+    """(B, V) scores whose softmax is the distribution ``s`` samples from: temperature, then
+    top-k, then top-p, in the order and with the tie rules of transformers' warpers; filtered
+    tokens are -inf."""
+    scores = logp / s.temperature
+    if 0 < s.top_k < scores.shape[-1]:
+        kth = torch.topk(scores, s.top_k, dim=-1).values[:, -1:]  # (B, 1)
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if s.top_p < 1.0:
+        ordered, order = torch.sort(scores, dim=-1, descending=False)
+        mass = ordered.softmax(dim=-1).cumsum(dim=-1)
+        drop = mass <= 1 - s.top_p
+        drop[:, -1] = False  # the most likely token always stays
+        scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return scores
+
+
+class _StopStrings:
+    """Which rows' newest tokens complete a stop string: each step decodes only a row's tail,
+    long enough to hold the longest stop string (every token decodes to at least one byte)."""
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str]):
+        self.tokenizer, self.stop = tokenizer, list(stop)
+        self.tail = max(len(x.encode()) for x in self.stop) + 1
+
+    def hit(self, tokens: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
+        """(B,) bool for (B, S) tokens so far: a running row whose tail holds a stop string."""
+        out = torch.zeros_like(running)
+        for r in running.nonzero()[:, 0].tolist():
+            text = self.tokenizer.decode(tokens[r, -self.tail :].tolist())
+            out[r] = any(x in text for x in self.stop)
+        return out
 
 
 def _routed_experts(recorder: Any, batch: int, width: int) -> torch.Tensor:

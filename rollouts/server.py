@@ -240,7 +240,7 @@ class CompletionsClient:
             "max_tokens": sampling.max_tokens, "temperature": sampling.temperature,
             "top_p": sampling.top_p, "top_k": max(0, sampling.top_k),
             "seed": seed, "stop": list(sampling.stop) or None,
-            "logprobs": 0, "return_token_ids": True,
+            "logprobs": 0, "return_token_ids": True, "min_tokens": sampling.min_tokens,
         }
 
     def _sample_prompt(self, prompt: str, n: int, sampling: Sampling, seed: int | None) -> Group:

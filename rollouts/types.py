@@ -34,6 +34,10 @@ class Sampling:
     """Seed for reproducible sampling; None draws fresh randomness."""
     stop: tuple[str, ...] = ()
     """Strings that end a completion (not included in its text)."""
+    min_tokens: int = 0
+    """Fewest new tokens: neither EOS nor a stop string ends a completion before this many
+    (vLLM's ``min_tokens``); 0 in RL, where the policy must learn when to stop. Benchmarks use it
+    to force equal lengths on every engine."""
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -42,6 +46,9 @@ class Sampling:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise ValueError(f"min_tokens must be in [0, max_tokens={self.max_tokens}], "
+                             f"got {self.min_tokens}")
 
 
 def split_think(text: str) -> tuple[str, str]:

@@ -205,6 +205,7 @@ class VLLMEngine:
             n=1, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
             top_p=sampling.top_p, top_k=max(0, sampling.top_k),
             seed=seed, stop=list(sampling.stop) or None, logprobs=0,
+            min_tokens=sampling.min_tokens,
         )
 
     # -- weights --------------------------------------------------------------------------------

@@ -86,15 +86,78 @@ def test_update_weights_samples_from_the_new_model(tiny_qwen):
 
 
 def test_stop_strings_and_greedy(engine):
-    greedy = Sampling(max_tokens=10, temperature=0)
+    greedy = Sampling(max_tokens=16, temperature=0)
     a = engine.generate(PROMPTS[:1], 2, greedy)[0].completions
     assert a[0].token_ids == a[1].token_ids  # greedy ignores the seed
-    first = engine.tokenizer.decode(a[0].token_ids[3:5])
-    if first.strip():
-        stopped = engine.generate(PROMPTS[:1], 1, Sampling(max_tokens=10, temperature=0,
-                                                           stop=(first.strip(),)))
-        c = stopped[0].completions[0]
-        assert c.finish_reason == "stop" and first.strip() not in c.text
+    assert a[0].finish_reason == "length" and len(a[0].text) >= 12
+    stop = a[0].text[6:10]  # four characters from the middle, usually spanning tokens
+    c = engine.generate(PROMPTS[:1], 1, Sampling(max_tokens=16, temperature=0,
+                                                 stop=(stop,)))[0].completions[0]
+    assert c.finish_reason == "stop"
+    assert c.text == a[0].text[: a[0].text.find(stop)]
+    # decoding ended at the token that completed the stop string, not later
+    n = len(c.token_ids)
+    assert c.token_ids == a[0].token_ids[:n] and n < len(a[0].token_ids)
+    assert stop in engine.tokenizer.decode(c.token_ids)
+    assert stop not in engine.tokenizer.decode(c.token_ids[:-1])
+
+
+def test_filters_match_transformers_warpers():
+    """Temperature, top-k and top-p give the distribution transformers' warpers give."""
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+    from rollouts.hf import sampling_scores
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 50, generator=g) * 3
+    logits[:, 7] = logits[:, 8]  # a tie, so the k-th value's tie rule is exercised
+    logp = torch.log_softmax(logits, dim=-1)
+    for t, k, p in [(1.0, -1, 1.0), (0.7, 5, 1.0), (1.3, -1, 0.8), (0.6, 8, 0.5), (1.0, 1, 1.0),
+                    (1.0, 49, 0.999), (2.0, 3, 0.05)]:
+        ours = sampling_scores(logp, Sampling(temperature=t, top_k=k, top_p=p)).softmax(-1)
+        hf = TemperatureLogitsWarper(t)(None, logp)
+        if k > 0:
+            hf = TopKLogitsWarper(k)(None, hf)
+        if p < 1:
+            hf = TopPLogitsWarper(p)(None, hf)
+        assert torch.allclose(ours, hf.softmax(-1), atol=1e-6), (t, k, p)
+        assert torch.equal(ours == 0, hf.softmax(-1) == 0), (t, k, p)
+
+
+def test_min_tokens_holds_off_eos_and_logprobs_stay_raw(tiny_qwen):
+    tok = AutoTokenizer.from_pretrained(tiny_qwen)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen)
+
+    def eos_first(module, args, logits):  # EOS becomes by far the likeliest token everywhere
+        logits[..., tok.eos_token_id] += 30.0
+        return logits
+
+    model.lm_head.register_forward_hook(eos_first)
+    engine = HFEngine(model, tok)
+    short = engine.generate(PROMPTS[:1], 4, Sampling(max_tokens=12, seed=0))[0]
+    assert {len(c.token_ids) for c in short.completions} == {1}
+    g = engine.generate(PROMPTS[:1], 4, Sampling(max_tokens=12, min_tokens=6, seed=0))[0]
+    for c in g.completions:
+        assert len(c.token_ids) >= 6 and tok.eos_token_id not in c.token_ids[:6]
+        ref = _hf_logprobs(model, g.prompt_token_ids, c.token_ids)
+        assert (ref - torch.tensor(c.logprobs)).abs().max() < 1e-4  # not renormalised
+    with pytest.raises(ValueError, match="min_tokens must be in"):
+        Sampling(max_tokens=4, min_tokens=5)
+
+
+def test_generation_config_does_not_change_sampling(tiny_qwen):
+    """Only ``Sampling`` decides the distribution, as in the vLLM engines."""
+    tok = AutoTokenizer.from_pretrained(tiny_qwen)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen)
+    engine = HFEngine(model, tok)
+    s = Sampling(max_tokens=10, seed=3)
+    plain = engine.generate(PROMPTS[:2], 3, s)
+    model.generation_config.top_k, model.generation_config.temperature = 1, 0.1
+    model.generation_config.repetition_penalty = 5.0
+    again = engine.generate(PROMPTS[:2], 3, s)
+    assert [c.token_ids for g in plain for c in g.completions] == \
+           [c.token_ids for g in again for c in g.completions]
 
 
 def test_bad_input(engine, tmp_path):
