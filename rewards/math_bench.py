@@ -6,10 +6,12 @@ parse(pred))``, and reports throughput (pairs/s), accuracy against the
 expected verdicts (all True unless given) and the agreement between the two.
 
 Guarantees: both graders see identical pairs in the same order, one process,
-one thread; each is warmed up on the first pair before timing (r1kit's helper
-start-up and Math-Verify's lazy imports are excluded). Math-Verify runs with
-its own defaults (its signal-based timeout needs the main thread); a gold
-without ``$`` is wrapped in ``$...$``, as its documentation does.
+one thread, and grade each pair exactly once while timed; each is warmed up
+before timing on :data:`WARM_UP_PAIRS`, which are not in the measured sets
+(r1kit's helper start-up and Math-Verify's lazy imports are excluded, and no
+measured pair is answered from a cache filled by the warm-up). Math-Verify
+runs with its own defaults (its signal-based timeout needs the main thread);
+a gold without ``$`` is wrapped in ``$...$``, as its documentation does.
 
 Does not: assert anything about speed (it is a measurement, not a test), nor
 decide which grader is right where they disagree: ``disagreements`` lists them.
@@ -35,8 +37,16 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "math50
 REAL_DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "math_real_outputs.jsonl"
 
 
+# Warm-up pairs (one decided exactly, one that needs sympy), in no measured set.
+WARM_UP_PAIRS = [
+    (r"so $\boxed{\frac{3}{6}+t}$", "0.5+t"),
+    (r"so $\boxed{\cos^2 t+\sin^2 t}$", "1"),
+]
+
+
 def _time(fn, pairs: list[tuple[str, str]]) -> tuple[list[bool], float]:
-    fn(*pairs[0])  # warm-up, not timed
+    for pair in WARM_UP_PAIRS:  # not timed
+        fn(*pair)
     start = time.perf_counter()
     verdicts = [bool(fn(pred, gold)) for pred, gold in pairs]
     return verdicts, time.perf_counter() - start

@@ -85,6 +85,9 @@ def test_r1kit_at_least_as_accurate_as_math_verify(rows, r1kit_verdicts):
         (r"\boxed{x \ne 5}", "x != 5", True),
         (r"\boxed{2 \le t < 9}", "[2, 9)", True),
         (r"\boxed{2 < t < 9}", "[2, 9)", False),
+        (r"\boxed{x \in [-2, 7]}", "[-2, 7]", True),  # membership: the set is the answer
+        (r"\boxed{x \in [-2, 7)}", "[-2, 7]", False),
+        (r"\boxed{\frac{20000}{\pi}}", r"x \in [-2, 7]", False),
         (r"\boxed{x \geq 3}", r"(3, \infty)", False),
         (r"\boxed{6!}", "720", True),
         (r"\boxed{\log_3 27}", "3", True),

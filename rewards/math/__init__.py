@@ -9,14 +9,17 @@ Public API:
 Guarantees: no call raises on string input or hangs: each pair is decided
 within ``timeout_s`` (plus the one-time start of a helper process), without
 signals, from any thread or worker process. Cheap stages (normalised string,
-exact rationals, structure) run in-process; only the sympy stage runs in a
-persistent helper process that is killed and replaced when it overruns.
+exact rationals, structure, exact arithmetic on radicals, ``\pi`` and
+polynomials) run in-process; only what they cannot read goes to the sympy
+stage, in a persistent helper process that is killed and replaced when it
+overruns.
 Known failures of other graders are fixed: ``0.5`` equals ``\frac{1}{2}``;
 ``\frac{1}{2^{99}}`` does not equal ``\frac{1}{2^{98}}``.
 
 Does not: import torch, score format, or give partial credit. Module
 docstrings of :mod:`.extract`, :mod:`.normalize`, :mod:`.structure`,
-:mod:`.equiv`, :mod:`.symbolic` and :mod:`.bounded` state each rule.
+:mod:`.equiv`, :mod:`.exact`, :mod:`.symbolic` and :mod:`.bounded` state each
+rule.
 
 >>> grade(r"Thus $\boxed{\dfrac{1}{2}}$.", "0.5")
 True

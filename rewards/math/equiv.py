@@ -29,16 +29,21 @@ Stages, in order; the first that can decide does:
    not ``a=9, b=2``. ``x > 3`` against an interval is ``(3, \infty)``.
 4. for each pair of leaves still undecided: the string and rational stages
    again, then the guards of :func:`~rewards.math.normalize.refuse_reason`,
-   then the ``rational``/``numeric``/``symbolic`` stages of
-   :mod:`rewards.math.symbolic`, all leaves of one answer in one bounded
-   helper call (:mod:`rewards.math.bounded`).
+   then exact arithmetic in-process (:mod:`rewards.math.exact`: radicals,
+   ``\pi``, polynomials, ``n!``, ``\binom``, ``\log_b``; decided exactly, no
+   tolerance), and only for leaves outside its subset the
+   ``rational``/``numeric``/``symbolic`` stages of :mod:`rewards.math.symbolic`,
+   all such leaves of one answer in one bounded helper call
+   (:mod:`rewards.math.bounded`).
 
 Guarantees: :func:`answers_equal` never raises and returns within
 ``timeout_s`` (plus helper start-up, see :mod:`rewards.math.bounded`); stages
-1-3 run in-process in linear time and never reach sympy.
+1-3 run in-process in linear time and never reach sympy; the exact stage is
+bounded by its own limits (about 10 ms at worst).
 
 Does not: give partial credit, read units, or treat a decimal approximation of
-an irrational as equal to it (the numeric tolerance is 1e-10 relative).
+an irrational as equal to it (exact for the subset of :mod:`rewards.math.exact`;
+beyond it, the helper's numeric tolerance is 1e-10 relative).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ import threading
 from fractions import Fraction
 
 from rewards.math.bounded import run_bounded
+from rewards.math.exact import exact_equal, exact_relation
 from rewards.math.normalize import normalize, parse_rational, refuse_reason
 from rewards.math.structure import Leaf, Node, Rel, Seq, parse_structure
 
@@ -226,7 +232,8 @@ def _leaf_request(p: Leaf | Rel, g: Leaf | Rel) -> Verdict | list:
         reason = refuse_reason(text)
         if reason is not None:
             return False, reason
-    return request
+    exact = exact_equal(*texts) if request[0] == "expr" else exact_relation(*request[1:])
+    return request if exact is None else exact
 
 
 def answers_equal(pred: str, gold: str, *, timeout_s: float = 5.0) -> Verdict:

@@ -5,7 +5,7 @@ runs in time linear in its input (regular expressions without nested
 quantifiers, brace scans). :func:`normalize` maps surface variants of the same
 answer to one string: ``$``, ``\left``/``\right``, spacing commands
 (``\!``, ``\,``, ``\;``, ``~``), ``\dfrac``/``\tfrac`` -> ``\frac``,
-``\frac12`` -> ``\frac{1}{2}``, ``\sqrt2`` -> ``\sqrt{2}``, ``\text{}``/``\mbox{}``
+``\frac12`` and ``\frac1{2}`` -> ``\frac{1}{2}``, ``\sqrt2`` -> ``\sqrt{2}``, ``\text{}``/``\mbox{}``
 unwrapped, unit words dropped, degrees (``^\circ``), percent and dollar signs
 dropped, thousands separators (``1,000``, ``1{,}000``) removed, trailing
 punctuation removed (not ``!``: ``6!`` is a factorial), ``\text{ or }`` and
@@ -49,6 +49,7 @@ _DROP = re.compile(
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree(?![a-zA-Z])|\\circ(?![a-zA-Z])")
 _FRAC_SHORT = re.compile(r"\\frac\s*(\d)\s*(\d)")
 _FRAC_HALF = re.compile(r"\\frac\s*(\{[^{}]*\})\s*(\d)")
+_FRAC_DIGIT = re.compile(r"\\frac\s*(\d)\s*(?=\{)")  # \frac4{4}
 _SQRT_SHORT = re.compile(r"\\sqrt\s*(\d|[a-zA-Z](?![a-zA-Z]))")
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _SPACE_KEEP = re.compile(r"(\\[a-zA-Z]+) (?=[a-zA-Z])")
@@ -100,6 +101,7 @@ def normalize(ans: str) -> str:
     s = _UNIT_WORD.sub("", s.strip())
     s = _FRAC_SHORT.sub(r"\\frac{\1}{\2}", s)
     s = _FRAC_HALF.sub(r"\\frac\1{\2}", s)
+    s = _FRAC_DIGIT.sub(r"\\frac{\1}", s)
     s = _SQRT_SHORT.sub(r"\\sqrt{\1}", s)
     s = s.replace("\\le ", "\\leq ").replace("\\ge ", "\\geq ")
     s = re.sub(r"\\(le|ge)(?![a-zA-Z])", r"\\\1q", s)

@@ -19,6 +19,8 @@ Rules (how :mod:`rewards.math.equiv` reads the kinds):
 * ``a \pm b`` is the ``list`` ``a+b, a-b``.
 * one top-level ``=``, ``<``, ``>``, ``\leq``, ``\geq``, ``\neq`` makes a
   :class:`Rel`; ``>`` and ``\geq`` are turned around into ``<`` and ``<=``.
+* ``x \in S`` (one letter before ``\in``) is ``S``: ``x \in [-2, 7]`` is the
+  interval ``[-2, 7]``.
 * an equation chain ``x = 2+3 = 5`` is the :class:`Rel` ``x = 5`` (first
   left-hand side, last right-hand side: the last one is the result).
 * a chained inequality ``2 \leq t < 9`` (same direction, a single letter in
@@ -80,6 +82,7 @@ _REL_OP = {
     "\\ne": "!=",
 }
 _MIDDLE = re.compile(r"[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?")
+_MEMBER = re.compile(r"[a-zA-Z]\\in(?![a-zA-Z])(.+)", re.DOTALL)
 _MATRIX = re.compile(r"\\begin\{([pbBvV]?matrix)\}(.*)\\end\{\1\}", re.DOTALL)
 
 
@@ -179,6 +182,8 @@ def parse_structure(s: str) -> Node:
     Rel(op='=', lhs='x', rhs='5')
     >>> parse_structure(r"2\leqt<9")
     Seq(kind='interval', items=(Leaf(text='2'), Leaf(text='9')), closed=(True, False))
+    >>> parse_structure(r"t\in(1,4]") == parse_structure("(1,4]")
+    True
     >>> parse_structure(r"1\pm\sqrt{2}").kind
     'list'
     """
@@ -195,6 +200,9 @@ def parse_structure(s: str) -> Node:
         return Seq(
             "matrix", tuple(Seq("row", tuple(Leaf(c.strip()) for c in r.split("&"))) for r in rows)
         )
+    member = _MEMBER.fullmatch(s)
+    if member:
+        return parse_structure(member.group(1))
     rel = _relation(s)
     if rel is not None:
         return rel
