@@ -206,6 +206,10 @@ def build_reduced(model_path: str, seed: int, routing_replay: bool) -> tuple[Pat
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():  # some completions must end: overlong filtering masks truncated ones
         model.get_output_embeddings().weight[tokenizer.eos_token_id] *= EOS_SCALE
+    if config.model_type == "deepseek_v4":  # hash-MoE tables are zeros after init: fill them
+        from r1kit.tiny import fill_hash_tables
+
+        fill_hash_tables(model, seed)
     full_moe = any(getattr(archs.full_config(model_path), k, None)
                    for k in ("num_experts", "n_routed_experts"))
     if full_moe and not any(".experts." in n for n, _ in model.named_parameters()):

@@ -24,6 +24,16 @@ Supported routers (transformers >= 5, one entry each in ``_GATE_WEIGHTS``):
 - ``DeepseekV2TopkRouter`` (DeepSeek-V2, V2-Lite): softmax over all experts in float32, gathered,
   times ``routed_scaling_factor`` (no renormalisation); ``group_limited_greedy``'s group mask acts
   on the selection only, so under replay it is not applied.
+- ``DeepseekV4TopKRouter`` (DeepSeek-V4, ``mlp_layer_types == "moe"``): ``scoring_func`` scores
+  (``sqrtsoftplus`` in the published configs); the correction bias acts on the selection only;
+  weights are the scores gathered, renormalised (+1e-20), times ``routed_scaling_factor``.
+
+Hash-routed layers (``DeepseekV4HashRouter``, V4's first ``mlp_layer_types == "hash_moe"``
+layers) pick experts by a frozen table, ``tid2eid[input_id]``: the same token id always goes to
+the same experts, in the sampler and in the trainer, so there is nothing to replay. They count as
+MoE layers everywhere here (recorded, in ``router_stats``, so ``experts`` has a slot for them) but
+``replay_routing`` leaves them alone; their gate weights come from the live router as always.
+``HASH_ROUTERS`` names them; ``router_kinds`` says which layer is which.
 
 Layer index ``L`` everywhere here means "the L-th MoE layer" (routers in module order): dense
 layers, such as DeepSeek-V3's first ``first_k_dense_replace`` layers or Qwen3-MoE's
@@ -66,12 +76,21 @@ def _deepseek_v2_weights(router: nn.Module, logits: Tensor, idx: Tensor) -> Tens
     return w * router.routed_scaling_factor
 
 
+def _deepseek_v4_weights(router: nn.Module, logits: Tensor, idx: Tensor) -> Tensor:
+    w = router.score_fn(logits).gather(1, idx)  # (N, k); the correction bias is for selection only
+    w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
+    return w * router.routed_scaling_factor
+
+
 # Router class name -> its gate weights at given expert ids, computed exactly as its forward does.
 _GATE_WEIGHTS: dict[str, Callable[[nn.Module, Tensor, Tensor], Tensor]] = {
     "Qwen3MoeTopKRouter": _qwen3_moe_weights,
     "DeepseekV3TopkRouter": _deepseek_v3_weights,
     "DeepseekV2TopkRouter": _deepseek_v2_weights,
+    "DeepseekV4TopKRouter": _deepseek_v4_weights,
 }
+# Routers whose experts are a function of the token id alone: recorded, never replayed.
+HASH_ROUTERS = ("DeepseekV4HashRouter",)
 
 
 def _base_model(model: nn.Module) -> nn.Module:
@@ -79,14 +98,21 @@ def _base_model(model: nn.Module) -> nn.Module:
 
 
 def moe_routers(model: nn.Module) -> list[nn.Module]:
-    """The router of every MoE layer, in layer order, of a transformers or peft-wrapped model."""
-    routers = [m for m in model.modules() if type(m).__name__ in _GATE_WEIGHTS]
+    """The router of every MoE layer (top-k and hash-routed), in layer order, of a transformers
+    or peft-wrapped model."""
+    known = (*_GATE_WEIGHTS, *HASH_ROUTERS)
+    routers = [m for m in model.modules() if type(m).__name__ in known]
     if not routers:
         raise ValueError(
             f"{type(_base_model(model)).__name__} is not supported by routing replay: it has no "
-            f"router of a supported kind ({', '.join(_GATE_WEIGHTS)})"
+            f"router of a supported kind ({', '.join(known)})"
         )
     return routers
+
+
+def router_kinds(routers: list[nn.Module]) -> list[str]:
+    """``"hash"`` or ``"topk"`` per MoE layer."""
+    return ["hash" if type(r).__name__ in HASH_ROUTERS else "topk" for r in routers]
 
 
 class RoutingRecorder:
@@ -168,6 +194,8 @@ def replay_routing(model: nn.Module, experts: Tensor, valid: Tensor) -> Iterator
     saved = [r.__dict__.get("forward") for r in routers]
     try:
         for layer, r in enumerate(routers):
+            if type(r).__name__ in HASH_ROUTERS:  # experts fixed by token id: nothing to replay
+                continue
             device = r.weight.device
             ids = experts[:, :, layer].reshape(B * T, k).to(device=device, dtype=torch.long)
             mask = valid.reshape(B * T).to(device=device, dtype=torch.bool)
@@ -189,6 +217,7 @@ def router_stats(
     num_experts: int,
     valid: Tensor,
     reference: list[Tensor] | None = None,
+    kinds: list[str] | None = None,
 ) -> dict[str, float]:
     """Expert-load statistics per MoE layer and their means over layers.
 
@@ -197,6 +226,8 @@ def router_stats(
     token-slots, divided by log(num_experts): 1.0 is perfectly balanced), ``max_load`` and
     ``min_load`` (fraction of token-slots on the busiest / idlest expert) and, with a reference,
     ``topk_changed`` (fraction of valid tokens whose top-k *set* differs from the reference).
+    With ``kinds`` (``router_kinds``) that hold both kinds, also the means over each kind's layers,
+    ``router/hash/<name>`` and ``router/topk/<name>``.
     """
     out: dict[str, float] = {}
     for layer, idx in enumerate(topk_per_layer):
@@ -211,10 +242,16 @@ def router_stats(
             stats["topk_changed"] = changed[v].double().mean()
         for name, value in stats.items():
             out[f"router/layer{layer}/{name}"] = float(value)
-    for name in ("load_entropy", "max_load", "min_load", "topk_changed"):
-        values = [v for k, v in out.items() if k.endswith(f"/{name}")]
-        if values:
-            out[f"router/{name}"] = sum(values) / len(values)
+    names = ("load_entropy", "max_load", "min_load", "topk_changed")
+    groups = {"": range(len(topk_per_layer))}
+    if kinds is not None and len(set(kinds)) > 1:
+        groups.update({f"{kind}/": [i for i, k in enumerate(kinds) if k == kind]
+                       for kind in sorted(set(kinds))})
+    for prefix, layers in groups.items():
+        for name in names:
+            values = [out[key] for i in layers if (key := f"router/layer{i}/{name}") in out]
+            if values:
+                out[f"router/{prefix}{name}"] = sum(values) / len(values)
     return out
 
 
@@ -231,7 +268,7 @@ def update_router_stats(recorded: list) -> dict[str, float]:
         reference = [torch.cat([mb.routed[:, :, i].reshape(-1, mb.routed.shape[-1]).cpu()
                                 for _, mb in recorded]) for i in range(layers)]
         valid = valid & torch.cat([mb.routed_valid.flatten().cpu() for _, mb in recorded])
-    return router_stats(topk, num_experts, valid, reference)
+    return router_stats(topk, num_experts, valid, reference, router_kinds(recorded[0][0].routers))
 
 
 def load_balancing_loss(model: nn.Module, recorded: RoutingRecorder, valid: Tensor) -> Tensor:
@@ -242,14 +279,18 @@ def load_balancing_loss(model: nn.Module, recorded: RoutingRecorder, valid: Tens
     Switch-Transformer loss is used, with the model's num_experts and top-k; it re-derives the
     top-k from the softmax, so it ignores replay. DeepSeek-V3 has none in transformers: its
     sequence-wise balance loss (DeepSeek-V3 report, eq. 17-20) is computed instead, from the
-    recorded (possibly replayed) experts. Both equal 1.0 at perfect balance.
+    recorded (possibly replayed) experts. Both equal 1.0 at perfect balance. Hash-routed layers
+    are left out (their selection is a fixed table that no loss can balance), as transformers'
+    own DeepSeek-V4 ``router_logits`` leave them out.
     """
     if not recorded.logits or not recorded.logits[-1]:
         raise ValueError(
             "the recorder holds no router logits: use RoutingRecorder(keep_logits=True)"
         )
-    logits, experts = recorded.logits[-1], recorded.calls[-1]
-    router = recorded.routers[0]
+    topk = [i for i, k in enumerate(router_kinds(recorded.routers)) if k == "topk"]
+    logits = [recorded.logits[-1][i] for i in topk]
+    experts = [recorded.calls[-1][i] for i in topk]
+    router = recorded.routers[topk[0]]
     func = getattr(
         sys.modules[type(_base_model(model)).__module__], "load_balancing_loss_func", None
     )

@@ -5,7 +5,13 @@ Hugging Face hub (nothing is downloaded here: this machine has no network); wher
 exists locally, ``full_config`` reads its ``config.json`` instead. Keys transformers does not use
 (``torch_dtype``, ``architectures``) are left out; keys the original remote code reads but
 transformers' class ignores (DeepSeek-V2's ``scoring_func``, ``aux_loss_alpha``, ``seq_aux``,
-``moe_layer_freq``) are kept, as the file has them. ``tests/test_dry_run.py`` checks that each
+``moe_layer_freq``) are kept, as the file has them. DeepSeek-V4-Flash-Base is transcribed from
+the defaults of transformers' ``DeepseekV4Config`` (5.19), which its docstring gives as that
+checkpoint's (``@auto_docstring(checkpoint="deepseek-ai/DeepSeek-V4-Flash-Base")``, and the
+``DeepseekV4GroupedLinear`` docstring's V4-Flash shape: 64 heads of 512, 8 output groups of rank
+1,024, width 4,096); its ``layer_types``/``mlp_layer_types`` are the ones that config derives (2
+heavily compressed layers then compressed sparse / heavily compressed alternating; 3 hash-routed
+MoE layers then top-k). ``tests/test_dry_run.py`` checks that each
 full config has the parameter count its report states, which catches a mistyped size.
 
 ``reduced_config`` keeps what makes an architecture itself (model type, attention kind: GQA or
@@ -57,6 +63,33 @@ _QWEN3_30B_A3B = {
     "router_aux_loss_coef": 0.001,
     "output_router_logits": False, "initializer_range": 0.02,
 }
+_DEEPSEEK_V4_FLASH = {  # transformers' DeepseekV4Config defaults = DeepSeek-V4-Flash-Base
+    "vocab_size": 129280, "hidden_size": 4096, "moe_intermediate_size": 2048,
+    "num_hidden_layers": 43, "num_attention_heads": 64, "num_key_value_heads": 1,
+    "head_dim": 512, "partial_rotary_factor": 0.125, "q_lora_rank": 1024,
+    "num_experts_per_tok": 6, "n_routed_experts": 256, "n_shared_experts": 1,
+    "scoring_func": "sqrtsoftplus", "norm_topk_prob": True, "routed_scaling_factor": 1.5,
+    "max_position_embeddings": 1048576, "rope_theta": 10000.0, "compress_rope_theta": 160000.0,
+    "compress_rates": {"compressed_sparse_attention": 4, "heavily_compressed_attention": 128},
+    "hc_mult": 4, "hc_sinkhorn_iters": 20, "hc_eps": 1e-6, "num_hash_layers": 3,
+    "swiglu_limit": 10.0, "sliding_window": 128, "o_groups": 8, "o_lora_rank": 1024,
+    "index_n_heads": 64, "index_head_dim": 128, "index_topk": 512, "num_nextn_predict_layers": 1,
+    "hidden_act": "silu", "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+    "bos_token_id": 0, "eos_token_id": 1, "router_aux_loss_coef": 0.001,
+    "initializer_range": 0.02,
+}
+# As r1kit.tiny's deepseek_v4: 4 layers so that both MoE kinds and all three attention kinds
+# remain, and windows short enough that every compressor fires within a dry run's 24 tokens.
+_DEEPSEEK_V4_REDUCE = {
+    "num_hidden_layers": 4, "head_dim": 32, "partial_rotary_factor": 0.5, "q_lora_rank": 32,
+    "moe_intermediate_size": 32, "n_routed_experts": 8, "num_experts_per_tok": 2,
+    "sliding_window": 16, "o_groups": 2, "o_lora_rank": 16, "index_n_heads": 16,
+    "index_head_dim": 16, "index_topk": 2, "num_nextn_predict_layers": 0,
+    "compress_rates": {"compressed_sparse_attention": 4, "heavily_compressed_attention": 8},
+    "layer_types": ["sliding_attention", "compressed_sparse_attention",
+                    "heavily_compressed_attention", "compressed_sparse_attention"],
+    "mlp_layer_types": ["hash_moe", "hash_moe", "moe", "moe"],
+}
 _QWEN3_MOE_REDUCE = {"head_dim": 32, "moe_intermediate_size": 32, "num_experts": 8,
                      "num_experts_per_tok": 2, "max_window_layers": 2}
 
@@ -88,6 +121,8 @@ ARCHS: dict[str, Arch] = {
         # keeps MLA (512/64 rotary: vLLM CPU needs them), 2 shared experts, 1 leading dense layer
         {"num_key_value_heads": 2, "moe_intermediate_size": 32, "n_routed_experts": 8,
          "num_experts_per_tok": 2, "qk_nope_head_dim": 32, "v_head_dim": 32}),
+    "deepseek-ai/DeepSeek-V4-Flash-Base": Arch("deepseek_v4", _DEEPSEEK_V4_FLASH,
+                                               _DEEPSEEK_V4_REDUCE),
     "Qwen/Qwen2.5-Math-7B": Arch("qwen2", dict(
         _QWEN2_5_7B, max_position_embeddings=4096, rope_theta=10000.0, sliding_window=4096,
         eos_token_id=151643), {"max_window_layers": 2}),
@@ -189,6 +224,13 @@ def describe(config) -> str:
             moe += f" + {c.n_shared_experts} shared"
         if getattr(c, "first_k_dense_replace", 0):
             moe += f", first {c.first_k_dense_replace} dense"
+        if getattr(c, "mlp_layer_types", None):
+            moe += f", first {c.mlp_layer_types.count('hash_moe')} hash-routed"
         parts.append(moe)
+    if getattr(c, "hc_mult", None):
+        kinds = {"sliding_attention": "SW", "compressed_sparse_attention": "CSA",
+                 "heavily_compressed_attention": "HCA"}
+        parts.append(f"mHC {c.hc_mult} streams, attention "
+                     + "/".join(kinds[t] for t in dict.fromkeys(c.layer_types)))
     parts.append(f"vocab {c.vocab_size}")
     return ", ".join(parts)

@@ -10,6 +10,39 @@ from rollouts.engine import Engine
 ENGINES = ("hf", "vllm", "vllm_server")
 
 
+class UnsupportedByVLLM(ValueError):
+    """vLLM cannot load or run this checkpoint; the HF engine can."""
+
+
+def check_vllm_can_load(model_path: str | Path) -> None:
+    """Refuse, in one line and before vLLM starts, checkpoints vLLM 0.32 is known to fail on.
+
+    DeepSeek-V4 as transformers writes it (``DeepseekV4ForCausalLM``, ``model_type
+    "deepseek_v4"``): vLLM parses ``config.json`` with its own ``DeepseekV4Config``, whose
+    validator rejects transformers' ``mlp_layer_types`` (it accepts only ``sparse``/``dense``); its
+    model reads ``compress_ratios``, ``num_hash_layers`` and ``qk_rope_head_dim`` instead of
+    ``layer_types``/``mlp_layer_types``/``partial_rotary_factor``. Past the config, its V4 layers
+    (CPU ones included) build only the published geometry (a compressor KV cache for head_dim 512
+    or 128, compression rates 4 or 128), load only DeepSeek's native tensor names, and on CPU the
+    first prefill fails in a Triton kernel of the sparse sliding-window attention metadata
+    (docs/TRAINING.md, "DeepSeek-V4 policies", has each error).
+    """
+    import json
+
+    cfg_file = Path(model_path).expanduser() / "config.json"
+    if not cfg_file.is_file():
+        return  # the engine's own checks name a missing checkpoint
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError:
+        return  # as above: rollouts.checkpoint.check_causal_lm says what is wrong
+    if cfg.get("model_type") == "deepseek_v4" and "mlp_layer_types" in cfg:
+        raise UnsupportedByVLLM(
+            f"{model_path}: vLLM 0.32 cannot load a transformers DeepSeek-V4 checkpoint (its "
+            "config class rejects mlp_layer_types values 'hash_moe'/'moe', and on CPU its V4 "
+            "attention needs Triton); use rollout.engine=hf")
+
+
 def make_engine(
     kind: str,
     model_path: str | Path,
@@ -39,6 +72,8 @@ def make_engine(
                             record_routing=record_routing)
         return HFEngine(model_path, dtype=getattr(torch, dtype), batch_size=batch_size,
                         max_model_len=max_model_len, record_routing=record_routing)
+    if kind in ("vllm", "vllm_server"):
+        check_vllm_can_load(model_path)
     if kind == "vllm":
         from rollouts.vllm_engine import VLLMEngine
 

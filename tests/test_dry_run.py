@@ -14,6 +14,7 @@ REAL_RECIPES = {
     "r1_zero_qwen3_30b_a3b.yaml": 11,         # routing replay: forced to the HF engine
     "r1_zero_qwen3_30b_a3b_lora.yaml": 7,
     "r1_zero_deepseek_v2_lite.yaml": 12,      # routing replay: forced to the HF engine
+    "r1_zero_deepseek_v4_flash_lora.yaml": 60,  # HF engine (vLLM cannot sample V4 here)
     "simplerl_qwen2.5_math_7b.yaml": 38,      # colocated vLLM
     "dapo_qwen2.5_32b.yaml": 45,              # vLLM server child
 }
@@ -78,6 +79,7 @@ def test_every_real_recipe_is_covered():
 PUBLISHED = {
     "Qwen/Qwen3-30B-A3B-Base": (30.5e9, 3.3e9),
     "deepseek-ai/DeepSeek-V2-Lite": (15.7e9, 2.4e9),
+    "deepseek-ai/DeepSeek-V4-Flash-Base": (284e9, 13e9),
     "Qwen/Qwen2.5-Math-7B": (7.61e9, 7.61e9),
     "Qwen/Qwen2.5-Coder-7B-Instruct": (7.61e9, 7.61e9),
     "Qwen/Qwen2.5-32B": (32.5e9, 32.5e9),
