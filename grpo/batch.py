@@ -53,7 +53,8 @@ class TrainBatch:
     token_mask: Tensor
     """(N, C) 1.0 on every completion token."""
     advantages: Tensor
-    """(N,) one advantage per completion."""
+    """(N,) one advantage per completion, or (N, C) one per completion token (on-policy
+    distillation: the teacher's per-token signal); the policy losses broadcast (N,) over C."""
     rewards: Tensor
     """(N,) total reward (after any KL-in-reward penalty)."""
     truncated: Tensor
@@ -65,6 +66,8 @@ class TrainBatch:
     forward of the update (exact when the step makes one optimiser step)."""
     ref_logp: Tensor | None = None
     """(N, C) the reference policy's log-probs; None when beta = 0."""
+    stats: dict[str, float] = field(default_factory=dict)
+    """Statistics of preparing the batch (a distillation teacher's KL and tokens), logged."""
 
     @property
     def rows(self) -> int:

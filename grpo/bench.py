@@ -13,13 +13,17 @@ reward (``digit_reward``):
   (``rollout.batch_size=32``: one generate call, as TRL; dynamic sampling and truncation masking
   off, as TRL's defaults).
 - ``r1kit_vllm``: the same with the colocated vLLM engine (``VLLM_CPU_KVCACHE_SPACE=1``).
+- ``r1kit_hf_v4``: ``r1kit_hf``'s run on the tiny DeepSeek-V4 (``tiny:deepseek_v4``: mHC, hash
+  and top-k MoE, compressed attention) beside the tiny Qwen3-MoE, with ``rollout.batch_size=8``
+  (one prompt's group per generate call: V4 must not be left-padded, docs/TRAINING.md). No TRL
+  counterpart; the table gives its seconds per step and completion tokens per second next to
+  ``r1kit_hf``'s.
 
-Completions are forced to the full 64 tokens on every engine: HF ``min_new_tokens=64``
-(TRL's ``generation_kwargs``; the policy's ``generation_config`` for r1kit's HF engine, which
-``generate`` merges), vLLM ``min_tokens=64`` (the engine's ``_sampling_params`` wrapped in the
-worker). Each contender runs 1 warm-up step, then K timed steps; a step is everything between two
-steps (generation, reward, advantages, loss, backward, optimiser, weight sync, logging); the figure
-is the median. Peak RSS is the worker's ``ru_maxrss`` (reward worker processes not included).
+Completions are forced to the full 64 tokens on every engine: ``min_new_tokens=64`` in TRL's
+``generation_kwargs``, ``rollout.min_tokens=64`` for r1kit (``Sampling.min_tokens``, which the HF
+engine's decode loop and vLLM's ``min_tokens`` honour). Each contender runs 1 warm-up step, then
+K timed steps; a step is everything between two steps (generation, reward, advantages, loss,
+backward, optimiser, weight sync, logging); the figure is the median. Peak RSS is the worker's ``ru_maxrss`` (reward worker processes not included).
 
 Memory. A Qwen3-MoE as small as the tiny one but with Qwen's 151,936-token vocabulary (random
 init, no tokenizer), 8 sequences x (512 prompt + 512 completion) tokens: one on-policy log-prob +
@@ -62,7 +66,7 @@ PROMPTS, GROUP, MAX_TOKENS = 4, 8, 64
 LR, CLIP_LOW, CLIP_HIGH = 1e-6, 0.2, 0.28
 VOCAB = 151_936
 MEMORY_SHAPE = {"full": (8, 512, 512), "quick": (2, 128, 128)}  # sequences, prompt, completion
-STEP_CONTENDERS = ("trl_hf", "r1kit_hf", "r1kit_vllm")
+STEP_CONTENDERS = ("trl_hf", "r1kit_hf", "r1kit_vllm", "r1kit_hf_v4")
 MEMORY_CONTENDERS = ("trl_memory", "r1kit_memory")
 TARGETS = {"r1kit_hf": 0.5, "r1kit_vllm": 0.33, "r1kit_memory": 0.25}
 """r1kit's goal as a ratio to TRL (step time for the step contenders, peak memory increase)."""
@@ -180,28 +184,16 @@ def worker_trl_hf(steps: int) -> dict[str, Any]:
     return _step_summary(seconds, {"completion_len": statistics.mean(clock.lengths)})
 
 
-def _min_tokens_vllm() -> None:
-    """Wrap the vLLM engine's sampling parameters so that no completion stops before max."""
-    from rollouts.vllm_engine import VLLMEngine
-
-    original = VLLMEngine._sampling_params
-
-    def forced(sampling, seed):
-        params = original(sampling, seed)
-        params.min_tokens = sampling.max_tokens
-        return params
-
-    VLLMEngine._sampling_params = staticmethod(forced)
-
-
-def _r1kit_steps(engine: str, steps: int) -> dict[str, Any]:
+def _r1kit_steps(engine: str, steps: int, family: str = "qwen3_moe") -> dict[str, Any]:
     from grpo.setup import build_trainer
     from r1kit.config import load_config, validate_training
 
     out = tempfile.mkdtemp(prefix=f"bench-r1kit-{engine}-")
     cfg = load_config(None, [
         f"rollout.engine={engine}", f"rollout.n={GROUP}", f"rollout.max_tokens={MAX_TOKENS}",
-        f"rollout.batch_size={PROMPTS * GROUP}", "data.num_prompts=64",
+        f"rollout.min_tokens={MAX_TOKENS}",
+        f"rollout.batch_size={GROUP if family == 'deepseek_v4' else PROMPTS * GROUP}",
+        f"model.path=tiny:{family}", "data.num_prompts=64",
         "reward.funcs=[grpo.bench:digit_reward]", "reward.weights=[1.0]",
         "algo.filter_zero_variance=false", "algo.mask_truncated=false", "algo.beta=0.0",
         "algo.aggregation=token_mean", "algo.policy_loss=ppo_clip",
@@ -213,9 +205,7 @@ def _r1kit_steps(engine: str, steps: int) -> dict[str, Any]:
     validate_training(cfg)
     if engine == "vllm":
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on CPU
-        _min_tokens_vllm()
     trainer = build_trainer(cfg, show_progress=False)
-    trainer.p.policy.generation_config.min_new_tokens = MAX_TOKENS  # the HF engine's generate
     seconds, metrics = [], []
     try:
         for _ in range(1 + steps):
@@ -226,8 +216,10 @@ def _r1kit_steps(engine: str, steps: int) -> dict[str, Any]:
         trainer.p.close()
     parts = {f"median_{k.replace('/', '_')}": statistics.median(m.get(k, 0.0) for m in metrics[1:])
              for k in ("time/generate", "time/rollout", "time/update", "time/sync")}
+    tokens = statistics.mean(m["response_len"] for m in metrics) * PROMPTS * GROUP
     return _step_summary(seconds, {"completion_len": statistics.mean(
-        m["response_len"] for m in metrics), **parts})
+        m["response_len"] for m in metrics), **parts,
+        "tokens_per_s": tokens / statistics.median(seconds[1:] or seconds)})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,6 +321,7 @@ WORKERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "trl_hf": lambda a: worker_trl_hf(a.steps),
     "r1kit_hf": lambda a: _r1kit_steps("hf", a.steps),
     "r1kit_vllm": lambda a: _r1kit_steps("vllm", a.steps),
+    "r1kit_hf_v4": lambda a: _r1kit_steps("hf", a.steps, family="deepseek_v4"),
     "trl_memory": lambda a: worker_trl_memory(a.quick),
     "r1kit_memory": lambda a: worker_r1kit_memory(a.quick),
 }
@@ -413,7 +406,9 @@ def _ratios(results: dict[str, Any]) -> dict[str, float | None]:
 
 
 def _fmt(x: float | None, spec: str) -> str:
-    return "-" if x is None or not math.isfinite(x) else format(x, spec)
+    if x is None or not math.isfinite(x):
+        return format("-", ">" + spec.split(".")[0])  # as wide as a number would be
+    return format(x, spec)
 
 
 def table(result: dict[str, Any]) -> str:
@@ -436,6 +431,11 @@ def table(result: dict[str, Any]) -> str:
             f"{_fmt(r.get('peak_rss_mb'), '12.0f')} "
             f"{_fmt(rat.get(f'{name}/rss', 1.0 if name == 'trl_hf' else None), '6.2f')} "
             f"{'<= ' + str(target) if target else '':>7}")
+    moe = [(n, res[n]) for n in ("r1kit_hf", "r1kit_hf_v4") if "s_per_step" in res.get(n, {})]
+    if moe:
+        lines.append("tiny MoE families, HF engine: " + "; ".join(
+            f"{n} {r['s_per_step']:.2f} s/step, {r['tokens_per_s']:.0f} completion tokens/s"
+            for n, r in moe))
     if "r1kit_memory" in res or "trl_memory" in res:
         b, p, c = s["memory_shape"]
         lines.append(f"memory: log-prob + loss + backward, vocab {s['vocab']:,}, {b} x "

@@ -115,7 +115,7 @@ ADVANTAGES: dict[str, Callable[..., Tensor]] = {
 
 # ---------------------------------------------------------------------------------------------
 # Policy losses: per-token loss (N, T) from the trainer's log-probs, the rollout policy's
-# log-probs (``old``) and one advantage per sequence.
+# log-probs (``old``) and one advantage per sequence (or per token: ``per_token``).
 
 
 @dataclass(frozen=True)
@@ -138,8 +138,14 @@ class PolicyOut:
     """(N, T) the importance ratio each token used (per-sequence for GSPO), detached."""
 
 
+def per_token(adv: Tensor) -> Tensor:
+    """One advantage per sequence (N,) -> (N, 1), broadcast over its tokens; per-token
+    advantages (N, T) (on-policy distillation, ``distill.on_policy``) pass through."""
+    return adv[:, None] if adv.dim() == 1 else adv
+
+
 def _clip_surrogate(ratio: Tensor, adv: Tensor, p: ClipParams) -> tuple[Tensor, Tensor]:
-    # ratio (N, T) or (N, 1); adv (N, 1) -> loss, clipped
+    # ratio (N, T) or (N, 1); adv (N, 1) or (N, T) -> loss, clipped
     unclipped = ratio * adv
     clipped_ratio = torch.clamp(ratio, 1 - p.clip_low, 1 + p.clip_high)
     loss = -torch.min(unclipped, clipped_ratio * adv)
@@ -148,9 +154,10 @@ def _clip_surrogate(ratio: Tensor, adv: Tensor, p: ClipParams) -> tuple[Tensor, 
 
 
 def policy_ppo_clip(logp: Tensor, old: Tensor, adv: Tensor, mask: Tensor, p: ClipParams) -> PolicyOut:
-    """PPO-clip surrogate per token, ratio = exp(logp - old). logp, old, mask (N, T); adv (N,)"""
+    """PPO-clip surrogate per token, ratio = exp(logp - old). logp, old, mask (N, T); adv (N,)
+    or (N, T)"""
     ratio = torch.exp(logp - old)  # (N, T)
-    loss, clipped = _clip_surrogate(ratio, adv[:, None], p)
+    loss, clipped = _clip_surrogate(ratio, per_token(adv), p)
     return PolicyOut(loss, clipped, ratio.detach())
 
 
@@ -159,7 +166,7 @@ def policy_dual_clip(logp: Tensor, old: Tensor, adv: Tensor, mask: Tensor, p: Cl
     if p.dual_clip <= 1:
         raise ValueError(f"dual_clip must be > 1, got {p.dual_clip}")
     ratio = torch.exp(logp - old)  # (N, T)
-    a = adv[:, None]  # (N, 1)
+    a = per_token(adv)  # (N, 1) or (N, T)
     loss, clipped = _clip_surrogate(ratio, a, p)
     capped = torch.min(loss, -p.dual_clip * a)
     neg = (a < 0).expand_as(loss)
@@ -177,7 +184,7 @@ def policy_gspo(logp: Tensor, old: Tensor, adv: Tensor, mask: Tensor, p: ClipPar
     GSPO's paper uses clip ranges near 3e-4 / 4e-4, far below PPO's, and averages per sequence
     (``seq_mean_token_mean``); with ``token_mean`` longer sequences weigh more (TRL's default)."""
     ratio = torch.exp(sequence_log_ratio(logp, old, mask))  # (N, 1)
-    loss, clipped = _clip_surrogate(ratio, adv[:, None], p)
+    loss, clipped = _clip_surrogate(ratio, per_token(adv), p)
     full = logp.shape
     return PolicyOut(loss.expand(full), clipped.expand(full), ratio.detach().expand(full))
 
@@ -188,7 +195,7 @@ def policy_cispo(logp: Tensor, old: Tensor, adv: Tensor, mask: Tensor, p: ClipPa
     ratio = torch.exp(logp - old)  # (N, T)
     w = torch.clamp(ratio, 1 - p.clip_low, 1 + p.clip_high).detach()
     clipped = (ratio < 1 - p.clip_low) | (ratio > 1 + p.clip_high)
-    return PolicyOut(-w * adv[:, None] * logp, clipped, ratio.detach())
+    return PolicyOut(-w * per_token(adv) * logp, clipped, ratio.detach())
 
 
 POLICY_LOSSES: dict[str, Callable[..., PolicyOut]] = {

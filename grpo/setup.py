@@ -81,9 +81,27 @@ def load_policy(cfg: Any, base: Path, ckpt: Path | None, device: torch.device) -
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(device)
     if ckpt:
         return PeftModel.from_pretrained(model, ckpt / "model", is_trainable=True)
+    check_lora_parameters(model, t.lora_target_parameters)
     lcfg = LoraConfig(r=t.lora_rank, lora_alpha=t.lora_alpha, target_modules=t.lora_targets,
-                      lora_dropout=0.0, task_type="CAUSAL_LM")
+                      target_parameters=t.lora_target_parameters or None, lora_dropout=0.0,
+                      task_type="CAUSAL_LM")
     return get_peft_model(model, lcfg)
+
+
+def check_lora_parameters(model: torch.nn.Module, targets: list[str]) -> None:
+    """Each of ``train.lora_target_parameters`` names a parameter of ``model`` (peft's rule: the
+    name, or its dotted suffix); a ConfigError that lists the 3-D candidates otherwise, raised
+    when the policy loads, before any engine starts."""
+    from r1kit.config import ConfigError
+
+    names = [n for n, _ in model.named_parameters()]
+    for target in targets:
+        if not any(n == target or n.endswith("." + target) for n in names):
+            fused = sorted({n.split(".layers.")[-1].split(".", 1)[-1]
+                            for n, p in model.named_parameters() if p.dim() == 3})
+            raise ConfigError(f"train.lora_target_parameters: no parameter of "
+                             f"{type(model).__name__} is named {target!r}; its 3-D parameters "
+                             f"are {fused or 'none'}")
 
 
 def make_optimizer(cfg: Any, policy: torch.nn.Module):
@@ -117,7 +135,9 @@ def recorder_factory(policy: torch.nn.Module, aux_loss: bool):
     return lambda model: routing.RoutingRecorder(model, keep_logits=aux_loss)
 
 
-def build_trainer(cfg: Any, show_progress: bool = True) -> GRPOTrainer:
+def build_trainer(cfg: Any, show_progress: bool = True, teacher: Any = None) -> GRPOTrainer:
+    """The trainer of ``cfg``, resumed if ``train.resume`` says so; ``teacher`` (a
+    ``distill.on_policy.Teacher``) makes it an on-policy distillation run."""
     from transformers import AutoTokenizer
 
     from grpo.observe import route_logs
@@ -149,7 +169,7 @@ def build_trainer(cfg: Any, show_progress: bool = True) -> GRPOTrainer:
         objective=Objective.from_config(cfg.algo, t, r.max_tokens, resolve_mismatch(cfg),
                                         compute_dtype(cfg)),
         reference=make_reference(cfg, base, device),
-        recorder_fn=recorder_factory(policy, cfg.algo.aux_loss_coef > 0))
+        recorder_fn=recorder_factory(policy, cfg.algo.aux_loss_coef > 0), teacher=teacher)
     try:
         return _start(parts, base, ckpt, out, show_progress)
     except BaseException:  # nothing left running: the scorer's workers, the engine
@@ -219,10 +239,11 @@ def save(trainer: GRPOTrainer) -> Path:
                            trainer.state_dict(), t.keep_last)
 
 
-def run_train(cfg: Any, show_progress: bool = True) -> dict[str, Any]:
-    """Train to ``train.steps``; return the last step's metrics and the final checkpoint."""
+def run_train(cfg: Any, show_progress: bool = True, teacher: Any = None) -> dict[str, Any]:
+    """Train to ``train.steps``; return the last step's metrics and the final checkpoint.
+    ``teacher``: on-policy distillation (``distill.run``), otherwise GRPO."""
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")  # vLLM logs go to engine.log
-    trainer = build_trainer(cfg, show_progress)
+    trainer = build_trainer(cfg, show_progress, teacher)
     metrics: dict[str, Any] = {}
     last_saved = None
     try:

@@ -12,11 +12,15 @@ each.
    Returns a ``Rollout`` stamped with the policy version that sampled it.
 2. ``prepare``: reference log-probs (beta > 0), KL-in-reward, advantages, masks (truncated
    completions masked), and the trainer's own log-probs of the rollout policy when the update
-   makes more than one optimiser step. Returns a ``TrainBatch``.
+   makes more than one optimiser step. With a distillation ``teacher`` in the parts, the
+   teacher's per-token advantages replace the reward-based ones (``distill.on_policy``).
+   Returns a ``TrainBatch``.
 3. ``update``: ``train.epochs`` passes, ``train.minibatches`` optimiser steps each, micro-batches
    by ``train.token_budget`` with gradient accumulation.
 4. ``sync``: ``engine.update_weights(policy)``; the policy version goes up by one.
-5. ``log`` and ``save``.
+5. ``log`` and ``save``. Policies with mHC residual streams (DeepSeek-V4) also log the mixing
+   matrices' distance from doubly stochastic and the streams' sizes after the update
+   (``grpo.mhc``).
 
 Steps 1 and 3 share nothing but the ``Rollout``: a one-step-off-policy mode can run ``rollout``
 for step t+1 on the engine while ``update`` runs step t, and the mismatch correction already
@@ -36,6 +40,7 @@ from torch import nn
 
 from grpo.batch import Rollout, TrainBatch, pad_rows
 from grpo.losses import ADVANTAGES, KL_ESTIMATORS, Norm, kl_penalised_rewards
+from grpo.mhc import has_mhc, mhc_stats
 from grpo.update import (
     NonFiniteError,
     Objective,
@@ -107,6 +112,9 @@ class Parts:
     runlog: Any = None
     recorder_fn: Any = None
     """model -> a fresh routing recorder (MoE statistics), or None."""
+    teacher: Any = None
+    """On-policy distillation (``distill.on_policy.Teacher``): its per-token advantages replace
+    the reward-based ones in ``prepare``; rewards are still computed and logged."""
 
     def close(self) -> None:
         """Stop what runs beside the trainer: the run log, the scorer's workers, the engine."""
@@ -121,6 +129,7 @@ class GRPOTrainer:
         self.cfg = parts.cfg
         self.step, self.version = step, version
         self.device = next(parts.policy.parameters()).device
+        self.mhc = has_mhc(parts.policy)
 
     # -- 1. rollout + score -----------------------------------------------------------------
     def rollout(self) -> Rollout:
@@ -135,7 +144,8 @@ class GRPOTrainer:
             rate = max(len(kept) / len(every), 0.25) if every else 1.0
             problems = self.p.data.take(math.ceil((want - len(kept)) / rate))
             sampling = Sampling(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
-                                top_k=r.top_k, seed=r.seed + 7919 * self.step + 104729 * attempt)
+                                top_k=r.top_k, min_tokens=r.min_tokens,
+                                seed=r.seed + 7919 * self.step + 104729 * attempt)
             g0 = time.perf_counter()
             groups = self._generate([self.p.prompt_fn(q.question) for q in problems], sampling)
             gen_s += time.perf_counter() - g0
@@ -233,6 +243,9 @@ class GRPOTrainer:
                 batch.rewards = kl_penalised_rewards(batch.rewards, kl, token_mask, a.beta)
         rewards = batch.rewards.reshape(ro.rewards.shape)  # (G, n)
         batch.advantages = ADVANTAGES[a.advantage](rewards, a.scale_rewards).flatten()
+        if self.p.teacher is not None:  # on-policy distillation: (N, C) from the teacher
+            batch.advantages, batch.stats = self.p.teacher.advantages(
+                batch, t.token_budget, self._pad_id(), t.logprob_chunk, self.device)
         if t.epochs > 1 or t.minibatches > 1:
             batch.old_logp = self._logprobs(self.p.policy, batch)
         return batch
@@ -309,6 +322,14 @@ class GRPOTrainer:
             stats.update(update_router_stats(router))
         return stats
 
+    def _mhc_stats(self, batch: TrainBatch) -> dict[str, float]:
+        """``grpo.mhc`` metrics of the updated policy on the step's first micro-batch."""
+        if not self.mhc:
+            return {}
+        mb = next(micro_batches(batch, list(range(batch.rows)), self.cfg.train.token_budget,
+                                self._pad_id(), self.device))
+        return mhc_stats(self.p.policy, mb.input_ids, mb.attention_mask)
+
     # -- 4. sync, 5. log / save ---------------------------------------------------------------
     def sync(self) -> float:
         t0 = time.perf_counter()
@@ -323,7 +344,9 @@ class GRPOTrainer:
         if ro.groups:
             t1 = time.perf_counter()
             batch = self.prepare(ro)
+            metrics.update(batch.stats)
             metrics.update(self.update(batch))
+            metrics.update(self._mhc_stats(batch))
             metrics["time/update"] = time.perf_counter() - t1
             metrics["time/sync"] = self.sync()
         else:

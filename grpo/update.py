@@ -130,7 +130,9 @@ def microbatch_loss(model: nn.Module, batch: TrainBatch, mb: MicroBatch, obj: Ob
 
     mask, sampler = take(batch.mask), take(batch.sampler_logp)
     old = take(batch.old_logp) if batch.old_logp is not None else tl.logp.detach()
-    adv = batch.advantages[mb.rows].to(dev)  # (b,)
+    adv = batch.advantages[mb.rows].to(dev)  # (b,), or (b, C) per-token advantages
+    if adv.dim() == 2:
+        adv = adv[:, :c]
     w, kept = MISMATCH_CORRECTIONS[obj.mismatch](old, sampler, mask, obj.mismatch_params)
     pol = POLICY_LOSSES[obj.policy_loss](tl.logp, old, adv, mask, obj.clip)
     per_token = pol.loss * w.detach() * kept  # (b, c); dropped tokens contribute 0

@@ -29,8 +29,9 @@ def cmd_tiny(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
         prog="r1kit tiny",
         description="Build (or reuse from the cache) the embedded tiny policy: a random-init "
-        "Qwen3-MoE, DeepSeek-V3 or dense Qwen3 (tied embeddings) with a locally trained "
-        "tokenizer. Prints the checkpoint path.")
+        "Qwen3-MoE, DeepSeek-V3, dense Qwen3 (tied embeddings; also as qwen3_dense, the "
+        "distillation student) or Qwen2-style dense (tied) with a locally trained tokenizer. "
+        "Prints the checkpoint path.")
     ap.add_argument("--family", choices=[*FAMILIES, "all"], default="qwen3_moe")
     ap.add_argument("--seed", type=int, default=0, help="random-init seed (default 0)")
     ap.add_argument("--cache-dir", default=None,
@@ -140,6 +141,79 @@ def cmd_train(argv: list[str]) -> int:
         print(f"r1kit: training stopped: {e}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=1))
+    return 0
+
+
+def cmd_distill(argv: list[str]) -> int:
+    ap = _recipe_parser(
+        "r1kit distill",
+        "Distil a teacher (distill.teacher) into the student (model.path): rejection-sampled SFT "
+        "on verified teacher traces (distill.method=sft; writes traces.jsonl) or on-policy "
+        "distillation with the teacher's per-token reverse KL (distill.method=on_policy). "
+        "Checkpoints, metrics.jsonl, tb/ and distill.json (teacher forward tokens) go to "
+        "log.out_dir.",
+        ["model", "data", "rollout", "reward", "algo", "train", "log", "distill"])
+    ap.add_argument("recipe", nargs="?", help="recipe YAML (defaults apply without one)")
+    ap.add_argument("overrides", nargs="*", help="section.key=value")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    if not argv:  # training is never started by accident
+        ap.print_usage(sys.stderr)
+        print("r1kit distill: give a recipe and/or section.key=value settings", file=sys.stderr)
+        return 2
+    args = ap.parse_args(argv)
+    recipe, overrides = _recipe_and_overrides(args)
+    from r1kit.config import validate_distill
+
+    cfg = load_config(recipe, overrides)
+    validate_distill(cfg)
+    _setup_logging(cfg.log.level)
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    from distill.on_policy import VocabularyMismatch
+    from distill.run import run_distill
+    from grpo.setup import ResumeError
+    from grpo.update import NonFiniteError
+    from r1kit.generate import PromptTooLong
+    from rewards.scorer import RewardFailure
+
+    try:
+        result = run_distill(cfg, show_progress=not args.no_progress)
+    except (VocabularyMismatch, ResumeError, PromptTooLong) as e:
+        print(f"r1kit: {e}", file=sys.stderr)
+        return 2
+    except (NonFiniteError, RewardFailure) as e:
+        print(f"r1kit: distillation stopped: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def cmd_distill_demo(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="r1kit distill-demo",
+        description="The RL-trained tiny MoE of `r1kit demo` (runs/tiny_r1_zero; trained first "
+        "if absent) teaches a tiny dense Qwen3 by rejection-sampled SFT and by on-policy "
+        "distillation; held-out accuracy of teacher and student before/after each method and "
+        "the teacher forward tokens each spent, side by side, in report.md and report.json.")
+    ap.add_argument("--out-dir", default="runs/tiny_distill", help="run folder")
+    ap.add_argument("--teacher-run", default="runs/tiny_r1_zero",
+                    help="the GRPO demo's run folder (trained with recipes/tiny_r1_zero.yaml "
+                    "if it holds no checkpoint)")
+    ap.add_argument("--heldout", type=int, default=200, help="held-out problems (default 200)")
+    ap.add_argument("-n", type=int, default=2, help="samples per held-out problem (default 2)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+    _setup_logging("WARNING")
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    from r1kit.distill_demo import run_distill_demo
+
+    result = run_distill_demo(args.out_dir, args.teacher_run, heldout=args.heldout, n=args.n,
+                              progress=not args.no_progress)
+    print(result["text"])
+    print(f"r1kit distill-demo: everything is in {result['out_dir']} (report.md, report.json)",
+          file=sys.stderr)
     return 0
 
 
@@ -293,6 +367,7 @@ BENCHES: dict[str, str] = {
     "train": "grpo.bench",
     "replay": "grpo.replay_bench",
     "eval": "eval.bench",
+    "distill": "distill.bench",
 }
 
 
@@ -303,28 +378,32 @@ def cmd_bench(argv: list[str]) -> int:
               "  rewards  math grading and sandbox throughput against peers\n"
               "  train    GRPO seconds/step and peak memory against TRL\n"
               "  replay   what MoE routing replay does to off-policy updates\n"
-              "  eval     evaluation grading throughput and engine tokens/s", file=sys.stderr)
+              "  eval     evaluation grading throughput and engine tokens/s\n"
+              "  distill  student tokens/s and teacher forward tokens per problem, both methods",
+              file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return _delegate(BENCHES[argv[0]])(argv[1:])
 
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "tiny": (cmd_tiny, "build an embedded tiny policy (Qwen3-MoE, DeepSeek-V3, dense Qwen3)"),
+    "tiny": (cmd_tiny, "build an embedded tiny policy (Qwen3-MoE, DeepSeek-V3, dense Qwen3/2)"),
     "generate": (cmd_generate, "sample and score groups of completions from a recipe"),
     "train": (cmd_train, "GRPO training from a recipe (resumable)"),
     "demo": (cmd_demo, "R1-Zero that learns on a laptop: base, eval, GRPO, eval, report"),
     "eval": (cmd_eval, "score a model on math and code suites; compare two runs"),
+    "distill": (cmd_distill, "distil a teacher into a student: rejection-sampled SFT or on-policy"),
+    "distill-demo": (cmd_distill_demo, "the RL policy of `demo` teaches a tiny dense student"),
     "plan": (_delegate("r1kit.plan"), "per-GPU memory and step-time estimate of a recipe"),
     "grade": (_delegate("rewards.math"), "grade math answers from a JSONL file"),
     "sandbox": (_delegate("rewards.sandbox"), "run a Python file in the sandbox, print JSON"),
-    "bench": (cmd_bench, "benchmarks: rollout, rewards, train, replay, eval"),
+    "bench": (cmd_bench, "benchmarks: rollout, rewards, train, replay, eval, distill"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        lines = [f"  {name:10s}{doc}" for name, (_, doc) in COMMANDS.items()]
+        lines = [f"  {name:14s}{doc}" for name, (_, doc) in COMMANDS.items()]
         print("usage: r1kit COMMAND [options]\n\ncommands:\n" + "\n".join(lines)
               + "\n\nr1kit COMMAND --help for a command's options.",
               file=sys.stdout if argv else sys.stderr)

@@ -1,7 +1,7 @@
 """Recipes: one flat YAML file mapped onto typed config dataclasses.
 
 A recipe has sections (``model``, ``data``, ``rollout``, ``reward``, ``log``, ``algo``, ``train``,
-``eval``, ``plan``), each a mapping of ``key: value``; nothing is nested deeper than
+``eval``, ``plan``, ``distill``), each a mapping of ``key: value``; nothing is nested deeper than
 ``section.key``. Command-line overrides use the same
 address: ``rollout.n=8``. The dataclasses below are the one place a setting is documented: the
 docstring under each field is what ``r1kit <command> --help`` prints.
@@ -87,6 +87,9 @@ class RolloutConfig:
     """Nucleus mass; keep 1.0 for on-policy GRPO."""
     top_k: int = -1
     """Top-k cut-off; -1 keeps all tokens."""
+    min_tokens: int = 0
+    """Fewest new tokens per completion (EOS is not sampled before). Keep 0 for RL: the policy
+    must learn when to stop; benchmarks set it to force equal lengths on every engine."""
     seed: int = 0
     """Sampling seed; the same seed reproduces the same completions on the same engine."""
     prompt_style: Literal["r1_zero", "chat"] = "r1_zero"
@@ -216,6 +219,11 @@ class TrainConfig:
     lora_targets: list[str] = field(default_factory=lambda: [
         "q_proj", "k_proj", "v_proj", "o_proj"])
     """Module names LoRA wraps."""
+    lora_target_parameters: list[str] = field(default_factory=list)
+    """Parameter names LoRA also wraps (peft's ``target_parameters``): transformers 5 keeps MoE
+    experts as fused 3-D parameters, not modules, so adapting them takes this, e.g.
+    ``[mlp.experts.gate_up_proj, mlp.experts.down_proj]`` for Qwen3-MoE and DeepSeek-V3. Each
+    expert gets its own rank-r pair. Empty: modules only."""
     seed: int = 0
     """Seed of initialisation-time randomness, data order and sampling."""
     deterministic: bool = False
@@ -312,6 +320,39 @@ class PlanConfig:
 
 
 @dataclass
+class DistillConfig:
+    """``r1kit distill``: a teacher checkpoint teaches the student (``model.path``). The other
+    sections keep their meaning for the one model that samples: ``rollout.*`` is the teacher's
+    sampling in ``sft`` (``rollout.n`` traces per problem) and the student's in ``on_policy``;
+    ``train.*`` is the student's optimiser in both (``train.steps`` optimiser steps)."""
+
+    method: Literal["sft", "on_policy"] = "sft"
+    """``sft``: rejection-sampled SFT (the teacher samples, the rewards verify, the student is
+    fine-tuned on the kept traces; tokenizers may differ). ``on_policy``: the student samples
+    and the teacher scores each of its tokens; the per-token advantage is the negative reverse
+    KL, teacher log-prob minus student log-prob (needs the same vocabulary)."""
+    teacher: str = ""
+    """Teacher checkpoint folder, hub id or ``tiny:<family>[/base]``, or a ``r1kit train`` run
+    folder (its newest checkpoint's model)."""
+    threshold: float = 1.0
+    """``sft``: a trace is verified when its total reward (the weighted sum of reward.funcs)
+    is >= this; 1.0 with accuracy (1.0) and format (0.5) keeps correct answers in any format,
+    1.5 only correct and well-formatted ones."""
+    keep: Literal["shortest", "all"] = "shortest"
+    """``sft``: per problem, keep the shortest verified trace (one example per problem, no
+    problem weighs more for being easy; shorter reasoning is the cheaper habit to copy) or all
+    verified traces."""
+    dataset: str = ""
+    """``sft``: JSONL of verified traces; empty = ``log.out_dir/traces.jsonl``. Reused without
+    sampling when it exists with the same teacher, problems, sampling and verification settings
+    (its ``.meta.json`` says which)."""
+    rows_per_step: int = 8
+    """``sft``: packed rows per optimiser step."""
+    row_tokens: int = 512
+    """``sft``: tokens per packed row (examples laid end to end; none is cut)."""
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -322,6 +363,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     source: str = field(default="<defaults>", repr=False)
     """Where the config came from (recipe path); not a setting."""
 
@@ -605,6 +647,9 @@ def validate_training(cfg: Config, *, this_machine: bool = True) -> None:
                        ("train.sample_every", t.sample_every)):
         if value < 0:
             fail(key, f"must be >= 0, got {value}")
+    if t.lora_target_parameters and not t.lora_rank:
+        fail("train.lora_target_parameters", "needs train.lora_rank > 0 (LoRA off trains every "
+             "weight already)")
     if a.policy_loss == "dual_clip" and a.dual_clip <= 1:
         fail("algo.dual_clip", f"must be > 1, got {a.dual_clip}")
     if not 0 < a.mismatch_low < 1 < a.mismatch_cap:
@@ -632,6 +677,57 @@ def validate_training(cfg: Config, *, this_machine: bool = True) -> None:
              "needs Triton); on CPU use rollout.engine=hf")
     if t.wandb and this_machine and importlib.util.find_spec("wandb") is None:
         fail("train.wandb", "wandb is not installed (pip install wandb)")
+
+
+def validate_distill(cfg: Config) -> None:
+    """What ``r1kit distill`` needs on top of ``validate`` (vocabularies are compared later,
+    from the tokenizers, still before any model is loaded: ``distill.run``)."""
+
+    def fail(key: str, why: str) -> None:
+        raise ConfigError(f"{cfg.source}: {key}: {why}")
+
+    d, t = cfg.distill, cfg.train
+    if not d.teacher:
+        fail("distill.teacher", "empty; give the teacher's checkpoint folder, hub id, "
+             "tiny:<family>[/base] or a r1kit train run folder")
+    resolve_teacher(cfg)  # fails with a ConfigError naming distill.teacher
+    if d.method == "on_policy":
+        validate_training(cfg)
+        if cfg.algo.filter_zero_variance:
+            fail("algo.filter_zero_variance", "must be false for on_policy: every group carries "
+                 "the teacher's per-token signal, whatever its rewards")
+        return
+    for key, value in (("train.steps", t.steps), ("distill.rows_per_step", d.rows_per_step),
+                       ("distill.row_tokens", d.row_tokens)):
+        if value < 1:
+            fail(key, f"must be >= 1, got {value}")
+    if t.lr <= 0:
+        fail("train.lr", f"must be > 0, got {t.lr}")
+    if d.row_tokens < cfg.rollout.max_tokens:
+        fail("distill.row_tokens", f"{d.row_tokens} is below rollout.max_tokens="
+             f"{cfg.rollout.max_tokens}: a trace might not fit a row")
+
+
+def resolve_teacher(cfg: Config) -> str:
+    """``distill.teacher`` as a ``model.path`` value: a run folder becomes its newest
+    checkpoint's ``model/``; anything else is checked as ``model.path`` is."""
+    path = cfg.distill.teacher
+    p = Path(path).expanduser()
+    if (p / "checkpoints").is_dir():
+        from grpo.checkpoint import latest_checkpoint
+
+        ckpt = latest_checkpoint(p)
+        if ckpt is None:
+            raise ConfigError(f"{cfg.source}: distill.teacher: run folder {path!r} holds no "
+                              "complete checkpoint")
+        return str(ckpt / "model")
+    probe = Config(source=cfg.source)
+    probe.model.path = path
+    try:
+        validate(probe)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("model.path", "distill.teacher")) from None
+    return path
 
 
 def _cuda_available() -> bool:

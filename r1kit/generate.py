@@ -152,7 +152,7 @@ def run_generate(cfg: Config, show_progress: bool = True) -> dict:
     prompts = [build_prompt(p.question, r.prompt_style, tokenizer) for p in problems]
     check_prompt_lengths(prompts, tokenizer, r.max_tokens, r.max_model_len)
     sampling = Sampling(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
-                        top_k=r.top_k, seed=r.seed)
+                        top_k=r.top_k, min_tokens=r.min_tokens, seed=r.seed)
     log.info("sampling %d x %d completions with the %s engine from %s",
              len(prompts), r.n, r.engine, model_path)
     with output_to(out / "engine.log"):

@@ -160,6 +160,9 @@ class Counts:
     active_frac: float
     """Routed experts per token / routed experts (1 for dense models)."""
     lora: int
+    """LoRA parameters, modules and 3-D parameters together."""
+    lora_experts: int = 0
+    """The part of ``lora`` on 3-D (fused expert) parameters."""
 
     @property
     def active(self) -> float:
@@ -183,7 +186,8 @@ def _experts(config) -> tuple[int, int]:
     return n, getattr(config, "num_experts_per_tok", 0) or 0
 
 
-def count_params(config, lora_rank: int = 0, lora_targets: list[str] = ()) -> Counts:
+def count_params(config, lora_rank: int = 0, lora_targets: list[str] = (),
+                 lora_parameters: list[str] = ()) -> Counts:
     """Exact counts from the model built on the meta device (no memory, no weights)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -201,20 +205,44 @@ def count_params(config, lora_rank: int = 0, lora_targets: list[str] = ()) -> Co
         for name, mod in model.named_modules():
             if isinstance(mod, torch.nn.Linear) and name.rsplit(".", 1)[-1] in lora_targets:
                 lora += lora_rank * (mod.in_features + mod.out_features)
+    lora_experts = 0
+    for name, p in model.named_parameters():  # peft's ParamWrapper: rank r per expert
+        if lora_rank and p.dim() == 3 and any(name == t or name.endswith("." + t)
+                                              for t in lora_parameters):
+            lora_experts += lora_rank * p.shape[0] * (p.shape[1] + p.shape[2])
     return Counts(total, embed.numel(), tied, routed,
-                  per_tok / n_experts if routed and n_experts else 1.0, lora)
+                  per_tok / n_experts if routed and n_experts else 1.0, lora + lora_experts,
+                  lora_experts)
 
 
 def kv_elements_per_token(config) -> int:
     """KV-cache elements one token keeps over all layers: 2 x kv_heads x head_dim per layer, or
-    MLA's compressed latent plus rotary key (kv_lora_rank + qk_rope_head_dim)."""
+    MLA's compressed latent plus rotary key (kv_lora_rank + qk_rope_head_dim), or DeepSeek-V4's
+    compressed entries (``_deepseek_v4_kv``)."""
     layers = config.num_hidden_layers
+    if getattr(config, "compress_rates", None) and getattr(config, "layer_types", None):
+        return _deepseek_v4_kv(config)
     if getattr(config, "kv_lora_rank", None):
         return layers * (config.kv_lora_rank + config.qk_rope_head_dim)
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     return layers * 2 * kv_heads * head_dim
+
+
+def _deepseek_v4_kv(config) -> int:
+    """DeepSeek-V4 (transformers' ``DeepseekV4HCACache``/``DeepseekV4CSACache``): one shared K=V
+    entry of head_dim per compressed window of ``compress_rates[type]`` tokens, plus, in compressed
+    sparse layers, the indexer's own index_head_dim entry per window. The sliding-window K=V ring
+    (``sliding_window`` x head_dim per layer and sequence, whatever the length) is left out: it
+    does not grow with the tokens."""
+    total = 0.0
+    for kind in config.layer_types:
+        rate = config.compress_rates.get(kind)
+        if rate:
+            extra = config.index_head_dim if kind == "compressed_sparse_attention" else 0
+            total += (config.head_dim + extra) / rate
+    return math.ceil(total)
 
 
 # -- the plan ---------------------------------------------------------------------------------
@@ -226,10 +254,13 @@ def plan(cfg: Config, arch_config) -> dict[str, Any]:
     if not 0 < p.mfu <= 1:
         raise ConfigError(f"{cfg.source}: plan.mfu: must be in (0, 1], got {p.mfu}")
     t = cfg.train
-    c = count_params(arch_config, t.lora_rank, t.lora_targets)
+    c = count_params(arch_config, t.lora_rank, t.lora_targets, t.lora_target_parameters)
     if t.lora_rank and not c.lora:
         raise ConfigError(f"{cfg.source}: train.lora_targets: no Linear module of "
                           f"{type(arch_config).__name__} is named {t.lora_targets}")
+    if t.lora_target_parameters and not c.lora_experts:
+        raise ConfigError(f"{cfg.source}: train.lora_target_parameters: no 3-D parameter of "
+                          f"{type(arch_config).__name__} is named {t.lora_target_parameters}")
     memory, kv = _memory(cfg, arch_config, c)
     peak = sum(memory.values()) - (min(memory["kv_cache"], memory["activations"]
                                        + memory["lm_head"]) if cfg.rollout.engine == "hf" else 0)

@@ -214,3 +214,31 @@ def test_decode_reads_only_the_experts_the_batch_routes_to():
         read = 128 * (dense + routed * touched) * 4 + seqs * 128 * 960 * (2 * 2 * 1 * 32 * 4)
         decode = max(read / hbm, 2 * active * seqs * 128 / flops)
         assert plan(cfg, moe)["time"]["generation"] == pytest.approx(prefill + decode, rel=1e-12)
+
+
+def test_lora_on_fused_experts_counts_what_peft_builds():
+    """``train.lora_target_parameters``: rank r per expert on each 3-D parameter, the same count
+    peft's ParamWrapper creates on the real tiny Qwen3-MoE."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config("qwen3_moe", vocab_size=1000, eos_id=0)
+    targets = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+    c = count_params(config, 4, [], targets)
+    # 2 layers x 8 experts x r 4 x ((in 64 + out 128) + (in 64 + out 64))
+    assert c.lora == c.lora_experts == 2 * 8 * 4 * ((64 + 128) + (64 + 64)) == 20480
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_config(config),
+                           LoraConfig(r=4, target_modules=[], target_parameters=targets))
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == c.lora
+    both = count_params(config, 4, ["q_proj"], targets)
+    assert both.lora == c.lora + 2 * 4 * (64 + 64) and both.lora_experts == c.lora_experts
+
+
+def test_lora_target_parameters_are_checked():
+    cfg = small_recipe()
+    cfg.train.lora_rank = 8
+    cfg.train.lora_target_parameters = ["mlp.experts.gate_up_proj"]
+    with pytest.raises(ConfigError, match="lora_target_parameters: no 3-D parameter"):
+        plan(cfg, small())  # a dense model has no fused experts

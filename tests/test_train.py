@@ -97,8 +97,10 @@ def test_vllm_engine_learns_with_exact_sync(tmp_path):
 
 @pytest.mark.slow
 def test_lora_with_kl_reference_as_adapter_off(tmp_path):
+    # attention modules and, through peft's target_parameters, the fused 3-D expert weights
     train(tmp_path, *LEARN, "train.steps=6", "train.lora_rank=4", "train.lr=5e-3",
-          "algo.beta=0.05")
+          "algo.beta=0.05",
+          "train.lora_target_parameters=[mlp.experts.gate_up_proj, mlp.experts.down_proj]")
     rows = metrics(tmp_path)
     # step 1 makes one optimiser step after its forward: a fresh adapter (B = 0) is the
     # reference exactly, so the KL of the adapter-off reference is 0
@@ -106,7 +108,25 @@ def test_lora_with_kl_reference_as_adapter_off(tmp_path):
     assert rows[-1]["kl"] > 1e-6
     adapter = tmp_path / "checkpoints" / "step-000006" / "model"
     assert (adapter / "adapter_config.json").exists()
-    assert any(v.abs().sum() > 0 for k, v in weights(adapter).items() if "lora_B" in k)
+    trained = {k for k, v in weights(adapter).items() if "lora_B" in k and v.abs().sum() > 0}
+    assert any(".self_attn.q_proj." in k for k in trained)
+    assert any(".mlp.experts." in k for k in trained), sorted(trained)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert set(config["target_parameters"]) == {"mlp.experts.gate_up_proj",
+                                                "mlp.experts.down_proj"}
+
+
+def test_lora_target_parameters_fail_before_any_engine(tmp_path):
+    proc = train(tmp_path, "train.lora_target_parameters=[mlp.experts.gate_up_proj]",
+                 check=False)
+    assert proc.returncode == 2
+    assert "train.lora_target_parameters: needs train.lora_rank > 0" in proc.stderr
+    proc = train(tmp_path, "train.lora_rank=4", "train.lora_target_parameters=[mlp.gate_up]",
+                 check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "no parameter of Qwen3MoeForCausalLM is named 'mlp.gate_up'" in proc.stderr
+    assert "mlp.experts.gate_up_proj" in proc.stderr  # the candidates are listed
+    assert not (tmp_path / "metrics.jsonl").exists()
 
 
 @pytest.mark.slow

@@ -1,0 +1,101 @@
+"""On-policy distillation: the student samples, the teacher scores every sampled token, and the
+per-token advantage is the negative reverse KL (Agarwal et al. 2024, GKD, arXiv:2306.13649;
+Thinking Machines, "On-Policy Distillation", 2025).
+
+For a completion ``x`` sampled from the student ``p``, the single-sample estimate of the
+reverse KL ``KL(p || q)`` to the teacher ``q`` at token ``t`` is
+``log p(x_t | x_<t) - log q(x_t | x_<t)``. Its negative is a per-token reward, used directly as
+the per-token advantage (no discounting, no baseline, as in the published recipe)::
+
+    A_t = log q(x_t | x_<t) - log p_sampler(x_t | x_<t)
+
+and trained with the GRPO trainer's policy loss: with one optimiser step per rollout the
+PPO-clip ratio is 1, the per-token loss is ``-A_t * ratio_t`` and its gradient is
+``-A_t * grad log p(x_t)``, the policy-gradient of the reverse KL (the score-function term; the
+KL's own dependence on ``p`` through ``log p`` has zero expected gradient). ``p_sampler`` is
+the log-prob the engine reported for the token (the raw distribution at temperature 1, as every
+engine reports it); with the HF engine it is the trainer's own. Where this departs from GKD:
+GKD also mixes in teacher-generated or fixed data and supports other divergences; here the
+data is purely on-policy and the divergence is the reverse KL, as in the Thinking Machines
+recipe.
+
+The teacher's log-probs come from ``grpo.update.batch_logprobs``, the trainer's own chunked path
+(no ``[B, T, V]`` logits), on the trainer's device. Both models must map every token the
+student can emit to the same id: ``check_vocabularies`` says so in one line before any model is
+loaded. A served teacher (vLLM prompt log-probs) is not built.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from grpo.batch import TrainBatch
+from grpo.update import batch_logprobs
+
+
+class VocabularyMismatch(ValueError):
+    """Student and teacher tokenise differently; on-policy distillation cannot compare them."""
+
+
+def reverse_kl_advantages(teacher_logp: Tensor, sampler_logp: Tensor, mask: Tensor) -> Tensor:
+    """Per-token advantage ``teacher_logp - sampler_logp`` on real tokens, 0 on padding.
+    All (N, C).
+
+    >>> reverse_kl_advantages(torch.tensor([[-1.0, -2.0]]), torch.tensor([[-0.5, 0.0]]),
+    ...                       torch.tensor([[1.0, 0.0]])).tolist()
+    [[-0.5, 0.0]]
+    """
+    diff = teacher_logp - sampler_logp
+    return torch.where(mask > 0, diff, torch.zeros_like(diff))
+
+
+def check_vocabularies(student_tok: Any, teacher_tok: Any, student_vocab: int,
+                       teacher_vocab: int) -> None:
+    """Every token the student can emit (ids below ``student_vocab``, the size of its LM head)
+    has the same id in the teacher's vocabulary, and the teacher's LM head covers them; raises
+    ``VocabularyMismatch`` naming the first difference."""
+    hint = "; use distill.method=sft, which works across tokenizers"
+    if teacher_vocab < student_vocab:
+        raise VocabularyMismatch(f"the student can emit {student_vocab} token ids but the "
+                                 f"teacher's LM head has only {teacher_vocab}{hint}")
+    theirs = teacher_tok.get_vocab()
+    for token, i in sorted(student_tok.get_vocab().items(), key=lambda kv: kv[1]):
+        if i < student_vocab and theirs.get(token) != i:
+            where = "is missing" if token not in theirs else f"is id {theirs[token]}"
+            raise VocabularyMismatch(f"token {token!r} is id {i} in the student's vocabulary "
+                                     f"but {where} in the teacher's{hint}")
+
+
+class Teacher:
+    """A frozen teacher model that turns a student ``TrainBatch`` into per-token advantages;
+    the trainer calls ``advantages`` from ``prepare`` when its parts hold a teacher."""
+
+    def __init__(self, model: nn.Module, compute_dtype: str | None = None):
+        self.model = model.eval().requires_grad_(False)
+        self.compute_dtype = compute_dtype
+
+    @staticmethod
+    def load(path: str, device: torch.device, dtype: str = "float32",
+             compute_dtype: str | None = None) -> Teacher:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        return Teacher(model.to(device), compute_dtype)
+
+    def advantages(self, batch: TrainBatch, budget: int, pad_id: int, chunk: int,
+                   device: Any) -> tuple[Tensor, dict[str, float]]:
+        """(N, C) advantages and the statistics to log: the mean reverse KL per token, and the
+        tokens the teacher's forward passes took in (prompt and completion of every row)."""
+        teacher_logp = batch_logprobs(self.model, batch, budget, pad_id, chunk, device,
+                                      compute_dtype=self.compute_dtype)  # (N, C)
+        adv = reverse_kl_advantages(teacher_logp, batch.sampler_logp, batch.token_mask)
+        tokens = float(batch.token_mask.sum())
+        kl = float(-adv.sum()) / max(tokens, 1.0)
+        forward = sum(len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids))
+        return adv, {"distill/reverse_kl": kl,
+                     "distill/teacher_logp": float((teacher_logp * batch.token_mask).sum())
+                     / max(tokens, 1.0),
+                     "distill/teacher_tokens": float(forward)}

@@ -1,0 +1,207 @@
+"""``r1kit distill-demo`` (``make distill-demo``): the RL-trained tiny MoE of ``make demo`` teaches a
+tiny dense Qwen3 by each distillation method, and the report sets the results side by side.
+
+Phases, all writing into ``--out-dir`` (default ``runs/tiny_distill``):
+
+1. **teacher**: the newest checkpoint of the GRPO demo's run folder (``runs/tiny_r1_zero``); if
+   it holds none, the demo's own code trains it first (``r1kit.base`` then ``grpo.setup``, with
+   ``recipes/tiny_r1_zero.yaml``), and the result is reused next time.
+2. **student**: the dense Qwen3's supervised base (``r1kit.base.build_base("qwen3_dense")``),
+   built by the same code and data as the teacher's base, cached. Why not the random-init
+   checkpoint: a real student is a pretrained model, and on-policy distillation needs a student
+   whose samples are already in the right neighbourhood (a random student's samples are noise
+   the teacher can only call unlikely); both methods start from this same checkpoint.
+3. **before**: ``r1kit eval`` of teacher and student on the held-out problems of ``make demo``
+   (``heldout.jsonl``: the same generator and settings, so the same problems).
+4. **sft**: ``r1kit distill recipes/tiny_distill_sft.yaml`` -> ``sft/``, then evaluation.
+5. **on_policy**: ``r1kit distill recipes/tiny_distill_on_policy.yaml`` -> ``on_policy/``, then
+   evaluation.
+6. **report**: accuracy of each model with its 95% interval, the share of the teacher's accuracy
+   each student reaches, and the teacher forward tokens each method spent (``distill.json``);
+   ``report.md`` and ``report.json``.
+
+Re-running continues: the teacher, the student base and the SFT dataset are reused, finished
+runs are not redone, and evaluations skip finished problems.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from r1kit.config import load_config, validate_distill
+from r1kit.demo import evaluate, say, write_heldout
+
+REPO = Path(__file__).resolve().parent.parent
+TEACHER_RECIPE = REPO / "recipes" / "tiny_r1_zero.yaml"
+RECIPES = {"sft": REPO / "recipes" / "tiny_distill_sft.yaml",
+           "on_policy": REPO / "recipes" / "tiny_distill_on_policy.yaml"}
+STUDENT_FAMILY = "qwen3_dense"
+TARGET = 0.8  # a student should reach this share of the teacher's held-out accuracy
+
+
+def ensure_teacher(run: Path, progress: bool) -> Path:
+    """The teacher's run folder, trained with the GRPO demo's recipe if it holds no checkpoint."""
+    from grpo.checkpoint import latest_checkpoint
+
+    if latest_checkpoint(run) is not None:
+        return run
+    from grpo.setup import run_train
+    from r1kit.base import build_base
+    from r1kit.config import validate_training
+
+    say(f"      no checkpoint in {run}: training the teacher as `make demo` does (minutes)")
+    cfg = load_config(TEACHER_RECIPE, [f"log.out_dir={run}"])
+    validate_training(cfg)
+    family = cfg.model.path.removeprefix("tiny:").removesuffix("/base")
+    cfg.model.path = str(build_base(family, seed=cfg.model.tiny_seed, progress=progress))
+    run_train(cfg, show_progress=progress)
+    return run
+
+
+def accuracy(summary: dict, suite: str, n: int) -> dict[str, float]:
+    m = summary["suites"][suite]["metrics"][f"avg@{n}"]
+    return {"value": m["value"], "low": m["low"], "high": m["high"]}
+
+
+def run_distill_demo(out_dir: str | Path, teacher_run: str | Path, *, heldout: int = 200,
+                     n: int = 2, progress: bool = True) -> dict[str, Any]:
+    """Every phase; returns the figures ``report.json`` holds and the report text."""
+    from distill.run import run_distill
+    from r1kit.base import build_base
+
+    out, timings = Path(out_dir), {}
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+
+    say(f"[1/6] teacher: the RL-trained tiny MoE of `make demo` ({teacher_run})")
+    t = time.perf_counter()
+    teacher_run = ensure_teacher(Path(teacher_run), progress)
+    timings["teacher"] = time.perf_counter() - t
+
+    say("[2/6] student: the tiny dense Qwen3's supervised base (cached after the first build)")
+    t = time.perf_counter()
+    student = build_base(STUDENT_FAMILY, progress=progress)
+    timings["student base"] = time.perf_counter() - t
+
+    cfgs = {m: load_config(p, [f"distill.teacher={teacher_run}", f"model.path={student}",
+                               f"log.out_dir={out / m}"]) for m, p in RECIPES.items()}
+    for cfg in cfgs.values():
+        validate_distill(cfg)
+    teacher_ckpt = Path(cfgs["sft"].distill.teacher)
+    from r1kit.config import resolve_teacher
+
+    teacher_model = resolve_teacher(cfgs["sft"])
+    suite = out / "heldout.jsonl"
+    write_heldout(cfgs["sft"], suite, heldout)
+    name = suite.stem
+
+    say(f"[3/6] before: teacher and student on {heldout} held-out problems x {n} samples")
+    t = time.perf_counter()
+    evals = {"teacher": evaluate(cfgs["sft"], teacher_model, suite, out / "eval_teacher", n,
+                                 progress),
+             "student": evaluate(cfgs["sft"], str(student), suite, out / "eval_student", n,
+                                 progress)}
+    timings["eval before"] = time.perf_counter() - t
+
+    runs: dict[str, dict] = {}
+    for i, (method, cfg) in enumerate(cfgs.items(), start=4):
+        label = "rejection-sampled SFT" if method == "sft" else "on-policy distillation"
+        say(f"[{i}/6] {method}: {label}, then evaluation")
+        t = time.perf_counter()
+        record = Path(cfg.log.out_dir) / "distill.json"
+        before = record.read_text() if record.is_file() else None
+        runs[method] = run_distill(cfg, show_progress=progress)
+        timings[method] = time.perf_counter() - t
+        if record.read_text() != before:  # trained anew: earlier evaluation samples are stale
+            shutil.rmtree(out / f"eval_{method}", ignore_errors=True)
+        t = time.perf_counter()
+        evals[method] = evaluate(cfg, runs[method]["checkpoint"], suite, out / f"eval_{method}",
+                                 n, progress)
+        timings[f"eval {method}"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - start
+
+    say("[6/6] report")
+    figures = summarise(evals, runs, name, n, heldout)
+    figures.update({"teacher": teacher_model, "teacher_run": str(teacher_ckpt),
+                    "student": str(student), "timings_s": {k: round(v, 1)
+                                                           for k, v in timings.items()}})
+    text = report(figures)
+    (out / "report.md").write_text(text)
+    (out / "report.json").write_text(json.dumps(figures, indent=1) + "\n")
+    return {"out_dir": str(out), "text": text, **figures}
+
+
+def summarise(evals: dict, runs: dict, suite: str, n: int, heldout: int) -> dict[str, Any]:
+    """Accuracies, shares of the teacher's, teacher tokens, and the verdicts on the targets."""
+    acc = {k: accuracy(v, suite, n) for k, v in evals.items()}
+    teacher = acc["teacher"]["value"]
+    share = {k: (a["value"] / teacher if teacher > 0 else 0.0) for k, a in acc.items()}
+    tokens = {m: r["teacher_tokens"] for m, r in runs.items()}
+    problems = {m: r["problems"] for m, r in runs.items()}
+    return {
+        "heldout_problems": heldout, "samples_per_problem": n, "accuracy": acc,
+        "share_of_teacher": share, "teacher_tokens": tokens,
+        "teacher_tokens_per_problem": {m: tokens[m] / max(problems[m], 1) for m in tokens},
+        "training_problems": problems,
+        "runs": runs,
+        "targets": {
+            "sft_reaches_80pct": share["sft"] >= TARGET,
+            "on_policy_reaches_80pct": share["on_policy"] >= TARGET,
+            "on_policy_fewer_teacher_tokens": tokens["on_policy"] < tokens["sft"],
+            "on_policy_same_level_in_fewer_tokens": (share["on_policy"] >= TARGET
+                                                     and tokens["on_policy"] < tokens["sft"]),
+        },
+    }
+
+
+def report(f: dict) -> str:
+    acc, share, tok = f["accuracy"], f["share_of_teacher"], f["teacher_tokens"]
+    n, sft, op = f["samples_per_problem"], f["runs"]["sft"], f["runs"]["on_policy"]
+
+    def pct(a: dict) -> str:
+        return f"{100 * a['value']:.1f} ({100 * a['low']:.1f} to {100 * a['high']:.1f})"
+
+    rows = [
+        ("teacher (tiny Qwen3-MoE after GRPO)", "teacher", "-", "-"),
+        ("student before (tiny dense Qwen3, supervised base)", "student", "-", "-"),
+        ("student after rejection-sampled SFT", "sft", f"{tok['sft']:,.0f}",
+         f"{sft['seconds']:.0f}"),
+        ("student after on-policy distillation", "on_policy", f"{tok['on_policy']:,.0f}",
+         f"{op['seconds']:.0f}"),
+    ]
+    ok = {k: "yes" if v else "NO" for k, v in f["targets"].items()}
+    intro = (f"Held-out arithmetic, {f['heldout_problems']} problems x {n} samples, accuracy "
+             f"avg@{n} (%) with 95% intervals. Teacher forward tokens: every token through the "
+             "teacher's forward passes (SFT: prompt + completion of every sampled trace, "
+             "rejected ones included; on-policy: prompt + completion of every student sample "
+             "it scored).")
+    runs = (f"SFT: {sft['traces_verified']} of {int(sft['traces_sampled'])} teacher traces "
+            f"verified, {sft['traces_kept']} kept ({sft['problems_kept']} of {sft['problems']} "
+            f"problems), {sft['steps']} steps. On-policy: {op['steps']} steps, "
+            f"{op['problems']} prompts x {op['n']} samples.")
+    ratio = tok["on_policy"] / max(tok["sft"], 1)
+    lines = [
+        "# r1kit distill demo: the RL-trained tiny MoE teaches a tiny dense Qwen3", "", intro, "",
+        "| model | accuracy (%) | share of teacher | teacher forward tokens | run s |",
+        "|---|---|---|---|---|",
+        *[f"| {label} | {pct(acc[k])} | {100 * share[k]:.0f}% | {t} | {s} |"
+          for label, k, t, s in rows], "", runs, "",
+        (f"- SFT reaches {int(100 * TARGET)}% of the teacher: {ok['sft_reaches_80pct']} "
+         f"({100 * share['sft']:.0f}%)"),
+        (f"- on-policy reaches {int(100 * TARGET)}% of the teacher: "
+         f"{ok['on_policy_reaches_80pct']} ({100 * share['on_policy']:.0f}%)"),
+        (f"- on-policy reaches that level in fewer teacher forward tokens: "
+         f"{ok['on_policy_same_level_in_fewer_tokens']} ({100 * share['on_policy']:.0f}% of the "
+         f"teacher with {tok['on_policy']:,.0f} tokens against SFT's {tok['sft']:,.0f}, "
+         f"{ratio:.2f}x)"), "",
+        "| phase | seconds |", "|---|---|",
+        *[f"| {k} | {v:.0f} |" for k, v in f["timings_s"].items()], "",
+        ("Files: `sft/` (traces.jsonl, checkpoints/, metrics.jsonl, distill.json), `on_policy/` "
+         "(checkpoints/, metrics.jsonl, tb/, distill.json), `eval_*/` (report.md, summary.json, "
+         "samples/), `report.json`."),
+    ]
+    return "\n".join(lines) + "\n"
