@@ -73,6 +73,9 @@ class HFEngine:
         self.batch_size = batch_size
         self.max_model_len = max_model_len or model.config.max_position_embeddings
         self.record_routing = record_routing
+        # DeepSeek-V4's compressed attention pools fixed windows of tensor positions, so a
+        # left-padded row would pool padding: such models batch only prompts of one length.
+        self.equal_length_batches = getattr(model.config, "model_type", "") == "deepseek_v4"
         if record_routing:
             from grpo.routing import moe_routers
 
@@ -106,8 +109,7 @@ class HFEngine:
             with torch.no_grad(), torch.random.fork_rng(devices=devices):
                 if sampling.seed is not None:
                     torch.manual_seed(sampling.seed)
-                for b in range(0, len(rows), self.batch_size):
-                    batch = rows[b : b + self.batch_size]
+                for batch in self._batches(rows):
                     for (i, _), c in zip(batch, self._sample([r[1] for r in batch], sampling)):
                         groups[i].completions.append(c)
         finally:
@@ -120,6 +122,15 @@ class HFEngine:
             peak_memory_bytes=peak_memory_bytes(self.device),
         )
         return groups
+
+    def _batches(self, rows: list[tuple[int, list[int]]]) -> list[list[tuple[int, list[int]]]]:
+        """Forward batches of at most ``batch_size`` rows, in order; with
+        ``equal_length_batches`` only rows whose prompts have one length share a batch."""
+        buckets: dict[int, list[tuple[int, list[int]]]] = {}
+        for row in rows:
+            buckets.setdefault(len(row[1]) if self.equal_length_batches else 0, []).append(row)
+        return [rs[b : b + self.batch_size] for rs in buckets.values()
+                for b in range(0, len(rs), self.batch_size)]
 
     def _sample(self, prompt_ids: list[list[int]], s: Sampling) -> list[Completion]:
         tok = self.tokenizer

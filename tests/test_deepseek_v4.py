@@ -106,13 +106,18 @@ def test_hf_engine_logprobs_equal_a_plain_forward(tiny_v4):
     assert _max_logprob_error(model, groups) <= 1e-5
 
 
-def test_left_padding_changes_v4_outputs(tiny_v4):
-    """Why the V4 recipes set rollout.batch_size = n: the compressors pool fixed windows of
-    tensor positions, so a left-padded row pools padding and its log-probs move."""
+def test_mixed_prompt_lengths_batch_apart_and_padding_would_be_wrong(tiny_v4):
+    """The compressors pool fixed windows of tensor positions, so a left-padded row pools
+    padding and its log-probs move: the HF engine batches only prompts of one length for V4."""
     _, model, tok = tiny_v4
-    groups = HFEngine(model, tok, batch_size=4).generate(
-        PROMPTS, 2, Sampling(max_tokens=24, temperature=1.0, seed=3))
-    assert _max_logprob_error(model, groups) > 1e-3
+    engine = HFEngine(model, tok, batch_size=4)
+    assert engine.equal_length_batches
+    s = Sampling(max_tokens=24, temperature=1.0, seed=3)
+    groups = engine.generate(PROMPTS, 2, s)
+    assert len({len(g.prompt_token_ids) for g in groups}) == 2  # two lengths, 4 rows a batch
+    assert _max_logprob_error(model, groups) <= 1e-5
+    engine.equal_length_batches = False  # what left padding would do
+    assert _max_logprob_error(model, engine.generate(PROMPTS, 2, s)) > 1e-3
 
 
 def test_chunked_logprobs_equal_the_models_own_logits(tiny_v4):
