@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from r1kit.config import ConfigError, config_help, load_config
 
@@ -127,18 +127,27 @@ def cmd_train(argv: list[str]) -> int:
     cfg = load_config(recipe, overrides)
     validate_training(cfg)
     _setup_logging(cfg.log.level)
-    from grpo.setup import ResumeError, run_train
+    from grpo.setup import run_train
+
+    return _run_job(lambda: run_train(cfg, show_progress=not args.no_progress), "training")
+
+
+def _run_job(job, what: str, user_errors: tuple[type[Exception], ...] = ()) -> int:
+    """Run a training-like ``job`` and print its result as JSON (exit 0); a setting or input
+    problem prints one line (exit 2), a run that stopped on NaN or a failing reward one line
+    naming ``what`` (exit 1)."""
+    from grpo.setup import ResumeError
     from grpo.update import NonFiniteError
     from r1kit.generate import PromptTooLong
     from rewards.scorer import RewardFailure
 
     try:
-        result = run_train(cfg, show_progress=not args.no_progress)
-    except (ResumeError, PromptTooLong) as e:
+        result = job()
+    except (*user_errors, ResumeError, PromptTooLong) as e:
         print(f"r1kit: {e}", file=sys.stderr)
         return 2
     except (NonFiniteError, RewardFailure) as e:
-        print(f"r1kit: training stopped: {e}", file=sys.stderr)
+        print(f"r1kit: {what} stopped: {e}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=1))
     return 0
@@ -170,21 +179,9 @@ def cmd_distill(argv: list[str]) -> int:
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     from distill.on_policy import VocabularyMismatch
     from distill.run import run_distill
-    from grpo.setup import ResumeError
-    from grpo.update import NonFiniteError
-    from r1kit.generate import PromptTooLong
-    from rewards.scorer import RewardFailure
 
-    try:
-        result = run_distill(cfg, show_progress=not args.no_progress)
-    except (VocabularyMismatch, ResumeError, PromptTooLong) as e:
-        print(f"r1kit: {e}", file=sys.stderr)
-        return 2
-    except (NonFiniteError, RewardFailure) as e:
-        print(f"r1kit: distillation stopped: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=1))
-    return 0
+    return _run_job(lambda: run_distill(cfg, show_progress=not args.no_progress),
+                    "distillation", (VocabularyMismatch,))
 
 
 def cmd_distill_demo(argv: list[str]) -> int:

@@ -16,6 +16,7 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.conftest import REPO
+from tests.test_train import metrics
 
 
 def distill(cache: Path, recipe: str, out: Path, *overrides: str, check: bool = True):
@@ -27,10 +28,6 @@ def distill(cache: Path, recipe: str, out: Path, *overrides: str, check: bool = 
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
-
-
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
