@@ -27,13 +27,15 @@ loaded. A served teacher (vLLM prompt log-probs) is not built.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from grpo.batch import TrainBatch
-from grpo.update import batch_logprobs
+from grpo.logprobs import completion_topk
+from grpo.update import batch_logprobs, micro_batches
 
 
 class VocabularyMismatch(ValueError):
@@ -70,32 +72,84 @@ def check_vocabularies(student_tok: Any, teacher_tok: Any, student_vocab: int,
 
 
 class Teacher:
-    """A frozen teacher model that turns a student ``TrainBatch`` into per-token advantages;
-    the trainer calls ``advantages`` from ``prepare`` when its parts hold a teacher."""
+    """A frozen teacher model that turns a student ``TrainBatch`` into its training signal; the
+    trainer calls ``prepare`` from its own ``prepare`` when its parts hold a teacher.
 
-    def __init__(self, model: nn.Module, compute_dtype: str | None = None):
+    ``loss="reverse_kl"``: per-token advantages, the sampled reverse KL (module docstring).
+    ``loss="forward_kl"``: the teacher's ``top_k`` most likely tokens and their log-probs at
+    every sampled position go into the batch (``teacher_ids``, ``teacher_logp``) and the update
+    adds the exact forward KL to them (``grpo.losses.topk_forward_kl``); advantages are 0."""
+
+    LOSSES = ("reverse_kl", "forward_kl")
+
+    def __init__(self, model: nn.Module, compute_dtype: str | None = None,
+                 loss: str = "reverse_kl", top_k: int = 64, student_vocab: int | None = None):
+        if loss not in self.LOSSES:
+            raise ValueError(f"distill.loss must be one of {self.LOSSES}, got {loss!r}")
+        if top_k < 1:
+            raise ValueError(f"distill.top_k must be >= 1, got {top_k}")
         self.model = model.eval().requires_grad_(False)
         self.compute_dtype = compute_dtype
+        # Only ids the student can emit are candidates for the top-k (a larger teacher
+        # vocabulary's extra ids are left out, and the kept part renormalised).
+        vocab = model.get_output_embeddings().weight.shape[0]
+        self.vocab = min(vocab, student_vocab or vocab)
+        self.loss, self.top_k = loss, min(top_k, self.vocab)  # k = V: the exact forward KL
 
     @staticmethod
     def load(path: str, device: torch.device, dtype: str = "float32",
-             compute_dtype: str | None = None) -> Teacher:
+             compute_dtype: str | None = None, loss: str = "reverse_kl",
+             top_k: int = 64, student_vocab: int | None = None) -> Teacher:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-        return Teacher(model.to(device), compute_dtype)
+        return Teacher(model.to(device), compute_dtype, loss, top_k, student_vocab)
 
-    def advantages(self, batch: TrainBatch, budget: int, pad_id: int, chunk: int,
-                   device: Any) -> tuple[Tensor, dict[str, float]]:
-        """(N, C) advantages and the statistics to log: the mean reverse KL per token, and the
-        tokens the teacher's forward passes took in (prompt and completion of every row)."""
-        teacher_logp = batch_logprobs(self.model, batch, budget, pad_id, chunk, device,
-                                      compute_dtype=self.compute_dtype)  # (N, C)
-        adv = reverse_kl_advantages(teacher_logp, batch.sampler_logp, batch.token_mask)
+    def prepare(self, batch: TrainBatch, budget: int, pad_id: int, chunk: int,
+                device: Any) -> None:
+        """Fill ``batch``'s advantages (and, for ``forward_kl``, the teacher's top-k) and the
+        statistics to log: the mean sampled reverse KL per token, and the tokens the teacher's
+        forward passes took in (prompt and completion of every row)."""
+        if self.loss == "reverse_kl":
+            teacher_logp = batch_logprobs(self.model, batch, budget, pad_id, chunk, device,
+                                          compute_dtype=self.compute_dtype)  # (N, C)
+            batch.advantages = reverse_kl_advantages(teacher_logp, batch.sampler_logp,
+                                                     batch.token_mask)
+            stats = {}
+        else:
+            teacher_logp, stats = self._topk(batch, budget, pad_id, chunk, device)
+            batch.advantages = torch.zeros_like(batch.sampler_logp)
         tokens = float(batch.token_mask.sum())
-        kl = float(-adv.sum()) / max(tokens, 1.0)
         forward = sum(len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids))
-        return adv, {"distill/reverse_kl": kl,
-                     "distill/teacher_logp": float((teacher_logp * batch.token_mask).sum())
-                     / max(tokens, 1.0),
-                     "distill/teacher_tokens": float(forward)}
+        batch.stats = {"distill/reverse_kl": float(((batch.sampler_logp - teacher_logp)
+                                                    * batch.token_mask).sum()) / max(tokens, 1.0),
+                       "distill/teacher_logp": float((teacher_logp * batch.token_mask).sum())
+                       / max(tokens, 1.0),
+                       "distill/teacher_tokens": float(forward), **stats}
+
+    @torch.no_grad()
+    def _topk(self, batch: TrainBatch, budget: int, pad_id: int, chunk: int,
+              device: Any) -> tuple[Tensor, dict[str, float]]:
+        """Fills ``batch.teacher_ids`` / ``teacher_logp`` (N, C, K); returns the teacher's
+        log-probs of the sampled tokens (N, C) and the share of its probability in the top-k."""
+        n, c = batch.sampler_logp.shape
+        k = self.top_k
+        ids = torch.zeros(n, c, k, dtype=torch.long)
+        logp = torch.zeros(n, c, k)  # padding stays 0 (finite; masked out of the loss)
+        sampled = torch.zeros(n, c)
+        for mb in micro_batches(batch, list(range(n)), budget, pad_id, device):
+            with contextlib.ExitStack() as stack:
+                if self.compute_dtype is not None:
+                    stack.enter_context(torch.autocast(mb.input_ids.device.type,
+                                                       dtype=getattr(torch, self.compute_dtype)))
+                ids_mb, logp_mb, sampled_mb = completion_topk(
+                    self.model, mb.input_ids, mb.attention_mask, mb.prompt_lens,
+                    mb.completion_lens, k, chunk_tokens=chunk, vocab_limit=self.vocab)
+            w = ids_mb.shape[1]
+            ids[mb.rows, :w] = ids_mb.cpu()
+            logp[mb.rows, :w] = logp_mb.cpu()
+            sampled[mb.rows, :w] = sampled_mb.cpu()
+        batch.teacher_ids, batch.teacher_logp = ids, logp
+        m = batch.token_mask
+        mass = (logp.exp().sum(-1) * m).sum() / max(float(m.sum()), 1.0)
+        return sampled, {"distill/teacher_topk_mass": float(mass)}

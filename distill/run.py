@@ -73,11 +73,12 @@ def run_on_policy(cfg: Any, show_progress: bool = True) -> dict[str, Any]:
     from r1kit.generate import resolve_model_path
 
     teacher, student = teacher_path(cfg), resolve_model_path(cfg.model)
+    student_vocab = AutoConfig.from_pretrained(student).vocab_size
     check_vocabularies(AutoTokenizer.from_pretrained(student),
-                       AutoTokenizer.from_pretrained(teacher),
-                       AutoConfig.from_pretrained(student).vocab_size,
+                       AutoTokenizer.from_pretrained(teacher), student_vocab,
                        AutoConfig.from_pretrained(teacher).vocab_size)
-    t = Teacher.load(str(teacher), device_of(cfg), cfg.model.dtype, compute_dtype(cfg))
+    t = Teacher.load(str(teacher), device_of(cfg), cfg.model.dtype, compute_dtype(cfg),
+                     cfg.distill.loss, cfg.distill.top_k, student_vocab)
     result = run_train(cfg, show_progress, teacher=t)
     rows = [json.loads(line) for line in
             (Path(cfg.log.out_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]

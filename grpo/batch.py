@@ -66,6 +66,11 @@ class TrainBatch:
     forward of the update (exact when the step makes one optimiser step)."""
     ref_logp: Tensor | None = None
     """(N, C) the reference policy's log-probs; None when beta = 0."""
+    teacher_ids: Tensor | None = None
+    """(N, C, K) a distillation teacher's K most likely tokens at each completion position
+    (``distill.loss: forward_kl``), else None."""
+    teacher_logp: Tensor | None = None
+    """(N, C, K) the teacher's log-probs of ``teacher_ids``."""
     stats: dict[str, float] = field(default_factory=dict)
     """Statistics of preparing the batch (a distillation teacher's KL and tokens), logged."""
 

@@ -40,6 +40,9 @@ class TokenLogprobs:
     """(B, C) entropy (nats) of the distribution each completion token was drawn from."""
     mask: Tensor
     """(B, C) 1.0 on real completion tokens, 0.0 on padding."""
+    extra_logp: Tensor | None = None
+    """(B, C, K) log-probabilities of the ``extra_ids`` asked for (a teacher's top-k tokens in
+    on-policy distillation), from the same logits; None when none were asked for."""
 
 
 def split_model(model: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -58,37 +61,81 @@ def split_model(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return base.get_decoder(), head
 
 
-def _head_chunk(head: nn.Module, h: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    # h (m, H), targets (m,) -> logp (m,), entropy (m,)
+def _head_chunk(head: nn.Module, h: Tensor, targets: Tensor,
+                extra: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    # h (m, H), targets (m,), extra (m, K) or None -> logp (m,), entropy (m,), (m, K) or None
     logits = head(h).float()  # (m, V): lives only inside this chunk
     logz = torch.logsumexp(logits, dim=-1)  # (m,)
     logp = logits.gather(-1, targets[:, None]).squeeze(-1) - logz
     entropy = logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-    return logp, entropy
+    extra_logp = None if extra is None else logits.gather(-1, extra) - logz[:, None]
+    return logp, entropy, extra_logp
 
 
 def chunked_head_logprobs(
-    head: nn.Module, hidden: Tensor, targets: Tensor, chunk_tokens: int = 1024
-) -> tuple[Tensor, Tensor]:
+    head: nn.Module, hidden: Tensor, targets: Tensor, chunk_tokens: int = 1024,
+    extra: Tensor | None = None,
+) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
     """Log-prob of ``targets`` and entropy under ``head(hidden)``, ``chunk_tokens`` rows at a
-    time. hidden (M, H), targets (M,) -> (M,), (M,). Checkpointed when gradients are on."""
+    time. hidden (M, H), targets (M,) -> (M,), (M,). Checkpointed when gradients are on.
+    With ``extra`` (M, K) token ids, also their log-probs (M, K), from the same chunk."""
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
     grad = torch.is_grad_enabled() and (hidden.requires_grad or
                                         any(p.requires_grad for p in head.parameters()))
-    logps, ents = [], []
+    logps, ents, extras = [], [], []
     for s in range(0, hidden.shape[0], chunk_tokens):
         h, t = hidden[s : s + chunk_tokens], targets[s : s + chunk_tokens]
+        e = None if extra is None else extra[s : s + chunk_tokens]
         if grad:
-            lp, en = checkpoint(_head_chunk, head, h, t, use_reentrant=False)
+            lp, en, ex = checkpoint(_head_chunk, head, h, t, e, use_reentrant=False)
         else:
-            lp, en = _head_chunk(head, h, t)
+            lp, en, ex = _head_chunk(head, h, t, e)
         logps.append(lp)
         ents.append(en)
+        extras.append(ex)
     if not logps:
         empty = hidden.new_zeros(0, dtype=torch.float32)
-        return empty, empty
-    return torch.cat(logps), torch.cat(ents)
+        if extra is None:
+            return empty, empty
+        return empty, empty, hidden.new_zeros(0, extra.shape[1], dtype=torch.float32)
+    if extra is None:
+        return torch.cat(logps), torch.cat(ents)
+    return torch.cat(logps), torch.cat(ents), torch.cat(extras)
+
+
+@torch.no_grad()
+def chunked_head_topk(head: nn.Module, hidden: Tensor, targets: Tensor, k: int,
+                      chunk_tokens: int = 1024,
+                      vocab_limit: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``k`` most likely tokens under ``head(hidden)`` (among ids below ``vocab_limit``),
+    their log-probs and the log-prob of ``targets``, ``chunk_tokens`` rows at a time, without
+    gradients.
+    hidden (M, H), targets (M,) -> ids (M, k) long, logp (M, k), target logp (M,)."""
+    ids, logps, tlogps = [], [], []
+    for s in range(0, hidden.shape[0], chunk_tokens):
+        logits = head(hidden[s : s + chunk_tokens]).float()  # (m, V)
+        logz = torch.logsumexp(logits, dim=-1, keepdim=True)  # (m, 1)
+        top = torch.topk(logits[:, :vocab_limit], k, dim=-1)
+        ids.append(top.indices)
+        logps.append(top.values - logz)
+        tlogps.append((logits.gather(-1, targets[s : s + chunk_tokens, None]) - logz)[:, 0])
+    if not ids:
+        return (hidden.new_zeros(0, k, dtype=torch.long),
+                hidden.new_zeros(0, k, dtype=torch.float32),
+                hidden.new_zeros(0, dtype=torch.float32))
+    return torch.cat(ids), torch.cat(logps), torch.cat(tlogps)
+
+
+def _completion_positions(input_ids: Tensor, prompt_lens: Tensor, completion_lens: Tensor):
+    """mask (B, C) of real completion tokens, and for the M of them (row-major) their rows,
+    columns and positions in the input."""
+    c = int(completion_lens.max()) if len(completion_lens) else 0
+    j = torch.arange(c, device=input_ids.device)  # (C,)
+    mask = j[None, :] < completion_lens[:, None].to(input_ids.device)  # (B, C)
+    target_pos = prompt_lens[:, None].to(input_ids.device) + j[None, :]  # (B, C)
+    rows, cols = mask.nonzero(as_tuple=True)  # M completion tokens, row-major
+    return mask, rows, cols, target_pos[rows, cols]
 
 
 def completion_logprobs(
@@ -99,23 +146,49 @@ def completion_logprobs(
     completion_lens: Tensor,
     *,
     chunk_tokens: int = 1024,
+    extra_ids: Tensor | None = None,
 ) -> TokenLogprobs:
     """Log-probs and entropies of the completion tokens of right-padded rows.
 
     input_ids, attention_mask (B, T): row b is prompt (``prompt_lens[b]`` tokens) then completion
     (``completion_lens[b]`` tokens) then padding. Returns (B, C) tensors, C = max completion length.
+    ``extra_ids`` (B, >= C, K): at each completion position, K more token ids whose log-probs
+    are returned as ``extra_logp`` (B, C, K) (0 on padding).
     """
     decoder, head = split_model(model)
     out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     hidden = out.last_hidden_state  # (B, T, H)
-    b, c = input_ids.shape[0], int(completion_lens.max()) if len(completion_lens) else 0
-    j = torch.arange(c, device=input_ids.device)  # (C,)
-    mask = j[None, :] < completion_lens[:, None].to(input_ids.device)  # (B, C)
-    target_pos = prompt_lens[:, None].to(input_ids.device) + j[None, :]  # (B, C)
-    rows, cols = mask.nonzero(as_tuple=True)  # M completion tokens, row-major
-    pos = target_pos[rows, cols]  # (M,) position of each target token
-    logp_flat, ent_flat = chunked_head_logprobs(
-        head, hidden[rows, pos - 1], input_ids[rows, pos], chunk_tokens)
-    logp = hidden.new_zeros(b, c, dtype=torch.float32).index_put((rows, cols), logp_flat)
-    entropy = hidden.new_zeros(b, c, dtype=torch.float32).index_put((rows, cols), ent_flat)
-    return TokenLogprobs(logp, entropy, mask.float())
+    mask, rows, cols, pos = _completion_positions(input_ids, prompt_lens, completion_lens)
+    b, c = mask.shape
+    extra = None if extra_ids is None else extra_ids.to(input_ids.device)[rows, cols]  # (M, K)
+    got = chunked_head_logprobs(head, hidden[rows, pos - 1], input_ids[rows, pos], chunk_tokens,
+                                extra)
+    logp = hidden.new_zeros(b, c, dtype=torch.float32).index_put((rows, cols), got[0])
+    entropy = hidden.new_zeros(b, c, dtype=torch.float32).index_put((rows, cols), got[1])
+    extra_logp = None
+    if extra is not None:
+        extra_logp = hidden.new_zeros(b, c, extra.shape[1], dtype=torch.float32).index_put(
+            (rows, cols), got[2])
+    return TokenLogprobs(logp, entropy, mask.float(), extra_logp)
+
+
+@torch.no_grad()
+def completion_topk(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
+                    prompt_lens: Tensor, completion_lens: Tensor, k: int, *,
+                    chunk_tokens: int = 1024,
+                    vocab_limit: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """At every completion position of right-padded rows, the model's ``k`` most likely next
+    tokens and their log-probs, ids (B, C, k) long and logp (B, C, k), and the log-prob of the
+    completion token itself (B, C); all 0 on padding. One forward pass."""
+    decoder, head = split_model(model)
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
+                     use_cache=False).last_hidden_state  # (B, T, H)
+    mask, rows, cols, pos = _completion_positions(input_ids, prompt_lens, completion_lens)
+    ids_flat, logp_flat, tlogp_flat = chunked_head_topk(
+        head, hidden[rows, pos - 1], input_ids[rows, pos], k, chunk_tokens, vocab_limit)
+    dev = input_ids.device
+    ids = torch.zeros(*mask.shape, k, dtype=torch.long, device=dev).index_put((rows, cols),
+                                                                              ids_flat)
+    logp = torch.zeros(*mask.shape, k, device=dev).index_put((rows, cols), logp_flat)
+    tlogp = torch.zeros(*mask.shape, device=dev).index_put((rows, cols), tlogp_flat)
+    return ids, logp, tlogp

@@ -33,6 +33,8 @@ Where the math departs from DeepSeekMath's GRPO (Shao et al. 2024, arXiv:2402.03
   training") or used as a mask (MIS), per token or per sequence (Liu et al. 2025, "When speed kills
   stability"), or tokens outside a two-sided band are masked (IcePop, Ling team 2025, Ring-1T).
 - **Entropy bonus** (optional, off by default): ``-entropy_coef * entropy`` per token.
+- **Distillation term** (on-policy distillation only): the forward KL from a teacher's top-k
+  distribution at each sampled position (GKD, Agarwal et al. 2024), added per token.
 
 Nothing here knows about models, engines or configs: the trainer (``grpo.trainer``) calls these
 through the tables at the bottom.
@@ -272,6 +274,26 @@ KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "k2": kl_k2,
     "k3": kl_k3,
 }
+
+
+def topk_forward_kl(student_logp: Tensor, teacher_logp: Tensor) -> Tensor:
+    """Per-token forward KL from a teacher's top-k to the student (on-policy distillation with a
+    dense teacher signal, GKD, Agarwal et al. 2024, arXiv:2306.13649): the teacher's
+    distribution over its k most likely tokens, renormalised to ``q``, against the student's
+    (full-softmax) log-probs of the same tokens::
+
+        sum_k q_k (log q_k - log p_k)  >=  0
+
+    Equal to KL(teacher || student) when k covers the vocabulary; otherwise the cross-entropy
+    on the teacher's top-k, shifted to be 0 at a perfect copy. Its gradient is exact, not a
+    sampled estimate. student_logp, teacher_logp (N, T, K) -> (N, T)
+
+    >>> round(float(topk_forward_kl(torch.tensor([[[-0.5, -1.0]]]).log_softmax(-1),
+    ...                             torch.tensor([[[-0.5, -1.0]]]).log_softmax(-1))), 6)
+    0.0
+    """
+    q_log = teacher_logp.log_softmax(-1)  # renormalised over the top-k
+    return (q_log.exp() * (q_log - student_logp)).sum(-1)
 
 
 def kl_penalised_rewards(rewards: Tensor, kl: Tensor, mask: Tensor, beta: float) -> Tensor:

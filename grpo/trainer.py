@@ -244,8 +244,8 @@ class GRPOTrainer:
         rewards = batch.rewards.reshape(ro.rewards.shape)  # (G, n)
         batch.advantages = ADVANTAGES[a.advantage](rewards, a.scale_rewards).flatten()
         if self.p.teacher is not None:  # on-policy distillation: (N, C) from the teacher
-            batch.advantages, batch.stats = self.p.teacher.advantages(
-                batch, t.token_budget, self._pad_id(), t.logprob_chunk, self.device)
+            self.p.teacher.prepare(batch, t.token_budget, self._pad_id(), t.logprob_chunk,
+                                   self.device)
         if t.epochs > 1 or t.minibatches > 1:
             batch.old_logp = self._logprobs(self.p.policy, batch)
         return batch
@@ -316,6 +316,8 @@ class GRPOTrainer:
         }
         if "kl" in v:
             stats["kl"] = v["kl"] / tok
+        if "distill_forward_kl" in v:  # per token, averaged over the update's passes
+            stats["distill/forward_kl"] = v["distill_forward_kl"] / tok
         if router:
             from grpo.routing import update_router_stats
 

@@ -32,6 +32,7 @@ from grpo.losses import (
     MismatchParams,
     Norm,
     mismatch_stats,
+    topk_forward_kl,
 )
 
 
@@ -99,7 +100,8 @@ class MicroLoss:
 
 
 def forward_logprobs(model: nn.Module, mb: MicroBatch, chunk: int, replay: bool,
-                     recorder: Any = None, compute_dtype: str | None = None) -> TokenLogprobs:
+                     recorder: Any = None, compute_dtype: str | None = None,
+                     extra_ids: Tensor | None = None) -> TokenLogprobs:
     """``completion_logprobs`` of a micro-batch, routed as the sampler routed it when ``replay``
     is on and routing was recorded, seen by ``recorder`` if one is given, and run under autocast
     in ``compute_dtype`` when given (mixed precision; the LM head's log-softmax stays float32)."""
@@ -114,18 +116,21 @@ def forward_logprobs(model: nn.Module, mb: MicroBatch, chunk: int, replay: bool,
         if recorder is not None:
             stack.enter_context(recorder)
         return completion_logprobs(model, mb.input_ids, mb.attention_mask, mb.prompt_lens,
-                                   mb.completion_lens, chunk_tokens=chunk)
+                                   mb.completion_lens, chunk_tokens=chunk, extra_ids=extra_ids)
 
 
 def microbatch_loss(model: nn.Module, batch: TrainBatch, mb: MicroBatch, obj: Objective,
                     norm: Norm, sums: Sums, recorder: Any = None) -> MicroLoss:
-    """The objective on one micro-batch; adds its statistics to ``sums``."""
+    """The objective on one micro-batch; adds its statistics to ``sums``. With a teacher's
+    top-k in the batch (on-policy distillation, ``distill.loss: forward_kl``) the forward KL
+    to it (``grpo.losses.topk_forward_kl``) is added per token."""
+    teacher_ids = None if batch.teacher_ids is None else batch.teacher_ids[mb.rows]
     tl = forward_logprobs(model, mb, obj.logprob_chunk, obj.routing_replay, recorder,
-                          obj.compute_dtype)
+                          obj.compute_dtype, teacher_ids)
     dev = tl.logp.device
     c = tl.logp.shape[1]
 
-    def take(t: Tensor) -> Tensor:  # (N, C) -> (b, c)
+    def take(t: Tensor) -> Tensor:  # (N, C, ...) -> (b, c, ...)
         return t[mb.rows][:, :c].to(dev)
 
     mask, sampler = take(batch.mask), take(batch.sampler_logp)
@@ -142,6 +147,10 @@ def microbatch_loss(model: nn.Module, batch: TrainBatch, mb: MicroBatch, obj: Ob
         sums.add("kl", (kl.detach() * mask).sum())
     if obj.entropy_coef:
         per_token = per_token - obj.entropy_coef * tl.entropy
+    if tl.extra_logp is not None:  # (b, c, K) student log-probs of the teacher's top-k
+        fkl = topk_forward_kl(tl.extra_logp, take(batch.teacher_logp))  # (b, c)
+        per_token = per_token + fkl
+        sums.add("distill_forward_kl", (fkl.detach() * mask).sum())
     loss = AGGREGATIONS[obj.aggregation](per_token, mask, norm)
     if obj.aux_loss_coef and recorder is not None:
         from grpo.routing import load_balancing_loss

@@ -331,6 +331,15 @@ class DistillConfig:
     fine-tuned on the kept traces; tokenizers may differ). ``on_policy``: the student samples
     and the teacher scores each of its tokens; the per-token advantage is the negative reverse
     KL, teacher log-prob minus student log-prob (needs the same vocabulary)."""
+    loss: Literal["reverse_kl", "forward_kl"] = "reverse_kl"
+    """``on_policy``: ``reverse_kl`` trains on the sampled reverse KL as a per-token advantage
+    (one log-prob per token from the teacher; the Thinking Machines recipe); ``forward_kl``
+    adds the exact forward KL from the teacher's ``top_k`` distribution at every sampled
+    position to the loss (GKD's dense signal: ``top_k`` numbers per token instead of one)."""
+    top_k: int = 64
+    """``on_policy`` with ``loss: forward_kl``: teacher tokens kept per position (the rest of
+    its probability is dropped and the kept part renormalised; ``distill/teacher_topk_mass``
+    logs how much was kept). Memory: N x C x top_k floats and ids per batch."""
     teacher: str = ""
     """Teacher checkpoint folder, hub id or ``tiny:<family>[/base]``, or a ``r1kit train`` run
     folder (its newest checkpoint's model)."""
@@ -696,6 +705,8 @@ def validate_distill(cfg: Config) -> None:
         if cfg.algo.filter_zero_variance:
             fail("algo.filter_zero_variance", "must be false for on_policy: every group carries "
                  "the teacher's per-token signal, whatever its rewards")
+        if d.top_k < 1:
+            fail("distill.top_k", f"must be >= 1, got {d.top_k}")
         return
     for key, value in (("train.steps", t.steps), ("distill.rows_per_step", d.rows_per_step),
                        ("distill.row_tokens", d.row_tokens)):

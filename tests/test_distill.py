@@ -12,7 +12,7 @@ import torch
 from distill.on_policy import VocabularyMismatch, check_vocabularies, reverse_kl_advantages
 from distill.sft import SFTExample, collate, token_logprobs
 from distill.traces import Trace, read_dataset, sample_traces, select_verified, write_dataset
-from grpo.losses import AGGREGATIONS, POLICY_LOSSES, ClipParams, Norm
+from grpo.losses import AGGREGATIONS, POLICY_LOSSES, ClipParams, Norm, topk_forward_kl
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,78 @@ def test_reverse_kl_advantage_and_loss_by_hand():
     torch.testing.assert_close(logits.grad, want, atol=1e-6, rtol=0)
     # Padding gets no advantage.
     assert reverse_kl_advantages(teacher, logp.detach(), torch.tensor([[1.0, 0.0]]))[0, 1] == 0
+
+
+def test_topk_forward_kl_by_hand():
+    # Vocabulary of 3, one position: teacher q, student p = softmax(logits).
+    q = torch.tensor([0.5, 0.3, 0.2])
+    p = torch.tensor([0.2, 0.2, 0.6])
+    logits = p.log().clone().requires_grad_(True)
+    student = torch.log_softmax(logits, -1)
+    # k = V: the exact KL(q || p) = sum q log(q / p).
+    full = topk_forward_kl(student[None, None], q.log()[None, None])
+    want = sum(float(qi * math.log(qi / pi)) for qi, pi in zip(q, p))
+    assert math.isclose(float(full.detach()), want, rel_tol=1e-6)
+    full.sum().backward()
+    torch.testing.assert_close(logits.grad, p - q, atol=1e-6, rtol=0)  # d KL / d logits
+    # k = 2 (tokens 0 and 1): q renormalised to (5/8, 3/8); the student's full-softmax
+    # log-probs of the same tokens: 5/8 log(5/8 / .2) + 3/8 log(3/8 / .2).
+    two = topk_forward_kl(student.detach()[None, None, :2], q.log()[None, None, :2])
+    want2 = 5 / 8 * math.log(5 / 8 / 0.2) + 3 / 8 * math.log(3 / 8 / 0.2)
+    assert math.isclose(float(two), want2, rel_tol=1e-6)
+    # A perfect copy scores 0, whatever k.
+    assert abs(float(topk_forward_kl(q.log()[None, None], q.log()[None, None]))) < 1e-7
+
+
+def test_forward_kl_update_equals_the_full_logit_kl(dense):
+    """Teacher.prepare (k = V) then the trainer's micro-batch loss equals, to 1e-5, the forward
+    KL worked out from both models' full logits, in value and in gradient."""
+    from transformers import AutoModelForCausalLM
+
+    from distill.on_policy import Teacher
+    from grpo.batch import TrainBatch, pad_rows
+    from grpo.update import Objective, Sums, microbatch_loss, micro_batches
+
+    student = AutoModelForCausalLM.from_pretrained(dense, dtype=torch.float32)
+    other = AutoModelForCausalLM.from_pretrained(dense, dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a different teacher on the same vocabulary
+        for prm in other.parameters():
+            prm.add_(0.3 * prm.std().nan_to_num() * torch.randn(prm.shape, generator=g))
+    vocab = other.get_output_embeddings().weight.shape[0]
+    teacher = Teacher(other, loss="forward_kl", top_k=vocab + 5)  # clamped to V
+    assert teacher.top_k == vocab
+    prompts, comps = [[20, 21, 22], [23, 24]], [[30, 31, 32], [33]]
+    batch = TrainBatch(prompt_ids=prompts, completion_ids=comps,
+                       sampler_logp=pad_rows([[-1.0] * 3, [-1.0]], 3),
+                       mask=pad_rows([[1.0] * 3, [1.0]], 3),
+                       token_mask=pad_rows([[1.0] * 3, [1.0]], 3),
+                       advantages=torch.zeros(2), rewards=torch.zeros(2),
+                       truncated=torch.zeros(2, dtype=torch.bool), routed=[None, None])
+    teacher.prepare(batch, 64, 0, 4, "cpu")
+    assert batch.advantages.abs().sum() == 0 and batch.teacher_ids.shape == (2, 3, vocab)
+    assert batch.stats["distill/teacher_topk_mass"] == pytest.approx(1.0, abs=1e-5)
+    obj = Objective(max_tokens=3, logprob_chunk=2)
+    norm = Norm.of(batch.mask, 3)
+    (mb,) = micro_batches(batch, [0, 1], 64, 0, "cpu")
+    loss = microbatch_loss(student, batch, mb, obj, norm, Sums()).loss
+    loss.backward()
+    got_grad = student.lm_head.weight.grad.clone()
+    student.zero_grad()
+    # By hand: each row through both models, KL(q || p) at the 4 completion positions, mean.
+    terms = []
+    for pr, co in zip(prompts, comps):
+        ids = torch.tensor([pr + co])
+        lp = torch.log_softmax(student(ids).logits[0].float(), -1)
+        with torch.no_grad():
+            lq = torch.log_softmax(other(ids).logits[0].float(), -1)
+        for j in range(len(co)):
+            t = len(pr) + j - 1
+            terms.append((lq[t].exp() * (lq[t] - lp[t])).sum())
+    want = torch.stack(terms).mean()
+    assert float(loss.detach()) == pytest.approx(float(want.detach()), abs=1e-5)
+    want.backward()
+    torch.testing.assert_close(got_grad, student.lm_head.weight.grad, atol=1e-5, rtol=1e-4)
 
 
 def test_per_token_advantages_broadcast_like_per_sequence_ones():

@@ -57,6 +57,24 @@ def test_on_policy_trains_the_student_and_resumes(tmp_path, tiny_cache):
 
 
 @pytest.mark.slow
+def test_on_policy_forward_kl_trains_the_student(tmp_path, tiny_cache):
+    from r1kit.tiny import build_tiny
+
+    student = build_tiny("qwen3_dense", cache_dir=tiny_cache)
+    out = tmp_path / "fkl"
+    distill(tiny_cache, "tiny_distill_on_policy.yaml", out, "model.path=tiny:qwen3_dense",
+            "train.prompts_per_step=2", "rollout.n=2", "rollout.max_tokens=12",
+            "train.save_every=1", "train.tensorboard=false", "train.steps=1",
+            "distill.loss=forward_kl", "distill.top_k=8")
+    (r,) = metrics(out)
+    assert r["distill/forward_kl"] > 0 and math.isfinite(r["distill/forward_kl"])
+    assert 0 < r["distill/teacher_topk_mass"] <= 1 + 1e-6
+    before = load_file(student / "model.safetensors")
+    after = load_file(out / "checkpoints" / "step-000001" / "model" / "model.safetensors")
+    assert max(float((before[k] - after[k]).abs().max()) for k in before) > 1e-4
+
+
+@pytest.mark.slow
 def test_sft_across_tokenizers_and_on_policy_refusal(tmp_path, tiny_cache):
     from transformers import AutoModelForCausalLM
 
@@ -101,6 +119,12 @@ def test_distill_settings_fail_before_work(tmp_path):
                            "distill.teacher=tiny:qwen3_moe"],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2 and "algo.filter_zero_variance" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "r1kit.cli", "distill",
+                           str(REPO / "recipes" / "tiny_distill_on_policy.yaml"),
+                           "distill.loss=forward_kl", "distill.top_k=0",
+                           f"log.out_dir={tmp_path}", "distill.teacher=tiny:qwen3_moe"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "distill.top_k: must be >= 1" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "r1kit.cli", "distill",
                            str(REPO / "recipes" / "tiny_distill_sft.yaml"),
                            f"distill.teacher={tmp_path / 'nowhere'}", f"log.out_dir={tmp_path}"],
