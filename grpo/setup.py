@@ -52,7 +52,7 @@ def find_resume(cfg: Any) -> Path | None:
 def device_of(cfg: Any) -> torch.device:
     d = cfg.train.device
     if d == "auto":
-        d = "cuda" if torch.cuda.is_available() else "cpu"
+        d = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
     return torch.device(d)
 
 
@@ -144,10 +144,20 @@ def build_trainer(cfg: Any, show_progress: bool = True, teacher: Any = None) -> 
     from r1kit.generate import check_prompt_lengths, load_problems, resolve_model_path
     from rollouts.prompts import build_prompt
 
+    from grpo.parallel import Parallel
+
     t, r = cfg.train, cfg.rollout
+    parallel = Parallel.from_environment(t.parallel)
+    if parallel.active and t.parallel == "fsdp2":
+        from r1kit.config import ConfigError
+
+        raise ConfigError("train.parallel=fsdp2: the sharded update is built and tested "
+                          "(grpo/parallel.py) but r1kit train does not run it yet (the rollout "
+                          "engine and checkpoints need the gathered weights); use ddp")
     out = Path(cfg.log.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    route_logs(out, cfg.log.level)
+    route_logs(out, cfg.log.level,
+               "train.log" if parallel.is_main else f"train.rank{parallel.rank}.log")
     if t.deterministic:
         torch.use_deterministic_algorithms(True)
     ckpt = find_resume(cfg)
@@ -159,9 +169,11 @@ def build_trainer(cfg: Any, show_progress: bool = True, teacher: Any = None) -> 
     check_prompt_lengths([build_prompt(p.question, r.prompt_style, tokenizer) for p in problems],
                          tokenizer, r.max_tokens, r.max_model_len)
     policy = load_policy(cfg, base, ckpt, device)
+    parallel.wrap(policy)  # DDP / FSDP2 root around it on several ranks; nothing on one
     optimizer, scheduler = make_optimizer(cfg, policy)
-    (out / "config.yaml").write_text(yaml.safe_dump(
-        {k: v for k, v in asdict(cfg).items() if k != "source"}, sort_keys=False))
+    if parallel.is_main:
+        (out / "config.yaml").write_text(yaml.safe_dump(
+            {k: v for k, v in asdict(cfg).items() if k != "source"}, sort_keys=False))
     parts = Parts(
         cfg=cfg, policy=policy, tokenizer=tokenizer, engine=None, scorer=None,
         optimizer=optimizer, scheduler=scheduler, data=ProblemStream(problems, t.seed),
@@ -169,7 +181,8 @@ def build_trainer(cfg: Any, show_progress: bool = True, teacher: Any = None) -> 
         objective=Objective.from_config(cfg.algo, t, r.max_tokens, resolve_mismatch(cfg),
                                         compute_dtype(cfg)),
         reference=make_reference(cfg, base, device),
-        recorder_fn=recorder_factory(policy, cfg.algo.aux_loss_coef > 0), teacher=teacher)
+        recorder_fn=recorder_factory(policy, cfg.algo.aux_loss_coef > 0), teacher=teacher,
+        parallel=parallel)
     try:
         return _start(parts, base, ckpt, out, show_progress)
     except BaseException:  # nothing left running: the scorer's workers, the engine
@@ -185,24 +198,28 @@ def _start(parts: Parts, base: Path, ckpt: Path | None, out: Path, show_progress
     from rollouts.factory import make_engine
 
     cfg, t, r = parts.cfg, parts.cfg.train, parts.cfg.rollout
-    with output_to(out / "engine.log"):
-        parts.engine = make_engine(
-            r.engine, base, dtype=cfg.model.dtype, max_model_len=r.max_model_len, seed=r.seed,
-            gpu_memory_utilization=r.gpu_memory_utilization, batch_size=r.batch_size,
-            model=parts.policy, tokenizer=parts.tokenizer,
-            record_routing=cfg.algo.routing_replay)
-    parts.scorer = Scorer(reward_specs(cfg), workers=cfg.reward.workers,
-                          timeout_s=cfg.reward.timeout_s)
+    main = parts.parallel.is_main  # rank 0 samples, scores, logs and saves; every rank updates
+    if main:
+        with output_to(out / "engine.log"):
+            parts.engine = make_engine(
+                r.engine, base, dtype=cfg.model.dtype, max_model_len=r.max_model_len,
+                seed=r.seed, gpu_memory_utilization=r.gpu_memory_utilization,
+                batch_size=r.batch_size, model=parts.policy, tokenizer=parts.tokenizer,
+                record_routing=cfg.algo.routing_replay)
+        parts.scorer = Scorer(reward_specs(cfg), workers=cfg.reward.workers,
+                              timeout_s=cfg.reward.timeout_s)
     trainer = GRPOTrainer(parts)
     if ckpt is not None:
         trainer.load_state_dict(load_trainer_state(ckpt))
         log.info("resumed from %s at step %d", ckpt, trainer.step)
-    # Also with no checkpoint: a run killed before its first save left lines for steps it redoes.
-    _truncate_metrics(out / "metrics.jsonl", trainer.step)
-    truncate_samples(out / "samples.md", trainer.step)
-    parts.engine.update_weights(parts.policy)
-    parts.runlog = RunLog(out, t.steps, trainer.step, tensorboard=t.tensorboard, wandb=t.wandb,
-                          config=asdict(cfg), show_progress=show_progress)
+    if main:
+        # Also with no checkpoint: a run killed before its first save left lines for steps it
+        # redoes.
+        _truncate_metrics(out / "metrics.jsonl", trainer.step)
+        truncate_samples(out / "samples.md", trainer.step)
+        parts.engine.update_weights(parts.policy)
+        parts.runlog = RunLog(out, t.steps, trainer.step, tensorboard=t.tensorboard,
+                              wandb=t.wandb, config=asdict(cfg), show_progress=show_progress)
     return trainer
 
 
@@ -233,10 +250,16 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(ln + "\n" for ln in keep))
 
 
-def save(trainer: GRPOTrainer) -> Path:
+def save(trainer: GRPOTrainer) -> Path | None:
+    """A checkpoint of the step just finished, written by rank 0 (DDP ranks hold the same
+    weights and optimiser state); the others wait for it."""
     p, t = trainer.p, trainer.cfg.train
-    return save_checkpoint(trainer.cfg.log.out_dir, trainer.step, p.policy, p.tokenizer,
-                           trainer.state_dict(), t.keep_last)
+    path = None
+    if p.parallel.is_main:
+        path = save_checkpoint(trainer.cfg.log.out_dir, trainer.step, p.policy, p.tokenizer,
+                               trainer.state_dict(), t.keep_last)
+    p.parallel.barrier()
+    return path
 
 
 def run_train(cfg: Any, show_progress: bool = True, teacher: Any = None) -> dict[str, Any]:
@@ -254,6 +277,7 @@ def run_train(cfg: Any, show_progress: bool = True, teacher: Any = None) -> dict
                 last_saved = save(trainer)
     finally:
         trainer.p.close()
+        trainer.p.parallel.close()
     final = last_saved or latest_checkpoint(cfg.log.out_dir)
     return {"step": trainer.step, "checkpoint": str(final / "model") if final else None,
             "out_dir": str(cfg.log.out_dir), **metrics}

@@ -112,6 +112,9 @@ class Parts:
     runlog: Any = None
     recorder_fn: Any = None
     """model -> a fresh routing recorder (MoE statistics), or None."""
+    parallel: Any = None
+    """``grpo.parallel.Parallel``: this process's rank among the trainer's ranks (one process
+    when None: set by ``GRPOTrainer``)."""
     teacher: Any = None
     """On-policy distillation (``distill.on_policy.Teacher``): its per-token advantages replace
     the reward-based ones in ``prepare``; rewards are still computed and logged."""
@@ -126,6 +129,10 @@ class Parts:
 class GRPOTrainer:
     def __init__(self, parts: Parts, step: int = 0, version: int = 0):
         self.p = parts
+        if parts.parallel is None:
+            from grpo.parallel import Parallel
+
+            parts.parallel = Parallel()
         self.cfg = parts.cfg
         self.step, self.version = step, version
         self.device = next(parts.policy.parameters()).device
@@ -268,28 +275,40 @@ class GRPOTrainer:
 
     # -- 3. update ----------------------------------------------------------------------------
     def update(self, batch: TrainBatch) -> dict[str, float]:
+        """``train.epochs`` x ``train.minibatches`` optimiser steps on ``batch``. With several
+        ranks (``grpo.parallel``) each takes its share of every minibatch's rows and the
+        gradients are reduced before the step: the same step as on one process."""
         t, obj, sums = self.cfg.train, self.p.objective, Sums()
-        model, opt = self.p.policy, self.p.optimizer
+        model, opt, par = self.p.policy, self.p.optimizer, self.p.parallel
         model.train()
         grad_norms, losses, router = [], [], []
         for epoch in range(t.epochs):
             for rows in minibatch_order(batch.rows, t.minibatches, t.seed, self.step, epoch):
-                norm = Norm.of(batch.mask[rows], obj.max_tokens)
+                norm = Norm.of(batch.mask[rows], obj.max_tokens)  # of the whole minibatch
                 opt.zero_grad(set_to_none=True)
                 total = 0.0
                 # Router statistics from the last epoch: drift from the rollout's routing shows
                 # there when epochs > 1; the aux loss needs the router logits every pass.
                 want = self.p.recorder_fn and (obj.aux_loss_coef or epoch == t.epochs - 1)
-                for mb in micro_batches(batch, rows, t.token_budget, self._pad_id(), self.device):
-                    rec = self.p.recorder_fn(model) if want else None
-                    out = microbatch_loss(model, batch, mb, obj, norm, sums, rec)
-                    check_finite(self.step, "loss", out.loss.detach())
-                    out.loss.backward()
-                    total += float(out.loss.detach())
+                mine = par.shard(rows)
+                mbs = list(micro_batches(batch, mine or rows[:1], t.token_budget,
+                                         self._pad_id(), self.device))
+                count = par.pad_count(len(mbs) if mine else 0)
+                for i in range(count):
+                    pad = not mine or i >= len(mbs)  # this rank repeats one, its loss times 0
+                    mb = mbs[min(i, len(mbs) - 1)]
+                    rec = self.p.recorder_fn(model) if want and not pad else None
+                    with par.sync_context(last=i == count - 1):
+                        out = microbatch_loss(model, batch, mb, obj, norm,
+                                              Sums() if pad else sums, rec, par.wrapped,
+                                              0.0 if pad else float(par.world))
+                        check_finite(self.step, "loss", out.loss.detach())
+                        out.loss.backward()
+                    total += float(out.loss.detach()) / par.world
                     if rec is not None and epoch == t.epochs - 1:
                         router.append((rec, mb))
                 params = [p for p in model.parameters() if p.grad is not None]
-                gn = torch.nn.utils.get_total_norm([p.grad for p in params])
+                gn = par.full_norm(torch.nn.utils.get_total_norm([p.grad for p in params]))
                 check_grad_norm(self.step, model, gn)  # before clipping rescales anything
                 if t.max_grad_norm > 0:
                     torch.nn.utils.clip_grads_with_norm_(params, t.max_grad_norm, gn)
@@ -297,8 +316,8 @@ class GRPOTrainer:
                 check_params(self.step, model)
                 self.p.scheduler.step()
                 grad_norms.append(float(gn))
-                losses.append(total)
-        return self._update_stats(sums, losses, grad_norms, router)
+                losses.append(par.total(total))
+        return self._update_stats(par.merge_sums(sums), losses, grad_norms, router)
 
     def _update_stats(self, sums: Sums, losses, grad_norms, router) -> dict[str, float]:
         v, tok = sums.values, max(sums.values.get("tokens", 0.0), 1.0)
@@ -335,13 +354,16 @@ class GRPOTrainer:
     # -- 4. sync, 5. log / save ---------------------------------------------------------------
     def sync(self) -> float:
         t0 = time.perf_counter()
-        self.p.engine.update_weights(self.p.policy)
+        if self.p.engine is not None:  # rank 0's engine; other ranks hold none
+            self.p.engine.update_weights(self.p.policy)
         self.version += 1
         return time.perf_counter() - t0
 
     def run_step(self) -> dict[str, float]:
         t0 = time.perf_counter()
-        ro = self.rollout()
+        par = self.p.parallel
+        # Sampled and scored once (rank 0), the same rollout on every rank.
+        ro = par.share(self.rollout() if par.is_main else None)
         metrics: dict[str, Any] = dict(ro.stats)
         if ro.groups:
             t1 = time.perf_counter()

@@ -101,7 +101,8 @@ class MicroLoss:
 
 def forward_logprobs(model: nn.Module, mb: MicroBatch, chunk: int, replay: bool,
                      recorder: Any = None, compute_dtype: str | None = None,
-                     extra_ids: Tensor | None = None) -> TokenLogprobs:
+                     extra_ids: Tensor | None = None, runner: nn.Module | None = None
+                     ) -> TokenLogprobs:
     """``completion_logprobs`` of a micro-batch, routed as the sampler routed it when ``replay``
     is on and routing was recorded, seen by ``recorder`` if one is given, and run under autocast
     in ``compute_dtype`` when given (mixed precision; the LM head's log-softmax stays float32)."""
@@ -115,18 +116,26 @@ def forward_logprobs(model: nn.Module, mb: MicroBatch, chunk: int, replay: bool,
             stack.enter_context(replay_routing(model, mb.routed, mb.routed_valid))
         if recorder is not None:
             stack.enter_context(recorder)
+        if runner is not None:  # data-parallel: the DDP / FSDP2 root (grpo.parallel)
+            from grpo.parallel import unpack
+
+            return unpack(runner(mb.input_ids, mb.attention_mask, mb.prompt_lens,
+                                 mb.completion_lens, chunk, extra_ids))
         return completion_logprobs(model, mb.input_ids, mb.attention_mask, mb.prompt_lens,
                                    mb.completion_lens, chunk_tokens=chunk, extra_ids=extra_ids)
 
 
 def microbatch_loss(model: nn.Module, batch: TrainBatch, mb: MicroBatch, obj: Objective,
-                    norm: Norm, sums: Sums, recorder: Any = None) -> MicroLoss:
+                    norm: Norm, sums: Sums, recorder: Any = None,
+                    runner: nn.Module | None = None, scale: float = 1.0) -> MicroLoss:
     """The objective on one micro-batch; adds its statistics to ``sums``. With a teacher's
     top-k in the batch (on-policy distillation, ``distill.loss: forward_kl``) the forward KL
-    to it (``grpo.losses.topk_forward_kl``) is added per token."""
+    to it (``grpo.losses.topk_forward_kl``) is added per token. ``runner``: the data-parallel
+    root that runs the forward pass (``grpo.parallel``); ``scale`` multiplies the loss (the
+    number of ranks, whose gradients DDP and FSDP2 average; 0 for a padding micro-batch)."""
     teacher_ids = None if batch.teacher_ids is None else batch.teacher_ids[mb.rows]
     tl = forward_logprobs(model, mb, obj.logprob_chunk, obj.routing_replay, recorder,
-                          obj.compute_dtype, teacher_ids)
+                          obj.compute_dtype, teacher_ids, runner)
     dev = tl.logp.device
     c = tl.logp.shape[1]
 
@@ -159,7 +168,7 @@ def microbatch_loss(model: nn.Module, batch: TrainBatch, mb: MicroBatch, obj: Ob
         loss = loss + obj.aux_loss_coef * load_balancing_loss(model, recorder, valid) * (
             float(mask.shape[0]) / max(norm.seqs, 1.0))
     _record(sums, tl.entropy, pol.clipped, pol.ratio, mask, kept, old, sampler)
-    return MicroLoss(loss)
+    return MicroLoss(loss * scale if scale != 1.0 else loss)
 
 
 def _record(sums: Sums, entropy, clipped, ratio, mask, kept, old, sampler) -> None:
@@ -181,6 +190,8 @@ def _record(sums: Sums, entropy, clipped, ratio, mask, kept, old, sampler) -> No
 
 def check_finite(step: int, name: str, t: Tensor, updated: bool = False) -> None:
     """Raise ``NonFiniteError`` naming the step and tensor if ``t`` holds a NaN or inf."""
+    if hasattr(t, "to_local"):  # an FSDP2 shard: each rank checks its own part
+        t = t.to_local()
     if not torch.isfinite(t).all():
         state = ("the optimiser step was applied in memory but nothing was saved after it"
                  if updated else "the weights were not updated")

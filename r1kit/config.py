@@ -230,7 +230,15 @@ class TrainConfig:
     """torch deterministic algorithms: bit-identical runs and resumes on CPU (with the same
     thread count; tests/test_resume.py kills runs with SIGKILL and compares weights)."""
     device: str = "auto"
-    """``auto`` (cuda if available), ``cpu`` or ``cuda[:i]``."""
+    """``auto`` (cuda if available; under a multi-process launch each rank takes
+    ``cuda:LOCAL_RANK``), ``cpu`` or ``cuda[:i]``."""
+    parallel: Literal["ddp", "fsdp2"] = "ddp"
+    """Under ``accelerate launch`` / ``torchrun`` with more than one process: ``ddp`` (every rank
+    holds the whole policy and optimiser; gradients are all-reduced), or ``fsdp2`` (weights,
+    gradients and optimiser state sharded per decoder layer; the update step only so far:
+    ``r1kit train`` refuses it). Either way an update equals the one-process update with the
+    same global batch (``grpo/parallel.py``, ``tests/test_parallel.py``). Ignored on one
+    process."""
     save_every: int = 10
     """Checkpoint every k steps (and at the end); 0 saves only at the end."""
     keep_last: int = 2
@@ -300,18 +308,18 @@ class EvalConfig:
 
 @dataclass
 class PlanConfig:
-    """``r1kit plan``: the hardware a recipe is meant for. ``r1kit train`` runs on one device
-    today (multi-GPU training is not built yet); ``plan`` estimates what the recipe would need per
+    """``r1kit plan``: the hardware a recipe is meant for. ``r1kit train`` runs data parallel
+    (DDP) under a multi-process launch, FSDP2 not yet (``train.parallel``); ``plan`` estimates what the recipe would need per
     GPU on this hardware under this sharding, and how long a step would take."""
 
     gpu: Literal["h100", "h200", "a100_80g", "a100_40g"] = "h100"
     """GPU kind; its memory, peak FLOP/s and bandwidths are the table in ``r1kit/plan.py``."""
     gpus: int = 1
-    """GPUs the run is meant for. ``r1kit train`` runs on one device today; ``r1kit plan``
+    """GPUs the run is meant for (one rank each under ``accelerate launch``); ``r1kit plan``
     estimates what the recipe would need on this many, each GPU holding one rollout-engine
     replica and training on its share of the sequences (data parallel)."""
     sharding: Literal["none", "fsdp"] = "none"
-    """Planned sharding (the trainer does not shard yet): ``none``, every GPU holds full
+    """Planned sharding (``r1kit train`` does not shard yet): ``none``, every GPU holds full
     weights, gradients and optimizer state (DDP); ``fsdp`` (FSDP / ZeRO-3), weights, gradients,
     optimizer state and reference model are divided by ``plan.gpus``."""
     mfu: float = 0.4

@@ -1,0 +1,202 @@
+"""Data-parallel and sharded updates: the same optimiser step on N processes as on one.
+
+Launch: ``accelerate launch --num_processes N -m r1kit.cli train RECIPE`` on GPUs (``--multi_gpu``,
+and ``--num_machines`` / ``--machine_rank`` / ``--main_process_ip`` across nodes), or
+``torchrun --nproc_per_node N`` (what accelerate runs underneath; on CPU accelerate's own
+launcher wants MPI, torchrun does not). ``accelerate.PartialState`` reads the launcher's
+environment, starts the process group (NCCL on GPU, gloo on CPU) and says which rank this is;
+nothing else in the trainer asks.
+
+How an update is split (``GRPOTrainer.update``):
+
+* every rank holds the whole ``TrainBatch`` (the rollout is sampled and scored once and shared:
+  ``share``), so the loss normaliser of a minibatch (``grpo.losses.Norm``: its tokens and
+  sequences) is computed from all of its rows with no communication;
+* each rank takes rows ``rank, rank + N, ...`` of the minibatch (``shard``), runs its micro-batches
+  and scales its loss by ``N``: DDP and FSDP2 average gradients over ranks, so the sum of the
+  ranks' gradients, which is the one-process gradient, is what reaches the optimiser;
+* every rank runs the same number of micro-batches (``pad_count``; a rank short of work repeats
+  one with its loss times 0), because FSDP2 gathers parameters in every forward pass and DDP
+  must reduce exactly once per optimiser step; gradients are reduced on the last one only.
+
+Why r1kit wraps the model itself (torch's ``DistributedDataParallel`` and ``fully_shard``) rather
+than through ``Accelerator.prepare``: the wrapped module's ``forward`` must be the chunked
+log-probability pass (``grpo.logprobs``: no ``[B, T, V]`` logits), not the transformers model's
+own forward, so the root is ``LogprobModule``, which holds the whole policy.
+
+What is not here yet: the rollout on several ranks' colocated engines (rank 0's engine samples
+and the batch is broadcast), multi-GPU vLLM server rollouts, checkpoints of sharded optimiser
+state (a sharded run saves through rank 0's full gather).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from grpo.logprobs import TokenLogprobs, completion_logprobs
+
+
+class LogprobModule(nn.Module):
+    """The wrapped root: ``forward`` is ``grpo.logprobs.completion_logprobs`` of ``policy``, so
+    DDP sees every parameter the loss uses (the LM head included) through its output, and
+    FSDP2's root hooks gather the parameters outside the decoder layers."""
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, prompt_lens: Tensor,
+                completion_lens: Tensor, chunk_tokens: int,
+                extra_ids: Tensor | None = None) -> tuple[Tensor, ...]:
+        tl = completion_logprobs(self.policy, input_ids, attention_mask, prompt_lens,
+                                 completion_lens, chunk_tokens=chunk_tokens, extra_ids=extra_ids)
+        out = (tl.logp, tl.entropy, tl.mask)
+        return out if tl.extra_logp is None else (*out, tl.extra_logp)
+
+
+class Parallel:
+    """This process's place among the trainer's ranks and the wrapped policy."""
+
+    def __init__(self, rank: int = 0, world: int = 1,
+                 strategy: Literal["ddp", "fsdp2"] = "ddp"):
+        if strategy not in ("ddp", "fsdp2"):
+            raise ValueError(f"train.parallel must be ddp or fsdp2, got {strategy!r}")
+        self.rank, self.world, self.strategy = rank, world, strategy
+        self.wrapped: nn.Module | None = None
+
+    @staticmethod
+    def from_environment(strategy: str = "ddp") -> Parallel:
+        """One process, or the ranks a launcher (accelerate, torchrun) started."""
+        import os
+
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return Parallel(0, 1, strategy)  # type: ignore[arg-type]
+        from accelerate import PartialState
+
+        # starts the process group from the launcher's environment (gloo without a GPU)
+        state = PartialState(cpu=not torch.cuda.is_available())
+        return Parallel(state.process_index, state.num_processes, strategy)  # type: ignore[arg-type]
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, policy: nn.Module) -> nn.Module:
+        """The module the update calls: the policy itself on one process, else a DDP or FSDP2
+        ``LogprobModule`` around it (FSDP2 shards each decoder layer, then the root)."""
+        if not self.active:
+            return policy
+        root = LogprobModule(policy)
+        if self.strategy == "ddp":
+            from torch.nn.parallel import DistributedDataParallel
+
+            dev = next(policy.parameters()).device
+            self.wrapped = DistributedDataParallel(
+                root, device_ids=[dev.index] if dev.type == "cuda" else None,
+                find_unused_parameters=True,  # MoE: experts no token of a rank was routed to
+                broadcast_buffers=False)  # no buffer changes during training (rotary caches)
+        else:
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in _decoder_layers(policy):
+                fully_shard(layer)
+            fully_shard(root)
+            self.wrapped = root
+        return self.wrapped
+
+    # -- work split ---------------------------------------------------------------------------
+    def shard(self, rows: list[int]) -> list[int]:
+        """This rank's rows of a minibatch."""
+        return rows[self.rank :: self.world]
+
+    def pad_count(self, count: int) -> int:
+        """The most micro-batches any rank has for this minibatch (every rank runs that many)."""
+        if not self.active:
+            return count
+        t = torch.tensor([count], device=self._comm_device())
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return int(t.item())
+
+    def sync_context(self, last: bool):
+        """Gradients are reduced across ranks on a minibatch's last micro-batch only."""
+        if not self.active:
+            return contextlib.nullcontext()
+        if self.strategy == "ddp":
+            return contextlib.nullcontext() if last else self.wrapped.no_sync()
+        self.wrapped.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
+
+    def full_norm(self, norm: Tensor) -> Tensor:
+        """A gradient norm as a plain tensor (FSDP2's is a DTensor over the shards)."""
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+    def share(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (a rollout is sampled and scored once)."""
+        if not self.active:
+            return obj
+        box = [obj if self.is_main else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self) -> None:
+        """End the process group (after the last collective of the run)."""
+        if self.active and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    def barrier(self) -> None:
+        if self.active:
+            torch.distributed.barrier()
+
+    def merge_sums(self, sums: Any) -> Any:
+        """Statistics summed (max, min) over every rank's micro-batches."""
+        if not self.active:
+            return sums
+        every: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(every, sums)
+        from grpo.update import Sums
+
+        out = Sums()
+        for s in every:
+            for k, v in s.values.items():
+                out.add(k, v)
+            for k, v in s.maxima.items():
+                out.high(k, v)
+            for k, v in s.minima.items():
+                out.low(k, v)
+        return out
+
+    def total(self, value: float) -> float:
+        """Sum over ranks (each rank's loss is its share of the global loss)."""
+        if not self.active:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self._comm_device())
+        torch.distributed.all_reduce(t)
+        return float(t.item())
+
+    def _comm_device(self) -> torch.device:
+        backend = torch.distributed.get_backend()
+        return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" \
+            else torch.device("cpu")
+
+
+def _decoder_layers(policy: nn.Module) -> list[nn.Module]:
+    from grpo.logprobs import split_model
+
+    decoder, _ = split_model(policy)
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(decoder).__name__} has no .layers to shard with FSDP2")
+    return list(layers)
+
+
+def unpack(out: tuple[Tensor, ...]) -> TokenLogprobs:
+    """``LogprobModule``'s tuple as ``TokenLogprobs``."""
+    return TokenLogprobs(*out[:3], out[3] if len(out) > 3 else None)
