@@ -34,6 +34,13 @@ every position). The figure is the peak RSS increase over the RSS just before th
 ``ru_maxrss`` after the call minus the RSS before it (exact, as long as the call's peak is the
 process's highest, which the worker checks), with a 1 ms psutil sampler as a cross-check.
 
+``--async`` runs two other contenders instead: ``r1kit_server_sync`` and ``r1kit_server_async``,
+``r1kit_hf``'s step with the ``vllm_server`` engine and ``train.async_steps`` 0 and 1, the
+sampler's processes pinned to the last core and the trainer to the others (what each would have
+with hardware of its own; vLLM's default binds its threads to every core). The table gives
+seconds per step, the median generate, update and sync-plus-wait times that explain them, the
+staleness, and the speedup of one-step-off over synchronous (target 1.3x).
+
 Every contender runs in a fresh subprocess (``python -m grpo.bench --worker NAME``), so one's
 memory and threads never touch another's. ``OMP_NUM_THREADS`` is set for each (default 1): on a
 small shared machine, two spinning OpenMP threads per process made the same step 8x slower and
@@ -68,6 +75,10 @@ VOCAB = 151_936
 MEMORY_SHAPE = {"full": (8, 512, 512), "quick": (2, 128, 128)}  # sequences, prompt, completion
 STEP_CONTENDERS = ("trl_hf", "r1kit_hf", "r1kit_vllm", "r1kit_hf_v4")
 MEMORY_CONTENDERS = ("trl_memory", "r1kit_memory")
+ASYNC_CONTENDERS = ("r1kit_server_sync", "r1kit_server_async")
+ASYNC_TARGET = 1.3
+OUT_DEFAULT = "runs/bench_train.json"
+"""``--async``: one-step-off training at least this many times faster than synchronous."""
 TARGETS = {"r1kit_hf": 0.5, "r1kit_vllm": 0.33, "r1kit_memory": 0.25}
 """r1kit's goal as a ratio to TRL (step time for the step contenders, peak memory increase)."""
 
@@ -184,7 +195,8 @@ def worker_trl_hf(steps: int) -> dict[str, Any]:
     return _step_summary(seconds, {"completion_len": statistics.mean(clock.lengths)})
 
 
-def _r1kit_steps(engine: str, steps: int, family: str = "qwen3_moe") -> dict[str, Any]:
+def _r1kit_steps(engine: str, steps: int, family: str = "qwen3_moe",
+                 async_steps: int = 0) -> dict[str, Any]:
     from grpo.setup import build_trainer
     from r1kit.config import load_config, validate_training
 
@@ -201,11 +213,23 @@ def _r1kit_steps(engine: str, steps: int, family: str = "qwen3_moe") -> dict[str
         f"train.prompts_per_step={PROMPTS}", f"train.steps={1 + steps}", f"train.lr={LR}",
         "train.device=cpu", "train.sample_every=0", "train.save_every=0",
         "train.tensorboard=false", "train.resume=never", f"log.out_dir={out}",
-        "log.level=WARNING"])
+        f"train.async_steps={async_steps}", "log.level=WARNING"])
     validate_training(cfg)
-    if engine == "vllm":
+    if engine in ("vllm", "vllm_server"):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on CPU
+    split = engine == "vllm_server" and (os.cpu_count() or 1) > 1
+    if split:
+        # Trainer and sampler on their own cores, as they would be on their own GPUs: the
+        # server's processes (API server, engine core, worker) start pinned to the last core,
+        # which vLLM's CPU worker also binds its OpenMP threads to; the trainer then moves to
+        # the others. (vLLM's default binds to every core, and a trainer thread on one of them
+        # stalls its parallel regions.) Both server contenders get the same placement.
+        last = os.cpu_count() - 1
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(last)
+        os.sched_setaffinity(0, {last})  # children started now inherit it
     trainer = build_trainer(cfg, show_progress=False)
+    if split:
+        os.sched_setaffinity(0, set(range(last)))
     seconds, metrics = [], []
     try:
         for _ in range(1 + steps):
@@ -213,9 +237,11 @@ def _r1kit_steps(engine: str, steps: int, family: str = "qwen3_moe") -> dict[str
             metrics.append(trainer.run_step())
             seconds.append(time.perf_counter() - t0)
     finally:
+        trainer.close()
         trainer.p.close()
     parts = {f"median_{k.replace('/', '_')}": statistics.median(m.get(k, 0.0) for m in metrics[1:])
-             for k in ("time/generate", "time/rollout", "time/update", "time/sync")}
+             for k in ("time/generate", "time/rollout", "time/update", "time/sync",
+                       "time/wait_rollout", "staleness")}
     tokens = statistics.mean(m["response_len"] for m in metrics) * PROMPTS * GROUP
     return _step_summary(seconds, {"completion_len": statistics.mean(
         m["response_len"] for m in metrics), **parts,
@@ -322,6 +348,8 @@ WORKERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "r1kit_hf": lambda a: _r1kit_steps("hf", a.steps),
     "r1kit_vllm": lambda a: _r1kit_steps("vllm", a.steps),
     "r1kit_hf_v4": lambda a: _r1kit_steps("hf", a.steps, family="deepseek_v4"),
+    "r1kit_server_sync": lambda a: _r1kit_steps("vllm_server", a.steps),
+    "r1kit_server_async": lambda a: _r1kit_steps("vllm_server", a.steps, async_steps=1),
     "trl_memory": lambda a: worker_trl_memory(a.quick),
     "r1kit_memory": lambda a: worker_r1kit_memory(a.quick),
 }
@@ -356,10 +384,13 @@ def run_worker(name: str, steps: int, quick: bool, threads: int,
         return {**json.loads(result.read_text()), "worker_wall_s": wall}
 
 
-def run(steps: int, vocab_bench: bool, quick: bool, threads: int = 1) -> dict[str, Any]:
+def run(steps: int, vocab_bench: bool, quick: bool, threads: int = 1,
+        async_mode: bool = False) -> dict[str, Any]:
     import torch
 
     names = list(STEP_CONTENDERS) + (list(MEMORY_CONTENDERS) if vocab_bench else [])
+    if async_mode:
+        names = list(ASYNC_CONTENDERS)
     results = {}
     load = [os.getloadavg()[0]]
     for name in names:
@@ -368,7 +399,7 @@ def run(steps: int, vocab_bench: bool, quick: bool, threads: int = 1) -> dict[st
         load.append(os.getloadavg()[0])
         print(f"  {name}: {_brief(results[name])}", file=sys.stderr, flush=True)
     return {
-        "benchmark": "train",
+        "benchmark": "train_async" if async_mode else "train",
         "settings": {"prompts": PROMPTS, "group": GROUP, "max_tokens": MAX_TOKENS,
                      "timed_steps": steps, "warmup_steps": 1, "quick": quick,
                      "memory_shape": MEMORY_SHAPE["quick" if quick else "full"],
@@ -402,6 +433,8 @@ def _ratios(results: dict[str, Any]) -> dict[str, float | None]:
         out[f"{name}/time"] = ratio(name, "trl_hf", "s_per_step")
         out[f"{name}/rss"] = ratio(name, "trl_hf", "peak_rss_mb")
     out["r1kit_memory/memory"] = ratio("r1kit_memory", "trl_memory", "peak_increase_mb")
+    if any(name in results for name in ASYNC_CONTENDERS):  # --async runs only these
+        return {"async_speedup": ratio("r1kit_server_sync", "r1kit_server_async", "s_per_step")}
     return out
 
 
@@ -409,6 +442,33 @@ def _fmt(x: float | None, spec: str) -> str:
     if x is None or not math.isfinite(x):
         return format("-", ">" + spec.split(".")[0])  # as wide as a number would be
     return format(x, spec)
+
+
+def async_table(result: dict[str, Any]) -> str:
+    """``--async``: synchronous against one-step-off training, with the parts of a step."""
+    res, s = result["contenders"], result["settings"]
+    lines = [(f"async benchmark: vllm_server engine, tiny Qwen3-MoE, {s['prompts']} prompts x "
+              f"{s['group']} of {s['max_tokens']} tokens, median of {s['timed_steps']} steps "
+              f"after {s['warmup_steps']} warm-up; the parts are medians too"),
+             (f"{'contender':19} {'s/step':>7} {'generate':>9} {'update':>7} {'sync+wait':>10} "
+              f"{'wait ro':>8} {'staleness':>9}")]
+    for name in ASYNC_CONTENDERS:
+        r = res.get(name, {})
+        if "error" in r:
+            lines.append(f"{name:19} ERROR {r['error'][:100]}")
+            continue
+        lines.append(f"{name:19} {_fmt(r.get('s_per_step'), '7.2f')} "
+                     f"{_fmt(r.get('median_time_generate'), '9.2f')} "
+                     f"{_fmt(r.get('median_time_update'), '7.2f')} "
+                     f"{_fmt(r.get('median_time_sync'), '10.2f')} "
+                     f"{_fmt(r.get('median_time_wait_rollout'), '8.2f')} "
+                     f"{_fmt(r.get('median_staleness'), '9.0f')}")
+    x = result["ratios"].get("async_speedup")
+    lines.append(f"speedup of one-step-off over synchronous: {_fmt(x, '.2f')}x "
+                 f"(target >= {ASYNC_TARGET}). generate: the engine's sampling of a rollout (in "
+                 "the background when async); sync+wait: waiting for it, then the weight sync; "
+                 "wait ro: a step's wait for its rollout")
+    return "\n".join(lines)
 
 
 def table(result: dict[str, Any]) -> str:
@@ -460,7 +520,8 @@ def table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="r1kit bench train", description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=5, help="timed steps after 1 warm-up step")
-    ap.add_argument("--out", default="runs/bench_train.json", help="JSON output path")
+    ap.add_argument("--out", default=OUT_DEFAULT, help="JSON output path (--async: "
+                    "runs/bench_train_async.json unless given)")
     ap.add_argument("--vocab-bench", action=argparse.BooleanOptionalAction, default=True,
                     help="also run the 151,936-vocabulary memory test (default on)")
     ap.add_argument("--threads", type=int, default=1,
@@ -468,6 +529,9 @@ def main(argv: list[str] | None = None) -> int:
                     "keeps a busy shared machine from thrashing OpenMP's spinning threads")
     ap.add_argument("--quick", action="store_true",
                     help=f"a small memory case {MEMORY_SHAPE['quick']} (for smoke tests)")
+    ap.add_argument("--async", dest="async_mode", action="store_true",
+                    help="instead: synchronous against one-step-off training (train.async_steps"
+                    "=1) with the vllm_server engine, seconds per step and their parts")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -480,9 +544,10 @@ def main(argv: list[str] | None = None) -> int:
         out = WORKERS[args.worker](args)
         Path(args.result).write_text(json.dumps({**out, "torch_threads": threads}))
         return 0
-    result = run(args.steps, args.vocab_bench, args.quick, args.threads)
-    print(table(result))
-    out = Path(args.out)
+    result = run(args.steps, args.vocab_bench, args.quick, args.threads, args.async_mode)
+    print(async_table(result) if args.async_mode else table(result))
+    out = Path(args.out if not args.async_mode or args.out != OUT_DEFAULT
+               else "runs/bench_train_async.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")

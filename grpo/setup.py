@@ -276,6 +276,7 @@ def run_train(cfg: Any, show_progress: bool = True, teacher: Any = None) -> dict
             if (every and trainer.step % every == 0) or trainer.step == cfg.train.steps:
                 last_saved = save(trainer)
     finally:
+        trainer.close()  # rollouts sampled ahead finish before their engine stops
         trainer.p.close()
         trainer.p.parallel.close()
     final = last_saved or latest_checkpoint(cfg.log.out_dir)

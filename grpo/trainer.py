@@ -22,16 +22,23 @@ each.
    matrices' distance from doubly stochastic and the streams' sizes after the update
    (``grpo.mhc``).
 
-Steps 1 and 3 share nothing but the ``Rollout``: a one-step-off-policy mode can run ``rollout``
-for step t+1 on the engine while ``update`` runs step t, and the mismatch correction already
-weights each sample by its sampler's log-probs.
+Steps 1 and 3 share nothing but the ``Rollout``, which is what one-step-off-policy pipelining
+(``train.async_steps = k``) uses: ``_next_rollout`` starts the rollouts of the next k steps on
+the engine (a thread here, the vLLM server in its own process) before this step's update, so
+they are sampled while it trains; ``sync`` waits for them before the engine's weights change.
+Each ``Rollout`` carries the version that sampled it (``staleness`` = policy version minus it,
+at most k, logged), and the mismatch correction weights each sample by its sampler's log-probs.
+The rollouts sampled ahead are part of ``state_dict``, so a resume trains on exactly them.
+With several ranks (``grpo.parallel``) rank 0 samples and scores and every rank gets the rollout.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,11 +142,17 @@ class GRPOTrainer:
             parts.parallel = Parallel()
         self.cfg = parts.cfg
         self.step, self.version = step, version
+        self.ahead: collections.deque[Future] = collections.deque()
+        """Rollouts sampled ahead for the next steps (``train.async_steps``), oldest first."""
+        self._pool = None
         self.device = next(parts.policy.parameters()).device
         self.mhc = has_mhc(parts.policy)
 
     # -- 1. rollout + score -----------------------------------------------------------------
-    def rollout(self) -> Rollout:
+    def rollout(self, step: int | None = None) -> Rollout:
+        """Sample and score the rollout of ``step`` (default: the current one; a rollout
+        sampled ahead under ``train.async_steps`` is seeded by the step that will train on it)."""
+        step = self.step if step is None else step
         a, r, want = self.cfg.algo, self.cfg.rollout, self.cfg.train.prompts_per_step
         kept: list[tuple[Any, Any, list[float], dict[str, list[float]]]] = []
         every: list[tuple[list[float], Any, dict[str, list[float]]]] = []
@@ -152,11 +165,12 @@ class GRPOTrainer:
             problems = self.p.data.take(math.ceil((want - len(kept)) / rate))
             sampling = Sampling(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
                                 top_k=r.top_k, min_tokens=r.min_tokens,
-                                seed=r.seed + 7919 * self.step + 104729 * attempt)
+                                seed=r.seed + 7919 * step + 104729 * attempt)
             g0 = time.perf_counter()
-            groups = self._generate([self.p.prompt_fn(q.question) for q in problems], sampling)
+            groups = self._generate([self.p.prompt_fn(q.question) for q in problems], sampling,
+                                    step)
             gen_s += time.perf_counter() - g0
-            totals, pers = self._score(problems, groups, failures)
+            totals, pers = self._score(problems, groups, failures, step)
             for prob, grp, tot, per in zip(problems, groups, totals, pers):
                 every.append((tot, grp, per))
                 if not a.filter_zero_variance or max(tot) > min(tot):
@@ -174,17 +188,17 @@ class GRPOTrainer:
                         for name in (kept[0][3] if kept else {})},
             version=self.version, stats=stats)
 
-    def _generate(self, prompts: list[str], sampling: Sampling):
+    def _generate(self, prompts: list[str], sampling: Sampling, step: int):
         try:
             return self.p.engine.generate(prompts, self.cfg.rollout.n, sampling)
         except RuntimeError as e:  # torch.multinomial on a NaN/inf distribution
             if "inf" not in str(e) and "nan" not in str(e):
                 raise
             raise NonFiniteError(
-                f"step {self.step}: the policy's sampling probabilities are not finite ({e}); the "
+                f"step {step}: the policy's sampling probabilities are not finite ({e}); the "
                 "weights diverged in the last update; the last checkpoint is intact") from e
 
-    def _score(self, problems, groups, failures: dict[str, int]):
+    def _score(self, problems, groups, failures: dict[str, int], step: int):
         """Totals and per-reward scores per group; adds each reward's failures to ``failures``."""
         n = self.cfg.rollout.n
         texts = [c.text for g in groups for c in g.completions]
@@ -196,7 +210,7 @@ class GRPOTrainer:
             **columns)
         broken = res.failed_everywhere()
         if broken:
-            raise RewardFailure(f"step {self.step}: reward {', '.join(broken)} failed on all "
+            raise RewardFailure(f"step {step}: reward {', '.join(broken)} failed on all "
                               f"{len(texts)} samples (see train.log for the first error)")
         for label, count in res.failure_counts().items():
             failures[label] = failures.get(label, 0) + count
@@ -354,6 +368,8 @@ class GRPOTrainer:
     # -- 4. sync, 5. log / save ---------------------------------------------------------------
     def sync(self) -> float:
         t0 = time.perf_counter()
+        for f in self.ahead:  # the engine finishes what it samples before its weights change
+            f.result()
         if self.p.engine is not None:  # rank 0's engine; other ranks hold none
             self.p.engine.update_weights(self.p.policy)
         self.version += 1
@@ -363,8 +379,9 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         par = self.p.parallel
         # Sampled and scored once (rank 0), the same rollout on every rank.
-        ro = par.share(self.rollout() if par.is_main else None)
-        metrics: dict[str, Any] = dict(ro.stats)
+        ro = par.share(self._next_rollout() if par.is_main else None)
+        metrics: dict[str, Any] = {**ro.stats, "staleness": self.version - ro.version,
+                                   "time/wait_rollout": time.perf_counter() - t0}
         if ro.groups:
             t1 = time.perf_counter()
             batch = self.prepare(ro)
@@ -386,18 +403,51 @@ class GRPOTrainer:
                 self._sample_table(ro)
         return metrics
 
+    def _next_rollout(self) -> Rollout:
+        """This step's rollout. With ``train.async_steps = k > 0`` it was sampled ahead (or, with
+        none queued, is sampled now), and rollouts for the next steps are started on the engine,
+        which still holds this version's weights, so that they are sampled while this step
+        trains: at most k wait, so a sample is at most k versions older than the policy that
+        trains on it."""
+        k = self.cfg.train.async_steps
+        if not k:
+            return self.rollout()
+        ro = self.ahead.popleft().result() if self.ahead else self.rollout()
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="r1kit-rollout")
+        while len(self.ahead) < k and self.step + 1 + len(self.ahead) < self.cfg.train.steps:
+            self.ahead.append(self._pool.submit(self.rollout, self.step + 1 + len(self.ahead)))
+        return ro
+
+    def close(self) -> None:
+        """Wait for rollouts sampled ahead (their engine is about to stop)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
     def _sample_table(self, ro: Rollout) -> None:
         rows = [(ro.problems[i].question, g.completions[j].text, float(ro.rewards[i, j]))
                 for i, g in enumerate(ro.groups[:2]) for j in range(min(2, len(g.completions)))]
         self.p.runlog.samples(self.step, rows)
 
     def state_dict(self) -> dict[str, Any]:
+        """Counters, data position, optimiser and schedule, and the rollouts sampled ahead
+        (finished: ``sync`` waited for them), so that a resume trains on exactly them."""
         return {"step": self.step, "version": self.version, "data": self.p.data.state_dict(),
                 "optimizer": self.p.optimizer.state_dict(),
-                "scheduler": self.p.scheduler.state_dict()}
+                "scheduler": self.p.scheduler.state_dict(),
+                "ahead": [f.result() for f in self.ahead]}
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
+        from concurrent.futures import Future
+
         self.step, self.version = s["step"], s["version"]
+        for ro in s.get("ahead", []):
+            f: Future = Future()
+            f.set_result(ro)
+            self.ahead.append(f)
         self.p.data.load_state_dict(s["data"])
         self.p.optimizer.load_state_dict(s["optimizer"])
         self.p.scheduler.load_state_dict(s["scheduler"])

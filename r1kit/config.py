@@ -232,6 +232,14 @@ class TrainConfig:
     device: str = "auto"
     """``auto`` (cuda if available; under a multi-process launch each rank takes
     ``cuda:LOCAL_RANK``), ``cpu`` or ``cuda[:i]``."""
+    async_steps: int = 0
+    """One-step-off-policy pipelining: 0 samples each step's rollout and then trains on it; k >= 1
+    starts the rollouts of the next k steps on the engine (which still holds the current
+    weights) while this step trains, so a sample is at most k policy versions old (logged as
+    ``staleness``; the mismatch correction weighs it by its sampler's log-probs). Needs
+    ``rollout.engine=vllm_server`` (the sampler runs in its own process; the HF engine samples
+    with the policy itself). Rollouts sampled ahead are saved in checkpoints: a resume trains on
+    exactly them."""
     parallel: Literal["ddp", "fsdp2"] = "ddp"
     """Under ``accelerate launch`` / ``torchrun`` with more than one process: ``ddp`` (every rank
     holds the whole policy and optimiser; gradients are all-reduced), or ``fsdp2`` (weights,
@@ -661,7 +669,8 @@ def validate_training(cfg: Config, *, this_machine: bool = True) -> None:
                        ("train.weight_decay", t.weight_decay), ("train.lora_rank", t.lora_rank),
                        ("train.warmup_steps", t.warmup_steps), ("train.save_every", t.save_every),
                        ("train.max_grad_norm", t.max_grad_norm),
-                       ("train.sample_every", t.sample_every)):
+                       ("train.sample_every", t.sample_every),
+                       ("train.async_steps", t.async_steps)):
         if value < 0:
             fail(key, f"must be >= 0, got {value}")
     if t.lora_target_parameters and not t.lora_rank:
@@ -692,6 +701,10 @@ def validate_training(cfg: Config, *, this_machine: bool = True) -> None:
     if a.routing_replay and r.engine == "vllm" and this_machine and not _cuda_available():
         fail("algo.routing_replay", "vLLM reports routed experts only on GPU (Model Runner V2 "
              "needs Triton); on CPU use rollout.engine=hf")
+    if t.async_steps and r.engine != "vllm_server":
+        fail("train.async_steps", f"needs rollout.engine=vllm_server (the sampler in its own "
+             f"process), got {r.engine}: the hf engine samples with the policy being trained, "
+             "and the colocated vllm engine is not run beside an update")
     if t.wandb and this_machine and importlib.util.find_spec("wandb") is None:
         fail("train.wandb", "wandb is not installed (pip install wandb)")
 

@@ -49,7 +49,9 @@ API (``/init_weight_transfer_engine``, ``/start_weight_update``, ``/update_weigh
 ``/finish_weight_update`` with ``--weight-transfer-config``); its backends are NCCL (the trainer
 joins an NCCL group with the workers and broadcasts GPU tensors) and CUDA IPC, both GPU-only. This
 engine does not use them: there is no GPU here to prove them on, and the file path costs one copy
-in RAM. ``last_sync_seconds`` is the measured duration of the last sync.
+in RAM. ``last_sync_seconds`` is the measured duration of the last sync. A sync that does not
+finish within ``sync_timeout_s`` (300 s) raises ``ServerError`` naming the server and its log
+(a stuck worker must not block the trainer forever).
 
 What it does not do:
 
@@ -296,17 +298,19 @@ class VLLMServerEngine:
         sleep_mode: bool = False,
         grace_s: float = 5.0,
         log_path: str | os.PathLike | None = None,
+        sync_timeout_s: float = 300.0,
     ):
         """``extra_args`` go to vLLM after r1kit's own flags, so they win (``--dtype``, ...);
         ``env`` adds to this process's environment for the child. ``grace_s`` is how long a
-        stopping server gets between SIGTERM and SIGKILL."""
+        stopping server gets between SIGTERM and SIGKILL. ``sync_timeout_s`` bounds one weight
+        sync: a server that does not answer in time is an error naming it, not a hang."""
         check_causal_lm(model_path)
         if data_parallel_size < 1:
             raise ValueError(f"data_parallel_size must be >= 1, got {data_parallel_size}")
         self.model_path = Path(model_path).expanduser().resolve()
         self.host, self.port = host, port or free_port(host)
         self.url = f"http://{host}:{self.port}"
-        self.sleep_mode, self.grace_s = sleep_mode, grace_s
+        self.sleep_mode, self.grace_s, self.sync_timeout_s = sleep_mode, grace_s, sync_timeout_s
         self._run_dir = Path(tempfile.mkdtemp(prefix="r1kit-vllm-server-"))  # removed by close()
         self.log_path = Path(log_path) if log_path else self._run_dir / "server.log"
         self.last_stats: GenerationStats | None = None
@@ -479,8 +483,7 @@ class VLLMServerEngine:
             save_file(tensors, path)
             del tensors
             with _interrupt_not_error():
-                result = self._request("POST", "/collective_rpc", json={
-                    "method": "update_weights_from_safetensors", "args": [path]}).json()
+                result = self._sync_request(path)
         finally:
             _SHM_FILES.discard(path)
             if os.path.exists(path):  # a signal handler may have removed it already
@@ -491,6 +494,21 @@ class VLLMServerEngine:
             raise ServerError(f"the server at {self.url} loaded no tensors: {result}")
         self.last_sync_seconds = time.perf_counter() - start
         log.info("synced weights into %s in %.2f s", self.url, self.last_sync_seconds)
+
+    def _sync_request(self, path: str) -> dict:
+        """The workers' load of ``path``, bounded by ``sync_timeout_s`` (TRL's server sync can
+        block forever on a stuck worker; this one raises ``ServerError``)."""
+        try:
+            return self._request("POST", "/collective_rpc", json={
+                "method": "update_weights_from_safetensors", "args": [path]},
+                timeout=httpx.Timeout(self.sync_timeout_s, connect=5.0)).json()
+        except ServerError as e:
+            if not isinstance(e.__cause__, httpx.TimeoutException):
+                raise
+            raise ServerError(f"weight sync into {self.url} did not finish within "
+                              f"{self.sync_timeout_s:g} s ({type(e.__cause__).__name__}); the "
+                              f"server may be stuck: see {self.log_path}{self._death_note()}"
+                              ) from e.__cause__
 
     # -- sleep ----------------------------------------------------------------------------------
     def sleep(self) -> None:

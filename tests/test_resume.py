@@ -123,13 +123,14 @@ def kill_when(proc: subprocess.Popen, ready, what: str) -> None:
     assert proc.wait(timeout=30) == -signal.SIGKILL
 
 
-def kill_paused(out: Path, cache: Path, point: str, step: int) -> str:
+def kill_paused(out: Path, cache: Path, point: str, step: int, *extra: str) -> str:
     """Start the CLI through the pause shim, SIGKILL it at ``point`` of ``step``; returns the
     marker text (where it paused)."""
     marker = out.parent / f"{out.name}.paused"
     env = _env(cache, PAUSE_POINT=point, PAUSE_STEP=str(step), PAUSE_MARKER=str(marker))
     with open(out.parent / f"{out.name}.killed.log", "w") as log:
-        proc = subprocess.Popen(_cmd(out, shim=True), cwd=REPO, env=env, stdout=log, stderr=log)
+        proc = subprocess.Popen(_cmd(out, *extra, shim=True), cwd=REPO, env=env, stdout=log,
+                                stderr=log)
         kill_when(proc, marker.exists, f"the pause at {point} step {step}")
     return marker.read_text()
 
@@ -181,8 +182,8 @@ def assert_same_as_reference(out: Path, ref: Path) -> None:
     assert (out / "samples.md").read_text() == (ref / "samples.md").read_text()
 
 
-def resume(out: Path, cache: Path, ref: Path) -> None:
-    r = train(out, cache)
+def resume(out: Path, cache: Path, ref: Path, *extra: str) -> None:
+    r = train(out, cache, *extra)
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_as_reference(out, ref)
 
@@ -251,3 +252,29 @@ def test_resume_never_refuses_a_folder_with_checkpoints(reference, tiny_cache, t
     assert len(lines) == 1 and lines[0].startswith("r1kit: ") and "train.resume=never" in lines[0]
     assert not (out / "metrics.jsonl").exists()
     assert ckpt_names(out) == ["step-000004", "step-000006"]
+
+
+ASYNC = ["rollout.engine=vllm_server", "train.async_steps=1"]
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_async_kill_then_resume_is_bit_identical(tiny_qwen, tiny_cache, tmp_path):
+    """One-step-off training with the vLLM server engine: SIGKILLed after the first optimiser
+    step of step 3 (0-based), while step 4's rollout is being sampled on the server, it resumes
+    from step 2's checkpoint, which holds the rollout sampled ahead for step 3, and ends with the
+    weights, optimiser state, metrics and samples of an uninterrupted async run."""
+    ref = tmp_path / "reference"
+    r = train(ref, tiny_cache, *ASYNC)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = metric_lines(ref)
+    assert [m["staleness"] for m in lines] == [0] + [1] * (STEPS - 1)
+    assert lines[-1]["grad_norm"] > 0
+    state = torch.load(ref / "checkpoints" / "step-000004" / "trainer.pt", weights_only=False)
+    # The 5th step's rollout, sampled by version 3 (three optimiser steps) while the 4th trained.
+    (ahead,) = state["ahead"]
+    assert ahead.version == 3 and len(ahead.groups) == 2
+    out = tmp_path / "run"
+    assert kill_paused(out, tiny_cache, "update", 3, *ASYNC) == "update step=3"
+    assert [n for n in ckpt_names(out) if not n.startswith(".")] == ["step-000002"]
+    resume(out, tiny_cache, ref, *ASYNC)

@@ -95,6 +95,28 @@ def test_unreachable_server_is_a_clear_error_not_a_hang():
             client.generate(["x", "y"], 1, Sampling(max_tokens=4))
 
 
+def test_a_hanging_weight_sync_times_out_with_a_clear_error(tmp_path):
+    """A server that accepts the sync request and never answers (a stuck worker) ends the sync
+    after ``sync_timeout_s`` with an error naming the server and its log, instead of blocking
+    the trainer forever. The engine object is made without starting vLLM (its sync request only
+    needs the HTTP client, URL and log path)."""
+    from rollouts.server import VLLMServerEngine
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        engine = object.__new__(VLLMServerEngine)
+        engine.url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        engine.client = CompletionsClient(engine.url, "m", request_timeout_s=600.0)
+        engine.sync_timeout_s, engine.log_path, engine._closed = 1.0, tmp_path / "server.log", False
+        engine._death_note = lambda: ""
+        start = time.monotonic()
+        with pytest.raises(ServerError, match=r"weight sync into .* did not finish within 1 s "
+                                              r"\(ReadTimeout\).*server.log"):
+            engine._sync_request(str(tmp_path / "weights.safetensors"))
+        assert time.monotonic() - start < 10
+
+
 # -- the shared server ----------------------------------------------------------------------
 
 

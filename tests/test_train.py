@@ -96,6 +96,26 @@ def test_vllm_engine_learns_with_exact_sync(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.vllm
+def test_async_server_engine_learns_one_step_off(tmp_path):
+    """train.async_steps=1: each step trains on a rollout the vLLM server sampled while the
+    previous step trained (one version old); the target is learned as in the synchronous tests."""
+    train(tmp_path, *LEARN, "rollout.engine=vllm_server", "train.async_steps=1", "train.steps=24")
+    rows = check_learned(tmp_path, 24)
+    assert [r["staleness"] for r in rows] == [0] + [1] * 23
+    # The mismatch correction sees the one-version gap: the sampler's log-probs differ from the
+    # trainer's under the weights it trains (synchronous vLLM runs stay within 1e-4).
+    assert max(r["mismatch/max_ratio"] for r in rows[1:]) > 1.01
+    assert rows[-1]["time/wait_rollout"] < rows[0]["time/wait_rollout"]
+
+
+def test_async_needs_the_server_engine(tmp_path):
+    proc = train(tmp_path, "train.async_steps=1", check=False)
+    assert proc.returncode == 2 and "train.async_steps" in proc.stderr
+    assert "vllm_server" in proc.stderr and not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
 def test_lora_with_kl_reference_as_adapter_off(tmp_path):
     # attention modules and, through peft's target_parameters, the fused 3-D expert weights
     train(tmp_path, *LEARN, "train.steps=6", "train.lora_rank=4", "train.lr=5e-3",
