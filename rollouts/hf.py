@@ -231,7 +231,23 @@ def _pick(logp: torch.Tensor, s: Sampling) -> torch.Tensor:
     """(B,) tokens drawn from (B, V) raw log-probs under ``s``'s temperature, top-k and top-p."""
     if s.temperature == 0:
         return logp.argmax(dim=-1)
-    return torch.multinomial(sampling_scores(logp, s).softmax(dim=-1), 1)[:, 0]
+    return inverse_cdf_sample(sampling_scores(logp, s).softmax(dim=-1))
+
+
+def inverse_cdf_sample(probs: torch.Tensor) -> torch.Tensor:
+    """(B,) one draw per row of (B, V) probabilities: the first token whose cumulative
+    probability (float64) exceeds a uniform draw scaled to the row's total. A token of
+    probability 0 (filtered) is never drawn. One uniform per row from torch's global generator,
+    so a seeded engine is deterministic; 16x cheaper than ``torch.multinomial`` on CPU at
+    (32, 844), which was a fifth of a decode step.
+
+    >>> _ = torch.manual_seed(0)
+    >>> inverse_cdf_sample(torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])).tolist()
+    [1, 2]
+    """
+    c = probs.double().cumsum(dim=-1)  # (B, V)
+    u = torch.rand(c.shape[0], 1, dtype=torch.float64, device=c.device) * c[:, -1:]
+    return torch.searchsorted(c, u, right=True)[:, 0].clamp_(max=c.shape[1] - 1)
 
 
 def sampling_scores(logp: torch.Tensor, s: Sampling) -> torch.Tensor:

@@ -125,6 +125,24 @@ def test_filters_match_transformers_warpers():
         assert torch.equal(ours == 0, hf.softmax(-1) == 0), (t, k, p)
 
 
+def test_inverse_cdf_draws_follow_the_distribution():
+    """200,000 draws from a 6-token distribution with two filtered (probability 0) tokens:
+    every frequency within 4 standard errors of its probability, the filtered ones never."""
+    from rollouts.hf import inverse_cdf_sample
+
+    p = torch.tensor([0.5, 0.0, 0.25, 0.125, 0.0, 0.125])
+    n = 200_000
+    torch.manual_seed(0)
+    draws = inverse_cdf_sample(p.expand(n, 6))
+    freq = torch.bincount(draws, minlength=6).double() / n
+    se = (p.double() * (1 - p.double()) / n).sqrt()
+    assert freq[1] == 0 and freq[4] == 0
+    assert ((freq - p.double()).abs() <= 4 * se + 1e-12).all(), freq.tolist()
+    # Rows are independent and a row that sums to less than 1 (float rounding) still samples.
+    two = inverse_cdf_sample(torch.tensor([[0.3, 0.3, 0.3999999], [1.0, 0.0, 0.0]]))
+    assert two.shape == (2,) and two[1] == 0
+
+
 def test_min_tokens_holds_off_eos_and_logprobs_stay_raw(tiny_qwen):
     tok = AutoTokenizer.from_pretrained(tiny_qwen)
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen)
