@@ -28,6 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from r1kit.benchio import write_result
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -102,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                   "methods": [measure(m, Path(tmp), teacher, extra, args.quick)
                               for m in ("sft", "on_policy")]}
     print(table(result))
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

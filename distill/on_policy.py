@@ -27,7 +27,6 @@ loaded. A served teacher (vLLM prompt log-probs) is not built.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
@@ -35,7 +34,7 @@ from torch import Tensor, nn
 
 from grpo.batch import TrainBatch
 from grpo.logprobs import completion_topk
-from grpo.update import batch_logprobs, micro_batches
+from grpo.update import autocast_to, batch_logprobs, micro_batches
 
 
 class VocabularyMismatch(ValueError):
@@ -138,10 +137,7 @@ class Teacher:
         logp = torch.zeros(n, c, k)  # padding stays 0 (finite; masked out of the loss)
         sampled = torch.zeros(n, c)
         for mb in micro_batches(batch, list(range(n)), budget, pad_id, device):
-            with contextlib.ExitStack() as stack:
-                if self.compute_dtype is not None:
-                    stack.enter_context(torch.autocast(mb.input_ids.device.type,
-                                                       dtype=getattr(torch, self.compute_dtype)))
+            with autocast_to(mb.input_ids.device, self.compute_dtype):
                 ids_mb, logp_mb, sampled_mb = completion_topk(
                     self.model, mb.input_ids, mb.attention_mask, mb.prompt_lens,
                     mb.completion_lens, k, chunk_tokens=chunk, vocab_limit=self.vocab)

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from r1kit.benchio import write_result
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -126,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                                  2 if args.quick else 4, 16 if args.quick else 64),
         }
     print(table(result))
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

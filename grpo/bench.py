@@ -69,6 +69,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
+from r1kit.benchio import write_result
+
 PROMPTS, GROUP, MAX_TOKENS = 4, 8, 64
 LR, CLIP_LOW, CLIP_HIGH = 1e-6, 0.2, 0.28
 VOCAB = 151_936
@@ -77,7 +79,6 @@ STEP_CONTENDERS = ("trl_hf", "r1kit_hf", "r1kit_vllm", "r1kit_hf_v4")
 MEMORY_CONTENDERS = ("trl_memory", "r1kit_memory")
 ASYNC_CONTENDERS = ("r1kit_server_sync", "r1kit_server_async")
 ASYNC_TARGET = 1.3
-OUT_DEFAULT = "runs/bench_train.json"
 """``--async``: one-step-off training at least this many times faster than synchronous."""
 TARGETS = {"r1kit_hf": 0.5, "r1kit_vllm": 0.33, "r1kit_memory": 0.25}
 """r1kit's goal as a ratio to TRL (step time for the step contenders, peak memory increase)."""
@@ -520,8 +521,8 @@ def table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="r1kit bench train", description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=5, help="timed steps after 1 warm-up step")
-    ap.add_argument("--out", default=OUT_DEFAULT, help="JSON output path (--async: "
-                    "runs/bench_train_async.json unless given)")
+    ap.add_argument("--out", help="JSON output path (default runs/bench_train.json; with "
+                    "--async, runs/bench_train_async.json)")
     ap.add_argument("--vocab-bench", action=argparse.BooleanOptionalAction, default=True,
                     help="also run the 151,936-vocabulary memory test (default on)")
     ap.add_argument("--threads", type=int, default=1,
@@ -546,11 +547,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     result = run(args.steps, args.vocab_bench, args.quick, args.threads, args.async_mode)
     print(async_table(result) if args.async_mode else table(result))
-    out = Path(args.out if not args.async_mode or args.out != OUT_DEFAULT
-               else "runs/bench_train_async.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
+    write_result(args.out or ("runs/bench_train_async.json" if args.async_mode
+                              else "runs/bench_train.json"), result)
     return 0 if not any("error" in r for r in result["contenders"].values()) else 1
 
 

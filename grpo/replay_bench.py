@@ -14,11 +14,12 @@ Prints a table and writes JSON (``--out``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from r1kit.benchio import write_result
 
 KEYS = ("ratio_std", "clip_frac", "ratio_max", "ratio_min", "mismatch/kl", "router/topk_changed",
         "reward")
@@ -77,9 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"family": args.family, "steps": args.steps, "epochs": args.epochs,
               "minibatches": args.minibatches, "lr": args.lr, "max_tokens": args.max_tokens,
               "results": results}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
-    print(f"wrote {args.out}")
+    write_result(args.out, report)
     return 0
 
 

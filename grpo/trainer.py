@@ -441,8 +441,6 @@ class GRPOTrainer:
                 "ahead": [f.result() for f in self.ahead]}
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
-        from concurrent.futures import Future
-
         self.step, self.version = s["step"], s["version"]
         for ro in s.get("ahead", []):
             f: Future = Future()

@@ -99,6 +99,13 @@ class MicroLoss:
     """Scalar: this micro-batch's share of the minibatch loss (already normalised)."""
 
 
+def autocast_to(device: torch.device, compute_dtype: str | None):
+    """Autocast on ``device`` in ``compute_dtype`` (mixed precision), or nothing when None."""
+    if compute_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, compute_dtype))
+
+
 def forward_logprobs(model: nn.Module, mb: MicroBatch, chunk: int, replay: bool,
                      recorder: Any = None, compute_dtype: str | None = None,
                      extra_ids: Tensor | None = None, runner: nn.Module | None = None
@@ -107,9 +114,7 @@ def forward_logprobs(model: nn.Module, mb: MicroBatch, chunk: int, replay: bool,
     is on and routing was recorded, seen by ``recorder`` if one is given, and run under autocast
     in ``compute_dtype`` when given (mixed precision; the LM head's log-softmax stays float32)."""
     with contextlib.ExitStack() as stack:
-        if compute_dtype is not None:
-            stack.enter_context(torch.autocast(mb.input_ids.device.type,
-                                               dtype=getattr(torch, compute_dtype)))
+        stack.enter_context(autocast_to(mb.input_ids.device, compute_dtype))
         if replay and mb.routed is not None:
             from grpo.routing import replay_routing
 

@@ -106,18 +106,13 @@ def cmd_train(argv: list[str]) -> int:
         "checkpoints in log.out_dir/checkpoints (train.resume=auto continues a run). Writes "
         "metrics.jsonl, TensorBoard events (tb/), samples.md, train.log and engine.log there.",
         ["model", "data", "rollout", "reward", "algo", "train", "log"])
-    ap.add_argument("recipe", nargs="?", help="recipe YAML (defaults apply without one)")
-    ap.add_argument("overrides", nargs="*", help="section.key=value")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--dry-run", action="store_true",
                     help="2 steps on CPU of the recipe's architecture at toy size, random init "
                     "(grpo/dryrun.py)")
-    if not argv:  # training is never started by accident
-        ap.print_usage(sys.stderr)
-        print("r1kit train: give a recipe and/or section.key=value settings", file=sys.stderr)
+    parsed = _job_args(ap, argv)
+    if parsed is None:
         return 2
-    args = ap.parse_args(argv)
-    recipe, overrides = _recipe_and_overrides(args)
+    args, recipe, overrides = parsed
     if args.dry_run:
         from grpo.dryrun import dry_run
 
@@ -130,6 +125,21 @@ def cmd_train(argv: list[str]) -> int:
     from grpo.setup import run_train
 
     return _run_job(lambda: run_train(cfg, show_progress=not args.no_progress), "training")
+
+
+def _job_args(ap: argparse.ArgumentParser, argv: list[str]):
+    """``RECIPE [section.key=value ...] [--no-progress]`` of a training-like command: (args,
+    recipe, overrides), or None after printing the usage when nothing was given (training is
+    never started by accident)."""
+    ap.add_argument("recipe", nargs="?", help="recipe YAML (defaults apply without one)")
+    ap.add_argument("overrides", nargs="*", help="section.key=value")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    if not argv:
+        ap.print_usage(sys.stderr)
+        print(f"{ap.prog}: give a recipe and/or section.key=value settings", file=sys.stderr)
+        return None
+    args = ap.parse_args(argv)
+    return (args, *_recipe_and_overrides(args))
 
 
 def _run_job(job, what: str, user_errors: tuple[type[Exception], ...] = ()) -> int:
@@ -162,15 +172,10 @@ def cmd_distill(argv: list[str]) -> int:
         "Checkpoints, metrics.jsonl, tb/ and distill.json (teacher forward tokens) go to "
         "log.out_dir.",
         ["model", "data", "rollout", "reward", "algo", "train", "log", "distill"])
-    ap.add_argument("recipe", nargs="?", help="recipe YAML (defaults apply without one)")
-    ap.add_argument("overrides", nargs="*", help="section.key=value")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
-    if not argv:  # training is never started by accident
-        ap.print_usage(sys.stderr)
-        print("r1kit distill: give a recipe and/or section.key=value settings", file=sys.stderr)
+    parsed = _job_args(ap, argv)
+    if parsed is None:
         return 2
-    args = ap.parse_args(argv)
-    recipe, overrides = _recipe_and_overrides(args)
+    args, recipe, overrides = parsed
     from r1kit.config import validate_distill
 
     cfg = load_config(recipe, overrides)

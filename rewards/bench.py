@@ -38,6 +38,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from r1kit.benchio import write_result
 from rewards.code import load_humaneval
 from rewards.math_bench import REAL_DATA, bench_math, bench_real
 from rewards.registry import RewardSpec, build, combine
@@ -306,9 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'met' if t['math_speedup_ok'] else 'MISSED'}; "
         f"sandbox <= 2x plain: {'met' if t['sandbox_time_ratio_ok'] else 'MISSED'}"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, allow_nan=False), encoding="utf-8")
-    print(f"wrote {args.out}")
+    write_result(args.out, report, indent=2, allow_nan=False)
     return 0
 
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import platform
 import statistics
 import sys
-from pathlib import Path
+
+from r1kit.benchio import write_result
 
 GRID = {"prompts": (4, 16), "n": (1, 8), "max_tokens": (32, 128)}
 QUICK_GRID = {"prompts": (2,), "n": (2,), "max_tokens": (16,)}
@@ -119,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     result = run(args.family, QUICK_GRID if args.quick else GRID, args.sync_repeats)
     print(_table(result))
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 
