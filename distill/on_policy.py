@@ -82,7 +82,8 @@ class Teacher:
     LOSSES = ("reverse_kl", "forward_kl")
 
     def __init__(self, model: nn.Module, compute_dtype: str | None = None,
-                 loss: str = "reverse_kl", top_k: int = 64, student_vocab: int | None = None):
+                 loss: str = "reverse_kl", top_k: int = 64, student_vocab: int | None = None,
+                 reward_weight: float = 0.0):
         if loss not in self.LOSSES:
             raise ValueError(f"distill.loss must be one of {self.LOSSES}, got {loss!r}")
         if top_k < 1:
@@ -94,30 +95,38 @@ class Teacher:
         vocab = model.get_output_embeddings().weight.shape[0]
         self.vocab = min(vocab, student_vocab or vocab)
         self.loss, self.top_k = loss, min(top_k, self.vocab)  # k = V: the exact forward KL
+        self.reward_weight = reward_weight
 
     @staticmethod
     def load(path: str, device: torch.device, dtype: str = "float32",
              compute_dtype: str | None = None, loss: str = "reverse_kl",
-             top_k: int = 64, student_vocab: int | None = None) -> Teacher:
+             top_k: int = 64, student_vocab: int | None = None,
+             reward_weight: float = 0.0) -> Teacher:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-        return Teacher(model.to(device), compute_dtype, loss, top_k, student_vocab)
+        return Teacher(model.to(device), compute_dtype, loss, top_k, student_vocab,
+                       reward_weight)
 
     def prepare(self, batch: TrainBatch, budget: int, pad_id: int, chunk: int,
-                device: Any) -> None:
+                device: Any, share: bool = False) -> None:
         """Fill ``batch``'s advantages (and, for ``forward_kl``, the teacher's top-k) and the
         statistics to log: the mean sampled reverse KL per token, and the tokens the teacher's
-        forward passes took in (prompt and completion of every row)."""
+        forward passes took in (prompt and completion of every row). ``batch.advantages`` holds
+        the reward-based (N,) ones on entry; ``reward_weight`` x them is added to every token."""
+        outcome = batch.advantages.reshape(-1, 1) * self.reward_weight  # (N, 1)
         if self.loss == "reverse_kl":
             teacher_logp = batch_logprobs(self.model, batch, budget, pad_id, chunk, device,
-                                          compute_dtype=self.compute_dtype)  # (N, C)
+                                          compute_dtype=self.compute_dtype,
+                                          share=share)  # (N, C)
             batch.advantages = reverse_kl_advantages(teacher_logp, batch.sampler_logp,
                                                      batch.token_mask)
             stats = {}
         else:
-            teacher_logp, stats = self._topk(batch, budget, pad_id, chunk, device)
+            teacher_logp, stats = self._topk(batch, budget, pad_id, chunk, device, share)
             batch.advantages = torch.zeros_like(batch.sampler_logp)
+        if self.reward_weight:
+            batch.advantages = batch.advantages + outcome * batch.token_mask  # (N, C)
         tokens = float(batch.token_mask.sum())
         forward = sum(len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids))
         batch.stats = {"distill/reverse_kl": float(((batch.sampler_logp - teacher_logp)
@@ -128,7 +137,7 @@ class Teacher:
 
     @torch.no_grad()
     def _topk(self, batch: TrainBatch, budget: int, pad_id: int, chunk: int,
-              device: Any) -> tuple[Tensor, dict[str, float]]:
+              device: Any, share: bool = False) -> tuple[Tensor, dict[str, float]]:
         """Fills ``batch.teacher_ids`` / ``teacher_logp`` (N, C, K); returns the teacher's
         log-probs of the sampled tokens (N, C) and the share of its probability in the top-k."""
         n, c = batch.sampler_logp.shape
@@ -140,7 +149,8 @@ class Teacher:
             with autocast_to(mb.input_ids.device, self.compute_dtype):
                 ids_mb, logp_mb, sampled_mb = completion_topk(
                     self.model, mb.input_ids, mb.attention_mask, mb.prompt_lens,
-                    mb.completion_lens, k, chunk_tokens=chunk, vocab_limit=self.vocab)
+                    mb.completion_lens, k, chunk_tokens=chunk, vocab_limit=self.vocab,
+                    share_prompts=share)
             w = ids_mb.shape[1]
             ids[mb.rows, :w] = ids_mb.cpu()
             logp[mb.rows, :w] = logp_mb.cpu()

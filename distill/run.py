@@ -78,7 +78,8 @@ def run_on_policy(cfg: Any, show_progress: bool = True) -> dict[str, Any]:
                        AutoTokenizer.from_pretrained(teacher), student_vocab,
                        AutoConfig.from_pretrained(teacher).vocab_size)
     t = Teacher.load(str(teacher), device_of(cfg), cfg.model.dtype, compute_dtype(cfg),
-                     cfg.distill.loss, cfg.distill.top_k, student_vocab)
+                     cfg.distill.loss, cfg.distill.top_k, student_vocab,
+                     cfg.distill.reward_weight)
     result = run_train(cfg, show_progress, teacher=t)
     rows = [json.loads(line) for line in
             (Path(cfg.log.out_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]

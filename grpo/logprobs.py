@@ -138,6 +138,93 @@ def _completion_positions(input_ids: Tensor, prompt_lens: Tensor, completion_len
     return mask, rows, cols, target_pos[rows, cols]
 
 
+# Model types whose shared-prompt pass (``completion_hidden`` with ``share_prompts``) is tested
+# equal to the plain one (tests/test_logprobs.py); others always take the plain pass.
+SHARED_PROMPT_MODELS = ("qwen3_moe", "qwen3", "qwen2", "qwen2_moe", "llama", "deepseek_v3")
+
+
+def prompt_owners(input_ids: Tensor, prompt_lens: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Rows with the same prompt (a GRPO group's samples): ``(firsts, owner)``, the first row of
+    each distinct prompt (P,) and, per row, the index into ``firsts`` of its prompt (B,); None
+    when no two rows share a prompt.
+
+    >>> prompt_owners(torch.tensor([[5, 6, 1], [5, 6, 2], [7, 1, 1]]), torch.tensor([2, 2, 1]))
+    (tensor([0, 2]), tensor([0, 0, 1]))
+    """
+    seen: dict[tuple[int, ...], int] = {}
+    firsts, owner = [], []
+    for r, (row, n) in enumerate(zip(input_ids.tolist(), prompt_lens.tolist())):
+        key = tuple(row[:n])
+        if key not in seen:
+            seen[key] = len(firsts)
+            firsts.append(r)
+        owner.append(seen[key])
+    if len(firsts) == len(owner):
+        return None
+    return torch.tensor(firsts), torch.tensor(owner)
+
+
+def shared_layout(input_ids: Tensor, prompt_lens: Tensor, completion_lens: Tensor,
+                  owners: tuple[Tensor, Tensor]) -> Tensor:
+    """(B * T,) for each position of the right-padded (B, T) rows, row-major, the index of the
+    same token among the shared-prompt pass's tokens laid end to end: the P distinct prompts
+    (P x Lp), then the B completions (B x C). Padding positions get an arbitrary valid index."""
+    firsts, owner = owners
+    b, t = input_ids.shape
+    plens, clens = prompt_lens.cpu(), completion_lens.cpu()
+    width, c = int(plens[firsts].max()), max(int(clens.max()), 1)
+    pos = torch.arange(t)[None, :]  # (1, T)
+    prompt = owner[:, None] * width + pos  # (B, T)
+    completion = (len(firsts) * width + torch.arange(b)[:, None] * c
+                  + (pos - plens[:, None]).clamp(0, c - 1))
+    return torch.where(pos < plens[:, None], prompt, completion).flatten()
+
+
+def _shares_prompts(decoder: nn.Module) -> bool:
+    return getattr(decoder.config, "model_type", None) in SHARED_PROMPT_MODELS
+
+
+def completion_hidden(decoder: nn.Module, input_ids: Tensor, attention_mask: Tensor,
+                      prompt_lens: Tensor, completion_lens: Tensor, share_prompts: bool = False
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, int]:
+    """The final hidden states that predict each completion token, padding-free: ``(hidden (M, H),
+    targets (M,), mask (B, C), rows (M,), cols (M,))`` and the number of decoder calls made.
+
+    With ``share_prompts`` (and a model type in ``SHARED_PROMPT_MODELS``), rows that share a
+    prompt run it once: a first pass over the P distinct prompts (right-padded) fills a KV cache,
+    which is indexed out to the B rows, and a second pass runs only the completions against it
+    (explicit positions; padded prompt slots masked as keys). A group of n samples then costs one
+    prompt and n completions instead of n of each, in the forward and in the backward pass
+    (gradients reach the prompt's activations through the cache). Without sharing, one pass."""
+    mask, rows, cols, pos = _completion_positions(input_ids, prompt_lens, completion_lens)
+    owners = prompt_owners(input_ids, prompt_lens) if share_prompts else None
+    if owners is None or not _shares_prompts(decoder):
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
+                         use_cache=False).last_hidden_state  # (B, T, H)
+        return hidden[rows, pos - 1], input_ids[rows, pos], mask, rows, cols, 1
+    dev = input_ids.device
+    firsts, owner = (t.to(dev) for t in owners)
+    plens = prompt_lens.to(dev)
+    width = int(plens[firsts].max())
+    p_mask = (torch.arange(width, device=dev)[None, :] < plens[firsts][:, None]).long()  # (P, Lp)
+    pre = decoder(input_ids=input_ids[firsts, :width], attention_mask=p_mask,
+                  position_ids=torch.arange(width, device=dev)[None].expand(len(firsts), -1),
+                  use_cache=True)
+    cache = pre.past_key_values
+    cache.batch_select_indices(owner)  # each row's copy of its prompt's keys and values
+    c = mask.shape[1]
+    j = torch.arange(c, device=dev)[None, :]  # (1, C)
+    take = (plens[:, None] + j).clamp(max=input_ids.shape[1] - 1)  # (B, C)
+    c_ids = torch.where(mask, input_ids.gather(1, take), input_ids[:, :1])  # (B, C)
+    out = decoder(input_ids=c_ids, attention_mask=torch.cat([p_mask[owner], mask.long()], 1),
+                  position_ids=plens[:, None] + j, past_key_values=cache, use_cache=True)
+    # Completion token 0 is predicted by the prompt's last position, token j by completion j-1.
+    last = pre.last_hidden_state[owner[rows], plens[rows] - 1]  # (M, H)
+    inner = out.last_hidden_state[rows, (cols - 1).clamp(min=0)]  # (M, H)
+    hidden = torch.where((cols == 0)[:, None], last, inner)
+    return hidden, input_ids[rows, pos], mask, rows, cols, 2
+
+
 def completion_logprobs(
     model: nn.Module,
     input_ids: Tensor,
@@ -147,27 +234,27 @@ def completion_logprobs(
     *,
     chunk_tokens: int = 1024,
     extra_ids: Tensor | None = None,
+    share_prompts: bool = False,
 ) -> TokenLogprobs:
     """Log-probs and entropies of the completion tokens of right-padded rows.
 
     input_ids, attention_mask (B, T): row b is prompt (``prompt_lens[b]`` tokens) then completion
     (``completion_lens[b]`` tokens) then padding. Returns (B, C) tensors, C = max completion length.
     ``extra_ids`` (B, >= C, K): at each completion position, K more token ids whose log-probs
-    are returned as ``extra_logp`` (B, C, K) (0 on padding).
+    are returned as ``extra_logp`` (B, C, K) (0 on padding). ``share_prompts``: rows with the
+    same prompt run it once (``completion_hidden``).
     """
     decoder, head = split_model(model)
-    out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    hidden = out.last_hidden_state  # (B, T, H)
-    mask, rows, cols, pos = _completion_positions(input_ids, prompt_lens, completion_lens)
+    h, targets, mask, rows, cols, _ = completion_hidden(
+        decoder, input_ids, attention_mask, prompt_lens, completion_lens, share_prompts)
     b, c = mask.shape
     extra = None if extra_ids is None else extra_ids.to(input_ids.device)[rows, cols]  # (M, K)
-    got = chunked_head_logprobs(head, hidden[rows, pos - 1], input_ids[rows, pos], chunk_tokens,
-                                extra)
-    logp = hidden.new_zeros(b, c, dtype=torch.float32).index_put((rows, cols), got[0])
-    entropy = hidden.new_zeros(b, c, dtype=torch.float32).index_put((rows, cols), got[1])
+    got = chunked_head_logprobs(head, h, targets, chunk_tokens, extra)
+    logp = h.new_zeros(b, c, dtype=torch.float32).index_put((rows, cols), got[0])
+    entropy = h.new_zeros(b, c, dtype=torch.float32).index_put((rows, cols), got[1])
     extra_logp = None
     if extra is not None:
-        extra_logp = hidden.new_zeros(b, c, extra.shape[1], dtype=torch.float32).index_put(
+        extra_logp = h.new_zeros(b, c, extra.shape[1], dtype=torch.float32).index_put(
             (rows, cols), got[2])
     return TokenLogprobs(logp, entropy, mask.float(), extra_logp)
 
@@ -175,17 +262,16 @@ def completion_logprobs(
 @torch.no_grad()
 def completion_topk(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
                     prompt_lens: Tensor, completion_lens: Tensor, k: int, *,
-                    chunk_tokens: int = 1024,
-                    vocab_limit: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                    chunk_tokens: int = 1024, vocab_limit: int | None = None,
+                    share_prompts: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """At every completion position of right-padded rows, the model's ``k`` most likely next
     tokens and their log-probs, ids (B, C, k) long and logp (B, C, k), and the log-prob of the
     completion token itself (B, C); all 0 on padding. One forward pass."""
     decoder, head = split_model(model)
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
-                     use_cache=False).last_hidden_state  # (B, T, H)
-    mask, rows, cols, pos = _completion_positions(input_ids, prompt_lens, completion_lens)
-    ids_flat, logp_flat, tlogp_flat = chunked_head_topk(
-        head, hidden[rows, pos - 1], input_ids[rows, pos], k, chunk_tokens, vocab_limit)
+    h, targets, mask, rows, cols, _ = completion_hidden(
+        decoder, input_ids, attention_mask, prompt_lens, completion_lens, share_prompts)
+    ids_flat, logp_flat, tlogp_flat = chunked_head_topk(head, h, targets, k, chunk_tokens,
+                                                        vocab_limit)
     dev = input_ids.device
     ids = torch.zeros(*mask.shape, k, dtype=torch.long, device=dev).index_put((rows, cols),
                                                                               ids_flat)

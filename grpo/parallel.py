@@ -51,9 +51,11 @@ class LogprobModule(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, prompt_lens: Tensor,
                 completion_lens: Tensor, chunk_tokens: int,
-                extra_ids: Tensor | None = None) -> tuple[Tensor, ...]:
+                extra_ids: Tensor | None = None, share_prompts: bool = False
+                ) -> tuple[Tensor, ...]:
         tl = completion_logprobs(self.policy, input_ids, attention_mask, prompt_lens,
-                                 completion_lens, chunk_tokens=chunk_tokens, extra_ids=extra_ids)
+                                 completion_lens, chunk_tokens=chunk_tokens, extra_ids=extra_ids,
+                                 share_prompts=share_prompts)
         out = (tl.logp, tl.entropy, tl.mask)
         return out if tl.extra_logp is None else (*out, tl.extra_logp)
 

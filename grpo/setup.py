@@ -9,8 +9,10 @@ first step) -> loop. If anything fails after the engine starts, ``Parts.close`` 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -108,10 +110,25 @@ def make_optimizer(cfg: Any, policy: torch.nn.Module):
     t = cfg.train
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    warm = max(t.warmup_steps, 0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(
+        lr_factor, warmup=max(t.warmup_steps, 0), schedule=t.lr_schedule,
+        total=t.steps * t.epochs * t.minibatches))
     return opt, sched
+
+
+def lr_factor(step: int, warmup: int, schedule: str, total: int) -> float:
+    """The learning rate's multiplier at optimiser step ``step`` (0-based): linear warm-up over
+    ``warmup`` steps, then 1 (``constant``) or a cosine from 1 to 0 at step ``total``.
+
+    >>> [round(lr_factor(s, 2, "cosine", 6), 2) for s in range(6)]
+    [0.5, 1.0, 1.0, 0.85, 0.5, 0.15]
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    frac = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
 
 
 def make_reference(cfg: Any, base: Path, device: torch.device):

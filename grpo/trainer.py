@@ -266,7 +266,7 @@ class GRPOTrainer:
         batch.advantages = ADVANTAGES[a.advantage](rewards, a.scale_rewards).flatten()
         if self.p.teacher is not None:  # on-policy distillation: (N, C) from the teacher
             self.p.teacher.prepare(batch, t.token_budget, self._pad_id(), t.logprob_chunk,
-                                   self.device)
+                                   self.device, share=t.share_prompts)
         if t.epochs > 1 or t.minibatches > 1:
             batch.old_logp = self._logprobs(self.p.policy, batch)
         return batch
@@ -275,7 +275,8 @@ class GRPOTrainer:
         t = self.cfg.train
         return batch_logprobs(model, batch, t.token_budget, self._pad_id(), t.logprob_chunk,
                               self.device, replay=self.p.objective.routing_replay,
-                              compute_dtype=self.p.objective.compute_dtype)
+                              compute_dtype=self.p.objective.compute_dtype,
+                              share=self.p.objective.share_prompts)
 
     def _reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
         if self.p.reference is not None:

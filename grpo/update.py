@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from grpo.batch import MicroBatch, TrainBatch, make_micro_batch, plan_micro_batches
-from grpo.logprobs import TokenLogprobs, completion_logprobs
+from grpo.logprobs import TokenLogprobs, completion_logprobs, prompt_owners, shared_layout
 from grpo.losses import (
     AGGREGATIONS,
     KL_ESTIMATORS,
@@ -59,6 +59,8 @@ class Objective:
     routing_replay: bool = False
     compute_dtype: str | None = None
     """Autocast dtype of the forward passes (mixed precision), None for the weights' own."""
+    share_prompts: bool = False
+    """Rows with the same prompt run it once (``train.share_prompts``)."""
 
     @staticmethod
     def from_config(algo: Any, train: Any, max_tokens: int, mismatch: str,
@@ -71,7 +73,7 @@ class Objective:
             mismatch_params=MismatchParams(algo.mismatch_cap, algo.mismatch_low),
             max_tokens=max_tokens, logprob_chunk=train.logprob_chunk,
             aux_loss_coef=algo.aux_loss_coef, routing_replay=algo.routing_replay,
-            compute_dtype=compute_dtype)
+            compute_dtype=compute_dtype, share_prompts=train.share_prompts)
 
 
 @dataclass
@@ -108,14 +110,19 @@ def autocast_to(device: torch.device, compute_dtype: str | None):
 
 def forward_logprobs(model: nn.Module, mb: MicroBatch, chunk: int, replay: bool,
                      recorder: Any = None, compute_dtype: str | None = None,
-                     extra_ids: Tensor | None = None, runner: nn.Module | None = None
-                     ) -> TokenLogprobs:
+                     extra_ids: Tensor | None = None, runner: nn.Module | None = None,
+                     share: bool = False) -> TokenLogprobs:
     """``completion_logprobs`` of a micro-batch, routed as the sampler routed it when ``replay``
     is on and routing was recorded, seen by ``recorder`` if one is given, and run under autocast
-    in ``compute_dtype`` when given (mixed precision; the LM head's log-softmax stays float32)."""
+    in ``compute_dtype`` when given (mixed precision; the LM head's log-softmax stays float32).
+    ``share``: rows with the same prompt run it once, unless routing is replayed (the recorded
+    experts are laid out for one pass); the recorder then sees the two passes as one."""
+    replaying = replay and mb.routed is not None
+    share = share and not replaying
+    calls = len(recorder.calls) if recorder is not None else 0
     with contextlib.ExitStack() as stack:
         stack.enter_context(autocast_to(mb.input_ids.device, compute_dtype))
-        if replay and mb.routed is not None:
+        if replaying:
             from grpo.routing import replay_routing
 
             stack.enter_context(replay_routing(model, mb.routed, mb.routed_valid))
@@ -124,10 +131,17 @@ def forward_logprobs(model: nn.Module, mb: MicroBatch, chunk: int, replay: bool,
         if runner is not None:  # data-parallel: the DDP / FSDP2 root (grpo.parallel)
             from grpo.parallel import unpack
 
-            return unpack(runner(mb.input_ids, mb.attention_mask, mb.prompt_lens,
-                                 mb.completion_lens, chunk, extra_ids))
-        return completion_logprobs(model, mb.input_ids, mb.attention_mask, mb.prompt_lens,
-                                   mb.completion_lens, chunk_tokens=chunk, extra_ids=extra_ids)
+            tl = unpack(runner(mb.input_ids, mb.attention_mask, mb.prompt_lens,
+                               mb.completion_lens, chunk, extra_ids, share))
+        else:
+            tl = completion_logprobs(model, mb.input_ids, mb.attention_mask, mb.prompt_lens,
+                                     mb.completion_lens, chunk_tokens=chunk, extra_ids=extra_ids,
+                                     share_prompts=share)
+    if recorder is not None and len(recorder.calls) == calls + 2:  # the shared-prompt pass
+        owners = prompt_owners(mb.input_ids, mb.prompt_lens)
+        recorder.merge_last(2, shared_layout(mb.input_ids, mb.prompt_lens, mb.completion_lens,
+                                             owners))
+    return tl
 
 
 def microbatch_loss(model: nn.Module, batch: TrainBatch, mb: MicroBatch, obj: Objective,
@@ -140,7 +154,8 @@ def microbatch_loss(model: nn.Module, batch: TrainBatch, mb: MicroBatch, obj: Ob
     number of ranks, whose gradients DDP and FSDP2 average; 0 for a padding micro-batch)."""
     teacher_ids = None if batch.teacher_ids is None else batch.teacher_ids[mb.rows]
     tl = forward_logprobs(model, mb, obj.logprob_chunk, obj.routing_replay, recorder,
-                          obj.compute_dtype, teacher_ids, runner)
+                          obj.compute_dtype, teacher_ids, runner,
+                          share=obj.share_prompts and not obj.aux_loss_coef)
     dev = tl.logp.device
     c = tl.logp.shape[1]
 
@@ -228,11 +243,12 @@ def micro_batches(batch: TrainBatch, rows: list[int], budget: int, pad_id: int, 
 
 @torch.no_grad()
 def batch_logprobs(model: nn.Module, batch: TrainBatch, budget: int, pad_id: int, chunk: int,
-                   device: Any, replay: bool = False, compute_dtype: str | None = None) -> Tensor:
+                   device: Any, replay: bool = False, compute_dtype: str | None = None,
+                   share: bool = False) -> Tensor:
     """(N, C) log-probs of every completion token under ``model``, no gradients."""
     out = torch.zeros_like(batch.sampler_logp)
     for mb in micro_batches(batch, list(range(batch.rows)), budget, pad_id, device):
-        tl = forward_logprobs(model, mb, chunk, replay, compute_dtype=compute_dtype)
+        tl = forward_logprobs(model, mb, chunk, replay, compute_dtype=compute_dtype, share=share)
         out[mb.rows, : tl.logp.shape[1]] = tl.logp.cpu()
     return out
 

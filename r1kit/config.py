@@ -195,6 +195,16 @@ class TrainConfig:
     """Optimiser steps per epoch; the batch is split into this many minibatches."""
     token_budget: int = 8192
     """Most tokens (rows x padded length) per forward micro-batch; gradients accumulate."""
+    share_prompts: bool = True
+    """Rows of a forward micro-batch that share a prompt (a group's samples) run it once: a
+    prompt pass fills a KV cache that the completions then attend to, in the update and in the
+    old, reference and teacher log-probs (``grpo.logprobs.completion_hidden``). Equal results to
+    float rounding, for fewer tokens through the model (a group of n: 1 prompt + n completions
+    instead of n of each). Used with the model types in ``grpo.logprobs.SHARED_PROMPT_MODELS``
+    when routing is not replayed and the aux loss is off; otherwise, or when off, one pass.
+    Micro-batches are still planned by padded length, so a group split across micro-batches
+    shares within each part only. (The HF engine's prefill shares a repeated prompt whatever
+    this says: its samples are the same bit for bit.)"""
     logprob_chunk: int = 256
     """Completion tokens per chunk of the LM head: peak logits memory is a few chunk x vocab
     fp32 buffers (256 x 151,936 x 4 B = 156 MB each); larger chunks launch fewer kernels."""
@@ -204,6 +214,10 @@ class TrainConfig:
     """AdamW weight decay."""
     warmup_steps: int = 0
     """Linear learning-rate warm-up, in optimiser steps."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """After the warm-up: ``constant`` (the RL recipes' usual choice: later steps learn from new
+    samples as much as early ones), or ``cosine`` decay to 0 at the last optimiser step
+    (``steps x epochs x minibatches``), as supervised fine-tuning does."""
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm; 0 disables."""
     mixed_precision: bool = True
@@ -356,6 +370,12 @@ class DistillConfig:
     """``on_policy`` with ``loss: forward_kl``: teacher tokens kept per position (the rest of
     its probability is dropped and the kept part renormalised; ``distill/teacher_topk_mass``
     logs how much was kept). Memory: N x C x top_k floats and ids per batch."""
+    reward_weight: float = 0.0
+    """``on_policy``: weight of the outcome reward's group-relative advantage (``algo.advantage``
+    over ``rollout.n`` samples of ``reward.funcs``) added to every token's teacher signal
+    (KDRL, Xu et al. 2025, arXiv:2506.02208). 0: the teacher alone, pure distillation. > 0: the
+    verifier also grades the student's answers, at no teacher cost; it adds what rejection
+    sampling gives SFT (only verified traces), which a teacher's own distribution lacks."""
     teacher: str = ""
     """Teacher checkpoint folder, hub id or ``tiny:<family>[/base]``, or a ``r1kit train`` run
     folder (its newest checkpoint's model)."""
@@ -649,10 +669,11 @@ def _check_out_dir(out_dir: str, fail) -> None:
         fail("log.out_dir", f"cannot create or write {out_dir!r}: {parent} is not writable")
 
 
-def validate_training(cfg: Config, *, this_machine: bool = True) -> None:
+def validate_training(cfg: Config, *, this_machine: bool = True, groups: bool = True) -> None:
     """What ``r1kit train`` needs on top of ``validate`` (other commands ignore algo/train).
     ``this_machine=False`` skips what depends on the machine (CUDA, installed packages): for
-    checking a GPU recipe on a CPU machine."""
+    checking a GPU recipe on a CPU machine. ``groups=False``: the advantages do not come from
+    groups (on-policy distillation by the teacher alone), so ``rollout.n`` may be 1."""
 
     def fail(key: str, why: str) -> None:
         raise ConfigError(f"{cfg.source}: {key}: {why}")
@@ -683,8 +704,9 @@ def validate_training(cfg: Config, *, this_machine: bool = True) -> None:
              f"{a.mismatch_low} and {a.mismatch_cap}")
     if a.advantage == "rloo" and r.n < 2:
         fail("algo.advantage", "rloo needs rollout.n >= 2")
-    if r.n < 2:
-        fail("rollout.n", f"GRPO compares completions within a group: need >= 2, got {r.n}")
+    if r.n < (2 if groups else 1):
+        fail("rollout.n", f"GRPO compares completions within a group: need >= 2, got {r.n}"
+             if groups else f"must be >= 1, got {r.n}")
     if t.minibatches > t.prompts_per_step * r.n:
         fail("train.minibatches", f"{t.minibatches} minibatches for "
              f"{t.prompts_per_step * r.n} sequences per step")
@@ -722,7 +744,12 @@ def validate_distill(cfg: Config) -> None:
              "tiny:<family>[/base] or a r1kit train run folder")
     resolve_teacher(cfg)  # fails with a ConfigError naming distill.teacher
     if d.method == "on_policy":
-        validate_training(cfg)
+        if not (math.isfinite(d.reward_weight) and d.reward_weight >= 0):
+            fail("distill.reward_weight", f"must be a finite number >= 0, got {d.reward_weight}")
+        if d.reward_weight > 0 and cfg.rollout.n < 2:
+            fail("rollout.n", f"distill.reward_weight={d.reward_weight} compares completions "
+                 f"within a group: need >= 2, got {cfg.rollout.n}")
+        validate_training(cfg, groups=d.reward_weight > 0)
         if cfg.algo.filter_zero_variance:
             fail("algo.filter_zero_variance", "must be false for on_policy: every group carries "
                  "the teacher's per-token signal, whatever its rewards")

@@ -53,10 +53,13 @@ class HFEngine:
         batch_size: int = 16,
         max_model_len: int | None = None,
         record_routing: bool = False,
+        share_prompts: bool = True,
     ):
         """``model`` is a live model or a checkpoint folder; ``batch_size`` counts sequences
         (prompt x completion) per forward batch; ``record_routing`` fills
-        ``Completion.routed_experts`` (MoE models only, see ``grpo.routing``)."""
+        ``Completion.routed_experts`` (MoE models only, see ``grpo.routing``);
+        ``share_prompts``: a prompt repeated in a batch (a group's samples) is prefilled once
+        (``_prefill``)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if isinstance(model, (str, Path)):
@@ -73,6 +76,7 @@ class HFEngine:
         self.batch_size = batch_size
         self.max_model_len = max_model_len or model.config.max_position_embeddings
         self.record_routing = record_routing
+        self.share_prompts = share_prompts
         # DeepSeek-V4's compressed attention pools fixed windows of tensor positions, so a
         # left-padded row would pool padding: such models batch only prompts of one length.
         self.equal_length_batches = getattr(model.config, "model_type", "") == "deepseek_v4"
@@ -159,8 +163,7 @@ class HFEngine:
         eos = self.tokenizer.eos_token_id
         full_mask = torch.cat([mask, mask.new_ones(b, s.max_tokens)], dim=1)  # (B, T + S)
         position = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position,
-                         use_cache=True, logits_to_keep=1)
+        out = self._prefill(input_ids, mask, position)
         cache, position = out.past_key_values, position[:, -1:]  # (B, 1)
         tokens, logps = [], []
         running = torch.ones(b, dtype=torch.bool, device=input_ids.device)  # (B,)
@@ -187,6 +190,29 @@ class HFEngine:
             out = self.model(input_ids=token[:, None], attention_mask=full_mask[:, : width + t + 1],
                              position_ids=position, past_key_values=cache, use_cache=True)
         return torch.stack(tokens, dim=1).cpu(), torch.stack(logps, dim=1).float().cpu()
+
+    def _prefill(self, input_ids: torch.Tensor, mask: torch.Tensor, position: torch.Tensor):
+        """The prompt forward, filling the KV cache. A group's samples share one prompt: each
+        distinct (left-padded) row runs once and its cache and logits are indexed out to the
+        rows that repeat it (model types in ``grpo.logprobs.SHARED_PROMPT_MODELS``, not while
+        recording routing, which is laid out for one pass of every row)."""
+        from grpo.logprobs import SHARED_PROMPT_MODELS
+
+        kw = {"use_cache": True, "logits_to_keep": 1}
+        unique, owner = torch.unique(torch.cat([input_ids, mask], dim=1), dim=0,
+                                     return_inverse=True)
+        if (len(unique) == len(input_ids) or self.record_routing or not self.share_prompts
+                or getattr(self.model.config, "model_type", None) not in SHARED_PROMPT_MODELS):
+            return self.model(input_ids=input_ids, attention_mask=mask, position_ids=position,
+                              **kw)
+        # The first row of each distinct (ids, mask) pair runs.
+        firsts = torch.full((len(unique),), len(owner), device=owner.device).scatter_reduce(
+            0, owner, torch.arange(len(owner), device=owner.device), "amin")
+        out = self.model(input_ids=input_ids[firsts], attention_mask=mask[firsts],
+                         position_ids=position[firsts], **kw)
+        out.past_key_values.batch_select_indices(owner)
+        out.logits = out.logits[owner]
+        return out
 
     def _recorder(self):
         if not self.record_routing:

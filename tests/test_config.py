@@ -196,3 +196,32 @@ def test_data_file_lines_need_the_configured_keys(tmp_path):
     data.write_text("not json\n")
     with pytest.raises(ConfigError, match=r"data.source: .*d.jsonl:1: not a JSON line"):
         load_config(None, [f"data.source={data}"])
+
+
+def test_cosine_schedule_decays_to_zero_over_every_optimiser_step():
+    """train.lr_schedule=cosine counts steps x epochs x minibatches optimiser steps: the
+    learning rate is the full value right after warm-up, half of it half-way through the decay
+    and near 0 at the last step; constant stays at the full value."""
+    import torch
+
+    from grpo.setup import make_optimizer
+    from r1kit.config import load_config
+
+    def lrs(schedule: str) -> list[float]:
+        cfg = load_config(None, ["train.steps=5", "train.epochs=2", "train.minibatches=2",
+                                 "train.warmup_steps=2", "train.lr=1.0",
+                                 f"train.lr_schedule={schedule}"])
+        opt, sched = make_optimizer(cfg, torch.nn.Linear(2, 2))
+        out = []
+        for _ in range(20):  # 5 x 2 x 2 optimiser steps
+            out.append(sched.get_last_lr()[0])
+            opt.step()
+            sched.step()
+        return out
+
+    cos = lrs("cosine")
+    assert cos[:3] == [0.5, 1.0, 1.0]
+    assert cos[11] == pytest.approx(0.5)  # 9 of the 18 decay steps done
+    assert 0 < cos[-1] < 0.01
+    assert all(a >= b for a, b in zip(cos[1:], cos[2:]))
+    assert lrs("constant")[1:] == [1.0] * 19

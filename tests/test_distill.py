@@ -144,6 +144,40 @@ def test_forward_kl_update_equals_the_full_logit_kl(dense):
     torch.testing.assert_close(got_grad, student.lm_head.weight.grad, atol=1e-5, rtol=1e-4)
 
 
+def test_reward_weight_adds_the_outcome_advantage_to_every_token(dense):
+    """distill.reward_weight: each real token's advantage is the teacher's reverse-KL term plus
+    w x its sequence's reward-based advantage; padding stays 0. By hand against the teacher's
+    own log-probs."""
+    from transformers import AutoModelForCausalLM
+
+    from distill.on_policy import Teacher
+    from grpo.batch import TrainBatch, pad_rows
+    from grpo.update import batch_logprobs
+
+    model = AutoModelForCausalLM.from_pretrained(dense, dtype=torch.float32)
+
+    def batch() -> TrainBatch:
+        return TrainBatch(prompt_ids=[[20, 21, 22], [23, 24]], completion_ids=[[30, 31], [33]],
+                          sampler_logp=pad_rows([[-1.0, -2.0], [-0.5]], 2),
+                          mask=pad_rows([[1.0, 1.0], [1.0]], 2),
+                          token_mask=pad_rows([[1.0, 1.0], [1.0]], 2),
+                          advantages=torch.tensor([0.5, -0.5]), rewards=torch.tensor([1.0, 0.0]),
+                          truncated=torch.zeros(2, dtype=torch.bool), routed=[None, None])
+
+    plain, mixed = batch(), batch()
+    q = batch_logprobs(model, plain, 64, 0, 4, "cpu")  # (2, 2) teacher log-probs
+    Teacher(model).prepare(plain, 64, 0, 4, "cpu")
+    Teacher(model, reward_weight=2.0).prepare(mixed, 64, 0, 4, "cpu")
+    want_plain = torch.tensor([[q[0, 0] + 1.0, q[0, 1] + 2.0], [q[1, 0] + 0.5, 0.0]])
+    torch.testing.assert_close(plain.advantages, want_plain)
+    want_mixed = want_plain + torch.tensor([[1.0, 1.0], [-1.0, 0.0]])  # 2 x (0.5, -0.5)
+    torch.testing.assert_close(mixed.advantages, want_mixed)
+    # forward_kl: the teacher's term is in the loss, so the advantages are the outcome part only.
+    fkl = batch()
+    Teacher(model, loss="forward_kl", top_k=4, reward_weight=2.0).prepare(fkl, 64, 0, 4, "cpu")
+    torch.testing.assert_close(fkl.advantages, torch.tensor([[1.0, 1.0], [-1.0, 0.0]]))
+
+
 def test_per_token_advantages_broadcast_like_per_sequence_ones():
     logp = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
     mask = torch.ones(3, 4)

@@ -195,3 +195,32 @@ def test_bad_input(engine, tmp_path):
                          intermediate_size=37)).save_pretrained(tmp_path / "bert")
     with pytest.raises(CheckpointError, match="not a causal language model"):
         HFEngine(tmp_path / "bert")
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "qwen3_dense"])
+def test_a_repeated_prompt_is_prefilled_once_with_the_same_samples(tiny_cache, family):
+    """share_prompts: a batch holding each prompt's n samples prefills each distinct prompt
+    once (the first forward sees 3 rows, not 12) and samples exactly the tokens and
+    log-probs of the engine that prefills every row."""
+    from r1kit.tiny import build_tiny
+
+    path = build_tiny(family, cache_dir=tiny_cache)
+    kw = {} if family == "qwen3_dense" else {"experts_implementation": "eager"}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64, **kw)
+    tok = AutoTokenizer.from_pretrained(path)
+    rows: list[int] = []
+    hook = model.model.register_forward_pre_hook(
+        lambda mod, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    s = Sampling(max_tokens=10, seed=3)
+    try:
+        shared = HFEngine(model, tok, batch_size=12).generate(PROMPTS, 4, s)
+        assert rows[0] == 3 and rows[1] == 12  # prefill of 3 distinct prompts, then 12 rows
+        rows.clear()
+        plain = HFEngine(model, tok, batch_size=12, share_prompts=False).generate(PROMPTS, 4, s)
+        assert rows[0] == 12
+    finally:
+        hook.remove()
+    for g, h in zip(shared, plain):
+        for a, b in zip(g.completions, h.completions):
+            assert a.token_ids == b.token_ids
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-9)

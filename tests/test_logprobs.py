@@ -225,3 +225,67 @@ def test_aux_loss_coefficient_adds_the_router_balance_gradient(family):
     # the whole micro-batch is the optimiser batch here, so the aux term enters with weight 1
     assert aux_loss == pytest.approx(base_loss + 0.5 * float(balance), rel=1e-5, abs=1e-6)
     assert not torch.allclose(aux_grad, base_grad)
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3", "qwen3_dense"])
+def test_shared_prompt_pass_equals_the_plain_pass(family):
+    """train.share_prompts: rows sharing a prompt (groups of 3 over prompts of different lengths,
+    ragged completions) give the plain pass's log-probs, entropies, teacher-style extra log-probs
+    and top-k, gradients and recorded experts, to float64 rounding, from one prompt pass."""
+    from grpo.logprobs import completion_hidden, completion_topk, split_model
+    from grpo.routing import RoutingRecorder, moe_routers
+    from grpo.update import forward_logprobs
+    from grpo.batch import TrainBatch, make_micro_batch, pad_rows
+
+    kw = {} if family == "qwen3_dense" else {"experts_implementation": "eager"}
+    m = AutoModelForCausalLM.from_pretrained(build_tiny(family), dtype=torch.float64, **kw)
+    g = torch.Generator().manual_seed(1)
+    vocab = m.config.vocab_size
+    prompts = [torch.randint(5, vocab, (n,), generator=g).tolist() for n in (7, 4, 9)]
+    rows = [(p, torch.randint(5, vocab, (2 + (3 * i + k) % 5,), generator=g).tolist())
+            for i, p in enumerate(prompts) for k in range(3)]
+    batch = TrainBatch([p for p, _ in rows], [c for _, c in rows],
+                       pad_rows([[0.0] * len(c) for _, c in rows], 6),
+                       pad_rows([[1.0] * len(c) for _, c in rows], 6),
+                       pad_rows([[1.0] * len(c) for _, c in rows], 6), torch.zeros(9),
+                       torch.zeros(9), torch.zeros(9, dtype=torch.bool), [None] * 9)
+    mb = make_micro_batch(batch, list(range(9)), 0, "cpu")
+    args = (mb.input_ids, mb.attention_mask, mb.prompt_lens, mb.completion_lens)
+    assert completion_hidden(split_model(m)[0], *args, share_prompts=True)[-1] == 2
+    extra = torch.randint(0, vocab, (9, 6, 3), generator=g)
+    moe = bool(moe_routers(m)) if family != "qwen3_dense" else False
+    got = []
+    for share in (False, True):
+        m.zero_grad()
+        rec = RoutingRecorder(m) if moe else None
+        tl = forward_logprobs(m, mb, 4, False, rec, extra_ids=extra, share=share)
+        (tl.logp.sum() + 0.3 * tl.entropy.sum() + 0.1 * tl.extra_logp.sum()).backward()
+        grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+        topk = completion_topk(m, *args, 4, chunk_tokens=4, share_prompts=share)
+        got.append((tl, grads, rec, topk))
+    (plain, g0, r0, k0), (shared, g1, r1, k1) = got
+    for name in ("logp", "entropy", "mask", "extra_logp"):
+        torch.testing.assert_close(getattr(shared, name), getattr(plain, name), atol=1e-6,
+                                   rtol=0)
+    assert float(plain.logp.detach().abs().sum()) > 0
+    assert g0.keys() == g1.keys() and len(g0) == len(list(m.parameters()))
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], atol=1e-6, rtol=1e-6, msg=name)
+    torch.testing.assert_close(k1[1], k0[1], atol=1e-6, rtol=0)
+    assert torch.equal(k1[0][mb.completion_lens > 0], k0[0][mb.completion_lens > 0])
+    if moe:  # the two passes are recorded as the one (B * T) call they stand for
+        assert len(r0.calls) == len(r1.calls) == 1
+        valid = mb.attention_mask.flatten().bool()
+        for a, b in zip(r0.calls[0], r1.calls[0]):
+            assert torch.equal(a[valid], b[valid])
+
+
+def test_shared_prompt_pass_is_skipped_without_shared_prompts_or_for_other_models(model):
+    from grpo.logprobs import completion_hidden, split_model
+
+    prompts, comps = _rows(model.config.vocab_size)
+    args = _padded(prompts, comps)  # three different prompts: nothing to share
+    assert completion_hidden(split_model(model)[0], *args, share_prompts=True)[-1] == 1
+    args = _padded([prompts[0]] * 3, comps)
+    assert completion_hidden(split_model(model)[0], *args, share_prompts=True)[-1] == 2
+    assert completion_hidden(split_model(model)[0], *args, share_prompts=False)[-1] == 1

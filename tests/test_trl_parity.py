@@ -186,7 +186,8 @@ def _compare(tiny, batch, tmp_path, obj, recorder_fn=None, **trl_settings):
 def test_loss_and_gradients_match_trl(tiny, batch, tmp_path, loss_type, beta, level):
     obj = Objective(policy_loss=POLICY[level], aggregation=AGGREGATION[loss_type],
                     clip=ClipParams(CLIP_LOW, CLIP_HIGH), beta=beta, kl_estimator="k3",
-                    mismatch="none", max_tokens=MAX_COMPLETION, logprob_chunk=16)
+                    mismatch="none", max_tokens=MAX_COMPLETION, logprob_chunk=16,
+                    share_prompts=True)  # the default (train.share_prompts): one prompt pass
     _compare(tiny, batch, tmp_path, obj, loss_type=loss_type, beta=beta,
              importance_sampling_level=level)
 
