@@ -75,6 +75,23 @@ def test_on_policy_forward_kl_trains_the_student(tmp_path, tiny_cache):
 
 
 @pytest.mark.slow
+def test_on_policy_with_one_sample_per_prompt_and_with_the_reward(tmp_path, tiny_cache):
+    """rollout.n=1 (the teacher alone needs no group) trains with finite metrics; with
+    distill.reward_weight the outcome advantage joins the teacher's signal (n=2)."""
+    small = ["model.path=tiny:qwen3_dense", "rollout.max_tokens=12", "train.save_every=1",
+             "train.tensorboard=false", "train.steps=1"]
+    for name, extra in (("n1", ["rollout.n=1", "train.prompts_per_step=4"]),
+                        ("rw", ["rollout.n=2", "train.prompts_per_step=2",
+                                "distill.reward_weight=1.0"])):
+        out = tmp_path / name
+        distill(tiny_cache, "tiny_distill_on_policy.yaml", out, *small, *extra)
+        (r,) = metrics(out)
+        assert r["groups_sampled"] * (1 if name == "n1" else 2) == 4
+        assert all(math.isfinite(v) for v in r.values() if isinstance(v, float)), r
+        assert r["distill/reverse_kl"] != 0 and r["grad_norm"] > 0
+
+
+@pytest.mark.slow
 def test_sft_across_tokenizers_and_on_policy_refusal(tmp_path, tiny_cache):
     from transformers import AutoModelForCausalLM
 
@@ -130,6 +147,15 @@ def test_distill_settings_fail_before_work(tmp_path):
                            f"distill.teacher={tmp_path / 'nowhere'}", f"log.out_dir={tmp_path}"],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2 and "distill.teacher" in proc.stderr
+    for overrides, needle in ((["distill.reward_weight=0.5", "rollout.n=1"],
+                               "rollout.n: distill.reward_weight=0.5 compares completions"),
+                              (["distill.reward_weight=-1"], "distill.reward_weight: must be"),
+                              (["distill.method=sft", "rollout.n=0"], "rollout.n")):
+        proc = subprocess.run([sys.executable, "-m", "r1kit.cli", "distill",
+                               str(REPO / "recipes" / "tiny_distill_on_policy.yaml"), *overrides,
+                               f"log.out_dir={tmp_path}", "distill.teacher=tiny:qwen3_moe"],
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 2 and needle in proc.stderr, (overrides, proc.stderr[-500:])
     assert not list(tmp_path.iterdir())  # nothing was written
     from r1kit.config import config_help
 
