@@ -181,7 +181,17 @@ def shared_layout(input_ids: Tensor, prompt_lens: Tensor, completion_lens: Tenso
 
 
 def _shares_prompts(decoder: nn.Module) -> bool:
-    return getattr(decoder.config, "model_type", None) in SHARED_PROMPT_MODELS
+    """Whether the shared-prompt pass equals the plain one for this decoder: a tested model type,
+    full attention in every layer (transformers' sliding-window mask measures distance in cache
+    slots, which padded prompt slots shift), and no gradient checkpointing (it turns the cache
+    off in training)."""
+    config = decoder.config
+    if getattr(config, "model_type", None) not in SHARED_PROMPT_MODELS:
+        return False
+    if getattr(config, "use_sliding_window", False) or any(
+            kind != "full_attention" for kind in getattr(config, "layer_types", None) or []):
+        return False
+    return not (decoder.training and getattr(decoder, "gradient_checkpointing", False))
 
 
 def completion_hidden(decoder: nn.Module, input_ids: Tensor, attention_mask: Tensor,

@@ -148,12 +148,11 @@ class RoutingRecorder:
         laid end to end and taken at ``index``: a shared-prompt pass
         (``grpo.logprobs.completion_hidden``) recorded as the one (B * T) call it stands for."""
         index = index.to(self.calls[-1][0].device)
-        for store in (self.calls, self.logits):
+        for store in (self.calls, self.logits):  # logits: empty lists without keep_logits
             parts = store[-calls:]
-            if len(parts) == calls and parts[0]:
-                merged = [torch.cat([c[i] for c in parts])[index] for i in range(len(parts[0]))]
-                del store[-calls:]
-                store.append(merged)
+            merged = [torch.cat([c[i] for c in parts])[index] for i in range(len(parts[0]))]
+            del store[-calls:]
+            store.append(merged)
 
     def experts(self, call: int = -1) -> Tensor:
         """The experts of one forward call as a LongTensor (tokens, L, k)."""

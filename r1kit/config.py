@@ -201,7 +201,8 @@ class TrainConfig:
     old, reference and teacher log-probs (``grpo.logprobs.completion_hidden``). Equal results to
     float rounding, for fewer tokens through the model (a group of n: 1 prompt + n completions
     instead of n of each). Used with the model types in ``grpo.logprobs.SHARED_PROMPT_MODELS``
-    when routing is not replayed and the aux loss is off; otherwise, or when off, one pass.
+    with full attention in every layer, without gradient checkpointing, when routing is not
+    replayed and the aux loss is off; otherwise, or when off, one pass.
     Micro-batches are still planned by padded length, so a group split across micro-batches
     shares within each part only. (The HF engine's prefill shares a repeated prompt whatever
     this says: its samples are the same bit for bit.)"""

@@ -289,3 +289,27 @@ def test_shared_prompt_pass_is_skipped_without_shared_prompts_or_for_other_model
     args = _padded([prompts[0]] * 3, comps)
     assert completion_hidden(split_model(model)[0], *args, share_prompts=True)[-1] == 2
     assert completion_hidden(split_model(model)[0], *args, share_prompts=False)[-1] == 1
+
+
+def test_shared_prompt_pass_is_not_taken_for_sliding_windows_or_gradient_checkpointing(tmp_path):
+    """transformers' sliding-window mask counts cache slots, which the padded prompt slots shift,
+    and gradient checkpointing turns the cache off: both take the plain pass."""
+    from transformers import AutoConfig
+
+    from grpo.logprobs import completion_hidden, split_model
+
+    path = build_tiny("qwen3_dense")
+    prompts, comps = _rows(AutoConfig.from_pretrained(path).vocab_size)
+    args = _padded([prompts[0]] * 2 + [prompts[1]], comps)
+    m = AutoModelForCausalLM.from_pretrained(path, use_sliding_window=True, sliding_window=4,
+                                             max_window_layers=0,
+                                             layer_types=["sliding_attention"] * 2)
+    assert "sliding_attention" in m.config.layer_types
+    assert completion_hidden(split_model(m)[0], *args, share_prompts=True)[-1] == 1
+    m = AutoModelForCausalLM.from_pretrained(path)
+    assert completion_hidden(split_model(m)[0], *args, share_prompts=True)[-1] == 2
+    m.gradient_checkpointing_enable()
+    m.train()
+    assert completion_hidden(split_model(m)[0], *args, share_prompts=True)[-1] == 1
+    m.eval()  # the cache is on again outside training
+    assert completion_hidden(split_model(m)[0], *args, share_prompts=True)[-1] == 2
