@@ -732,6 +732,14 @@ def validate_training(cfg: Config, *, this_machine: bool = True, groups: bool = 
         fail("train.wandb", "wandb is not installed (pip install wandb)")
 
 
+def training_groups(cfg: Config) -> bool:
+    """Whether the training advantages come from groups of ``rollout.n`` samples: always but in
+    on-policy distillation by the teacher alone (``distill.reward_weight`` 0), whose per-token
+    signal needs no group."""
+    d = cfg.distill
+    return not (d.method == "on_policy" and d.reward_weight == 0)
+
+
 def validate_distill(cfg: Config) -> None:
     """What ``r1kit distill`` needs on top of ``validate`` (vocabularies are compared later,
     from the tokenizers, still before any model is loaded: ``distill.run``)."""
@@ -750,7 +758,7 @@ def validate_distill(cfg: Config) -> None:
         if d.reward_weight > 0 and cfg.rollout.n < 2:
             fail("rollout.n", f"distill.reward_weight={d.reward_weight} compares completions "
                  f"within a group: need >= 2, got {cfg.rollout.n}")
-        validate_training(cfg, groups=d.reward_weight > 0)
+        validate_training(cfg, groups=training_groups(cfg))
         if cfg.algo.filter_zero_variance:
             fail("algo.filter_zero_variance", "must be false for on_policy: every group carries "
                  "the teacher's per-token signal, whatever its rewards")

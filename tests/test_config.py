@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from r1kit.config import (Config, ConfigError, config_help, field_docs, load_config,
-                          validate_training)
+                          training_groups, validate_training)
 from tests.conftest import REPO
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
@@ -26,7 +26,7 @@ def test_every_recipe_loads_and_validates(recipe: Path, monkeypatch):
     cfg = load_config(recipe, check_data=False)
     assert cfg.source == str(recipe)
     if "train:" in recipe.read_text():
-        validate_training(cfg, this_machine=False)
+        validate_training(cfg, this_machine=False, groups=training_groups(cfg))
     if "eval:" in recipe.read_text():  # its suites load and its sampling settings resolve
         from eval.plan import plan_suites
 
