@@ -445,6 +445,20 @@ def _fmt(x: float | None, spec: str) -> str:
     return format(x, spec)
 
 
+def _contender_rows(names: tuple[str, ...], res: dict[str, Any], width: int,
+                    cells: Callable[[str, dict[str, Any]], list[str]]) -> list[str]:
+    """A table row per contender: its name, then ``cells(name, result)`` separated by a space,
+    or its error."""
+    rows = []
+    for name in names:
+        r = res.get(name, {})
+        if "error" in r:
+            rows.append(f"{name:{width}} ERROR {r['error'][:100]}")
+        else:
+            rows.append(" ".join([f"{name:{width}}", *cells(name, r)]))
+    return rows
+
+
 def async_table(result: dict[str, Any]) -> str:
     """``--async``: synchronous against one-step-off training, with the parts of a step."""
     res, s = result["contenders"], result["settings"]
@@ -453,17 +467,11 @@ def async_table(result: dict[str, Any]) -> str:
               f"after {s['warmup_steps']} warm-up; the parts are medians too"),
              (f"{'contender':19} {'s/step':>7} {'generate':>9} {'update':>7} {'sync+wait':>10} "
               f"{'wait ro':>8} {'staleness':>9}")]
-    for name in ASYNC_CONTENDERS:
-        r = res.get(name, {})
-        if "error" in r:
-            lines.append(f"{name:19} ERROR {r['error'][:100]}")
-            continue
-        lines.append(f"{name:19} {_fmt(r.get('s_per_step'), '7.2f')} "
-                     f"{_fmt(r.get('median_time_generate'), '9.2f')} "
-                     f"{_fmt(r.get('median_time_update'), '7.2f')} "
-                     f"{_fmt(r.get('median_time_sync'), '10.2f')} "
-                     f"{_fmt(r.get('median_time_wait_rollout'), '8.2f')} "
-                     f"{_fmt(r.get('median_staleness'), '9.0f')}")
+    lines += _contender_rows(ASYNC_CONTENDERS, res, 19, lambda name, r: [
+        _fmt(r.get(key), spec) for key, spec in (
+            ("s_per_step", "7.2f"), ("median_time_generate", "9.2f"),
+            ("median_time_update", "7.2f"), ("median_time_sync", "10.2f"),
+            ("median_time_wait_rollout", "8.2f"), ("median_staleness", "9.0f"))])
     x = result["ratios"].get("async_speedup")
     lines.append(f"speedup of one-step-off over synchronous: {_fmt(x, '.2f')}x "
                  f"(target >= {ASYNC_TARGET}). generate: the engine's sampling of a rollout (in "
@@ -480,18 +488,14 @@ def table(result: dict[str, Any]) -> str:
               f"{result['machine']['threads']} thread(s) per contender, float32"),
              (f"{'contender':14} {'s/step':>8} {'x TRL':>6} {'peak RSS MB':>12} {'x TRL':>6} "
               f"{'target':>7}")]
-    for name in STEP_CONTENDERS:
-        r = res.get(name, {})
-        if "error" in r:
-            lines.append(f"{name:14} ERROR {r['error'][:100]}")
-            continue
-        target = TARGETS.get(name)
-        lines.append(
-            f"{name:14} {_fmt(r.get('s_per_step'), '8.2f')} "
-            f"{_fmt(rat.get(f'{name}/time', 1.0 if name == 'trl_hf' else None), '6.2f')} "
-            f"{_fmt(r.get('peak_rss_mb'), '12.0f')} "
-            f"{_fmt(rat.get(f'{name}/rss', 1.0 if name == 'trl_hf' else None), '6.2f')} "
-            f"{'<= ' + str(target) if target else '':>7}")
+    def target(name: str) -> str:
+        return f"{'<= ' + str(TARGETS[name]) if name in TARGETS else '':>7}"
+
+    lines += _contender_rows(STEP_CONTENDERS, res, 14, lambda name, r: [
+        _fmt(r.get("s_per_step"), "8.2f"),
+        _fmt(rat.get(f"{name}/time", 1.0 if name == "trl_hf" else None), "6.2f"),
+        _fmt(r.get("peak_rss_mb"), "12.0f"),
+        _fmt(rat.get(f"{name}/rss", 1.0 if name == "trl_hf" else None), "6.2f"), target(name)])
     moe = [(n, res[n]) for n in ("r1kit_hf", "r1kit_hf_v4") if "s_per_step" in res.get(n, {})]
     if moe:
         lines.append("tiny MoE families, HF engine: " + "; ".join(
@@ -504,17 +508,11 @@ def table(result: dict[str, Any]) -> str:
                      "RSS before the call")
         lines.append(f"{'contender':14} {'peak +MB':>9} {'x TRL':>6} {'sampled':>8} "
                      f"{'seconds':>8} {'target':>7}")
-        for name in MEMORY_CONTENDERS:
-            r = res.get(name, {})
-            if "error" in r:
-                lines.append(f"{name:14} ERROR {r['error'][:100]}")
-                continue
-            x = 1.0 if name == "trl_memory" else rat.get("r1kit_memory/memory")
-            target = TARGETS.get(name)
-            lines.append(f"{name:14} {_fmt(r.get('peak_increase_mb'), '9.0f')} {_fmt(x, '6.2f')} "
-                         f"{_fmt(r.get('peak_increase_mb_sampled'), '8.0f')} "
-                         f"{_fmt(r.get('seconds'), '8.2f')} "
-                         f"{'<= ' + str(target) if target else '':>7}")
+        lines += _contender_rows(MEMORY_CONTENDERS, res, 14, lambda name, r: [
+            _fmt(r.get("peak_increase_mb"), "9.0f"),
+            _fmt(1.0 if name == "trl_memory" else rat.get("r1kit_memory/memory"), "6.2f"),
+            _fmt(r.get("peak_increase_mb_sampled"), "8.0f"), _fmt(r.get("seconds"), "8.2f"),
+            target(name)])
     return "\n".join(lines)
 
 
