@@ -196,18 +196,17 @@ class HFEngine:
         distinct (left-padded) row runs once and its cache and logits are indexed out to the
         rows that repeat it (model types in ``grpo.logprobs.SHARED_PROMPT_MODELS``, not while
         recording routing, which is laid out for one pass of every row)."""
-        from grpo.logprobs import SHARED_PROMPT_MODELS
+        from grpo.logprobs import SHARED_PROMPT_MODELS, prompt_owners
 
         kw = {"use_cache": True, "logits_to_keep": 1}
-        unique, owner = torch.unique(torch.cat([input_ids, mask], dim=1), dim=0,
-                                     return_inverse=True)
-        if (len(unique) == len(input_ids) or self.record_routing or not self.share_prompts
-                or getattr(self.model.config, "model_type", None) not in SHARED_PROMPT_MODELS):
+        share = (self.share_prompts and not self.record_routing
+                 and getattr(self.model.config, "model_type", None) in SHARED_PROMPT_MODELS)
+        rows = torch.cat([input_ids, mask], dim=1)  # equal ids and equal padding
+        owners = prompt_owners(rows, torch.full((len(rows),), rows.shape[1])) if share else None
+        if owners is None:
             return self.model(input_ids=input_ids, attention_mask=mask, position_ids=position,
                               **kw)
-        # The first row of each distinct (ids, mask) pair runs.
-        firsts = torch.full((len(unique),), len(owner), device=owner.device).scatter_reduce(
-            0, owner, torch.arange(len(owner), device=owner.device), "amin")
+        firsts, owner = (t.to(input_ids.device) for t in owners)
         out = self.model(input_ids=input_ids[firsts], attention_mask=mask[firsts],
                          position_ids=position[firsts], **kw)
         out.past_key_values.batch_select_indices(owner)
