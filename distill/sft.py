@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from grpo.logprobs import chunked_head_logprobs, split_model
+
 
 @dataclass(frozen=True)
 class SFTExample:
@@ -97,8 +99,6 @@ def collate(rows: Sequence[Sequence[SFTExample]], pad_id: int) -> PackedBatch:
 
 def token_logprobs(model: nn.Module, batch: PackedBatch, chunk_tokens: int = 1024) -> Tensor:
     """Log-prob of every completion token of ``batch``, in row-major order: (M,)."""
-    from grpo.logprobs import chunked_head_logprobs, split_model
-
     decoder, head = split_model(model)
     hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids,
                      attention_mask=None, use_cache=False).last_hidden_state  # (B, T, H)

@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rewards.scorer import score_with_progress
+from rollouts.engine import sample_with_progress
+
 
 @dataclass(frozen=True)
 class Trace:
@@ -67,7 +70,6 @@ def sample_traces(engine: Any, scorer: Any, problems: list[Any], prompts: list[s
     """Sample ``n`` traces per problem and score them. Returns the traces and the cost:
     ``sampled``, ``teacher_tokens`` (prompt + completion tokens of every sampled trace, the
     rejected ones included: every one went through the teacher), ``generated_tokens``."""
-    from r1kit.generate import sample_with_progress, score_with_progress
 
     groups, _ = sample_with_progress(engine, prompts, n, sampling, batch, show)
     comps = [(i, c) for i, g in enumerate(groups) for c in g.completions]

@@ -1,7 +1,7 @@
 """Code suites: HumanEval, MBPP and LiveCodeBench, graded in the sandbox by ``rewards.code``.
 
 Every completion goes through the training rewards' own functions: the answer part
-(``eval.suite.answer_part``, ``<answer>`` tags dropped) is reduced to code by
+(``eval.types.answer_part``, ``<answer>`` tags dropped) is reduced to code by
 ``rewards.code.extract_code``, then graded by ``run_function_tests`` (function tests; the
 candidate and the test never share a process) or ``run_stdio_tests`` (stdin/stdout tests),
 one sandbox run per program, many completions at once on a thread pool. A completion is
@@ -36,7 +36,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from eval.suite import EvalProblem, Grade, Source, Suite, answer_part
+from eval.types import EvalProblem, Grade, Source, Suite, answer_part
 from rewards.code import CodeResult, extract_code, run_function_tests, run_stdio_tests
 from rewards.code import _as_pairs as stdio_pairs  # code_reward's reading of a tests column
 

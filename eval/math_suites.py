@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from eval.suite import EvalProblem, Grade, Source, Suite
+from eval.types import EvalProblem, Grade, Source, Suite
+from rewards.math import grade_one
+from rewards.math.bounded import POOL_SIZE
 
 CHAT_INSTRUCTION = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 """Appended to math questions in the chat style: the DeepSeek-R1 evaluation instruction."""
@@ -25,9 +27,6 @@ def grade_math(problems: Sequence[EvalProblem], completions: Sequence[str]) -> l
     [True, False]
     """
     from concurrent.futures import ThreadPoolExecutor
-
-    from rewards.math import grade_one
-    from rewards.math.bounded import POOL_SIZE
 
     if len(problems) != len(completions):
         raise ValueError(f"{len(problems)} problems but {len(completions)} completions")

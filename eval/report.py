@@ -11,7 +11,7 @@ variance into the spread across problems (law of total variance).
 
 Metric names: ``avg@n`` is pass@1 averaged over the n samples (what papers call pass@1),
 ``pass@k`` the unbiased Codex estimator, ``maj@n`` the majority vote over all n extracted answers
-(math only). ``format`` is format compliance (``eval.run.format_ok``), ``length`` the mean
+(math only). ``format`` is format compliance (``r1kit.evaluate.format_ok``), ``length`` the mean
 completion length (tokens, or characters for a replay without a tokenizer), ``truncated`` the
 fraction that hit the token budget.
 
@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 
 from eval import metrics as M
+from eval.types import SuitePlan
+from rewards.math.normalize import normalize, parse_rational
 
 LEVEL = 0.95
 
@@ -48,8 +50,6 @@ def vote_key(answer: str | None, correct: bool) -> str | None:
         return None
     if correct:
         return "<correct>"
-    from rewards.math.normalize import normalize, parse_rational
-
     text = normalize(answer)
     value = parse_rational(text)
     return f"={value}" if value is not None else text
@@ -77,6 +77,11 @@ def matrices(rows: list[dict], n: int) -> dict[str, np.ndarray]:
             out["chars"][i, j] = c["chars"]
             out["truncated"][i, j] = c["finish_reason"] == "length"
     return out
+
+
+def samples_path(out: Path, suite: str) -> Path:
+    """Where an evaluation run keeps a suite's samples, one JSON line per problem."""
+    return out / "samples" / f"{suite}.jsonl"
 
 
 def read_samples(path: Path, ids: list[str] | None = None) -> list[dict]:
@@ -117,7 +122,7 @@ def _estimate(mats: dict, name: str, matrix: str, cfg_boot: int, seed: int) -> d
     return {"value": est.value, "low": est.low, "high": est.high}
 
 
-def suite_summary(plan, rows: list[dict], boot: int, seed: int) -> dict:
+def suite_summary(plan: SuitePlan, rows: list[dict], boot: int, seed: int) -> dict:
     mats = matrices(rows, plan.n)
     names = metric_names(plan.suite.kind, plan.n, plan.ks)
     return {
@@ -134,15 +139,14 @@ def suite_summary(plan, rows: list[dict], boot: int, seed: int) -> dict:
     }
 
 
-def summarise(out: Path, plans: list, cfg) -> dict:
-    from eval.run import samples_path
-
+def summarise(out: Path, plans: list[SuitePlan], *, model: str, engine: str, bootstrap: int,
+              seed: int) -> dict:
+    """The summary of a finished run: every suite's estimates from its sample rows."""
     suites = {}
     for plan in plans:
         rows = read_samples(samples_path(out, plan.suite.name), [p.id for p in plan.problems])
-        suites[plan.suite.name] = suite_summary(plan, rows, cfg.eval.bootstrap, cfg.eval.seed)
-    return {"model": cfg.model.path if cfg.eval.engine != "replay" else cfg.eval.replay,
-            "engine": cfg.eval.engine, "level": LEVEL, "bootstrap": cfg.eval.bootstrap,
+        suites[plan.suite.name] = suite_summary(plan, rows, bootstrap, seed)
+    return {"model": model, "engine": engine, "level": LEVEL, "bootstrap": bootstrap,
             "suites": suites}
 
 

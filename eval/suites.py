@@ -13,7 +13,7 @@ from pathlib import Path
 
 from eval.code_suites import CODE_SUITES, grade_function, grade_stdio
 from eval.math_suites import CHAT_INSTRUCTION, MATH_SUITES, grade_math
-from eval.suite import EvalProblem, Source, Suite, hub_rows, read_rows
+from eval.types import EvalProblem, Source, Suite, hub_rows, read_rows
 
 SUITES: dict[str, Suite] = {**MATH_SUITES, **CODE_SUITES}
 

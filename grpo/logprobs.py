@@ -29,6 +29,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from rollouts.sharing import SHARED_PROMPT_MODELS, prompt_owners  # noqa: F401  (re-exported)
+
 _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "output_multiplier")
 
 
@@ -43,6 +45,12 @@ class TokenLogprobs:
     extra_logp: Tensor | None = None
     """(B, C, K) log-probabilities of the ``extra_ids`` asked for (a teacher's top-k tokens in
     on-policy distillation), from the same logits; None when none were asked for."""
+
+    @classmethod
+    def from_tuple(cls, out: tuple[Tensor, ...]) -> TokenLogprobs:
+        """The tuple a ``grpo.parallel.LogprobModule`` returns (DDP / FSDP2 roots return
+        tensors, not dataclasses)."""
+        return cls(*out[:3], out[3] if len(out) > 3 else None)
 
 
 def split_model(model: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -136,32 +144,6 @@ def _completion_positions(input_ids: Tensor, prompt_lens: Tensor, completion_len
     target_pos = prompt_lens[:, None].to(input_ids.device) + j[None, :]  # (B, C)
     rows, cols = mask.nonzero(as_tuple=True)  # M completion tokens, row-major
     return mask, rows, cols, target_pos[rows, cols]
-
-
-# Model types whose shared-prompt pass (``completion_hidden`` with ``share_prompts``) is tested
-# equal to the plain one (tests/test_logprobs.py); others always take the plain pass.
-SHARED_PROMPT_MODELS = ("qwen3_moe", "qwen3", "qwen2", "qwen2_moe", "llama", "deepseek_v3")
-
-
-def prompt_owners(input_ids: Tensor, prompt_lens: Tensor) -> tuple[Tensor, Tensor] | None:
-    """Rows with the same prompt (a GRPO group's samples): ``(firsts, owner)``, the first row of
-    each distinct prompt (P,) and, per row, the index into ``firsts`` of its prompt (B,); None
-    when no two rows share a prompt.
-
-    >>> prompt_owners(torch.tensor([[5, 6, 1], [5, 6, 2], [7, 1, 1]]), torch.tensor([2, 2, 1]))
-    (tensor([0, 2]), tensor([0, 0, 1]))
-    """
-    seen: dict[tuple[int, ...], int] = {}
-    firsts, owner = [], []
-    for r, (row, n) in enumerate(zip(input_ids.tolist(), prompt_lens.tolist())):
-        key = tuple(row[:n])
-        if key not in seen:
-            seen[key] = len(firsts)
-            firsts.append(r)
-        owner.append(seen[key])
-    if len(firsts) == len(owner):
-        return None
-    return torch.tensor(firsts), torch.tensor(owner)
 
 
 def shared_layout(input_ids: Tensor, prompt_lens: Tensor, completion_lens: Tensor,

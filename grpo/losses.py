@@ -305,6 +305,8 @@ def kl_penalised_rewards(rewards: Tensor, kl: Tensor, mask: Tensor, beta: float)
 # ---------------------------------------------------------------------------------------------
 # Train/inference mismatch: weights that correct for the sampler's log-probs differing from the
 # trainer's under the same weights. Each returns (weight (N, T) detached, kept mask (N, T)).
+# TIS (truncated importance sampling) clamps the weight at the cap; MIS (masked importance
+# sampling) keeps the weight and drops what lies above the cap; IcePop masks outside a band.
 
 
 @dataclass(frozen=True)
@@ -323,37 +325,37 @@ def _seq_log_w(old: Tensor, sampler: Tensor, mask: Tensor) -> Tensor:  # (N, 1)
     return _token_log_w(old, sampler, mask).sum(-1, keepdim=True)
 
 
-def mis_none(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
+def no_correction(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
     """No correction: weight 1, nothing dropped."""
     return torch.ones_like(old), mask
 
 
-def mis_token_truncate(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
+def tis_token(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
     """Token TIS: w_t = min(exp(old_t - sampler_t), cap)."""
     w = torch.exp(_token_log_w(old, sampler, mask)).clamp(max=p.cap)
     return w.detach(), mask
 
 
-def mis_token_mask(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
+def mis_token(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
     """Token MIS: w_t = exp(old_t - sampler_t) on kept tokens; tokens with w_t > cap dropped."""
     w = torch.exp(_token_log_w(old, sampler, mask)).detach()
     return w, mask * (w <= p.cap)
 
 
-def mis_sequence_truncate(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
+def tis_sequence(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
     """Sequence TIS: w = min(prod_t exp(old_t - sampler_t), cap), shared by the sequence."""
     w = torch.exp(_seq_log_w(old, sampler, mask)).clamp(max=p.cap)
     return w.detach().expand_as(old), mask
 
 
-def mis_sequence_mask(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
+def mis_sequence(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
     """Sequence MIS: w = prod_t w_t on kept sequences; a sequence with w > cap is dropped whole
     (TRL's ``sequence_mask``, its default with vLLM)."""
     w = torch.exp(_seq_log_w(old, sampler, mask)).detach()  # (N, 1)
     return w.expand_as(old), mask * (w <= p.cap)
 
 
-def mis_icepop(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
+def icepop_band(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
     """IcePop: M(w_t) = w_t inside the band [low, cap], 0 outside (two-sided token masking)."""
     w = torch.exp(_token_log_w(old, sampler, mask)).detach()
     keep = (w >= p.low) & (w <= p.cap)
@@ -361,12 +363,12 @@ def mis_icepop(old: Tensor, sampler: Tensor, mask: Tensor, p: MismatchParams):
 
 
 MISMATCH_CORRECTIONS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
-    "none": mis_none,
-    "token_truncate": mis_token_truncate,
-    "token_mask": mis_token_mask,
-    "sequence_truncate": mis_sequence_truncate,
-    "sequence_mask": mis_sequence_mask,
-    "icepop": mis_icepop,
+    "none": no_correction,
+    "token_truncate": tis_token,
+    "token_mask": mis_token,
+    "sequence_truncate": tis_sequence,
+    "sequence_mask": mis_sequence,
+    "icepop": icepop_band,
 }
 
 

@@ -37,7 +37,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from grpo.logprobs import TokenLogprobs, completion_logprobs
+from grpo.logprobs import completion_logprobs, split_model
 
 
 class LogprobModule(nn.Module):
@@ -163,16 +163,9 @@ class Parallel:
             return sums
         every: list[Any] = [None] * self.world
         torch.distributed.all_gather_object(every, sums)
-        from grpo.update import Sums
-
-        out = Sums()
-        for s in every:
-            for k, v in s.values.items():
-                out.add(k, v)
-            for k, v in s.maxima.items():
-                out.high(k, v)
-            for k, v in s.minima.items():
-                out.low(k, v)
+        out = every[0]
+        for s in every[1:]:
+            out.merge(s)
         return out
 
     def total(self, value: float) -> float:
@@ -190,15 +183,8 @@ class Parallel:
 
 
 def _decoder_layers(policy: nn.Module) -> list[nn.Module]:
-    from grpo.logprobs import split_model
-
     decoder, _ = split_model(policy)
     layers = getattr(decoder, "layers", None)
     if layers is None:
         raise ValueError(f"{type(decoder).__name__} has no .layers to shard with FSDP2")
     return list(layers)
-
-
-def unpack(out: tuple[Tensor, ...]) -> TokenLogprobs:
-    """``LogprobModule``'s tuple as ``TokenLogprobs``."""
-    return TokenLogprobs(*out[:3], out[3] if len(out) > 3 else None)

@@ -6,8 +6,8 @@ the same sub-network on both sides; only the gate *weights* come from the live r
 the router's gradient.
 
 How: each router module (one per MoE layer) returns ``(logits, weights, indices)`` and its MoE block
-runs ``experts(hidden, indices, weights)``. ``RoutingRecorder`` registers forward hooks on the
-routers and keeps the indices (and optionally the logits). ``replay_routing`` swaps each router's
+runs ``experts(hidden, indices, weights)``. ``rollouts.routing.RoutingRecorder`` registers forward
+hooks on the routers and keeps the indices (and optionally the logits). ``replay_routing`` swaps each router's
 ``forward`` for one that calls the original, overrides ``indices`` at the valid positions with the
 given ones, and recomputes ``weights`` there with the router's own formula gathered at those
 indices; where the given indices equal the router's own choice this is bit-identical to not
@@ -49,11 +49,19 @@ import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Self
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from rollouts.routing import (  # noqa: F401  (RoutingRecorder, TOPK_ROUTERS: part of this API)
+    HASH_ROUTERS,
+    TOPK_ROUTERS,
+    RoutingRecorder,
+    base_model,
+    moe_routers,
+    router_kinds,
+)
 
 
 def _qwen3_moe_weights(router: nn.Module, logits: Tensor, idx: Tensor) -> Tensor:
@@ -89,85 +97,6 @@ _GATE_WEIGHTS: dict[str, Callable[[nn.Module, Tensor, Tensor], Tensor]] = {
     "DeepseekV2TopkRouter": _deepseek_v2_weights,
     "DeepseekV4TopKRouter": _deepseek_v4_weights,
 }
-# Routers whose experts are a function of the token id alone: recorded, never replayed.
-HASH_ROUTERS = ("DeepseekV4HashRouter",)
-
-
-def _base_model(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def moe_routers(model: nn.Module) -> list[nn.Module]:
-    """The router of every MoE layer (top-k and hash-routed), in layer order, of a transformers
-    or peft-wrapped model."""
-    known = (*_GATE_WEIGHTS, *HASH_ROUTERS)
-    routers = [m for m in model.modules() if type(m).__name__ in known]
-    if not routers:
-        raise ValueError(
-            f"{type(_base_model(model)).__name__} is not supported by routing replay: it has no "
-            f"router of a supported kind ({', '.join(known)})"
-        )
-    return routers
-
-
-def router_kinds(routers: list[nn.Module]) -> list[str]:
-    """``"hash"`` or ``"topk"`` per MoE layer."""
-    return ["hash" if type(r).__name__ in HASH_ROUTERS else "topk" for r in routers]
-
-
-class RoutingRecorder:
-    """While active, records the experts each router picks on every forward call of the model.
-
-    ``calls[c][L]`` is a LongTensor (tokens, k), detached, for forward call ``c`` and MoE layer
-    ``L``; tokens are the flattened (B * T) positions of that call, row-major. With
-    ``keep_logits``, ``logits[c][L]`` (tokens, num_experts) keeps its graph (for
-    ``load_balancing_loss``). A call starts whenever the first MoE layer's router runs.
-    """
-
-    def __init__(self, model: nn.Module, keep_logits: bool = False):
-        self.routers = moe_routers(model)
-        self.keep_logits = keep_logits
-        self.calls: list[list[Tensor]] = []
-        self.logits: list[list[Tensor]] = []
-        self._handles: list = []
-
-    def _hook(self, layer: int):
-        def hook(module: nn.Module, args: tuple, output: tuple) -> None:
-            logits, _, idx = output
-            if layer == 0:
-                self.calls.append([])
-                self.logits.append([])
-            self.calls[-1].append(idx.detach())
-            if self.keep_logits:
-                self.logits[-1].append(logits)
-
-        return hook
-
-    def merge_last(self, calls: int, index: Tensor) -> None:
-        """Replace the last ``calls`` forward calls by one whose tokens are those calls' tokens
-        laid end to end and taken at ``index``: a shared-prompt pass
-        (``grpo.logprobs.completion_hidden``) recorded as the one (B * T) call it stands for."""
-        index = index.to(self.calls[-1][0].device)
-        for store in (self.calls, self.logits):  # logits: empty lists without keep_logits
-            parts = store[-calls:]
-            merged = [torch.cat([c[i] for c in parts])[index] for i in range(len(parts[0]))]
-            del store[-calls:]
-            store.append(merged)
-
-    def experts(self, call: int = -1) -> Tensor:
-        """The experts of one forward call as a LongTensor (tokens, L, k)."""
-        return torch.stack(self.calls[call], dim=1)
-
-    def __enter__(self) -> Self:
-        self._handles = [r.register_forward_hook(self._hook(i)) for i, r in enumerate(self.routers)]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-
 def _replaying_forward(router: nn.Module, original: Callable, ids: Tensor, valid: Tensor):
     weights_fn = _GATE_WEIGHTS[type(router).__name__]
 
@@ -303,7 +232,7 @@ def load_balancing_loss(model: nn.Module, recorded: RoutingRecorder, valid: Tens
     experts = [recorded.calls[-1][i] for i in topk]
     router = recorded.routers[topk[0]]
     func = getattr(
-        sys.modules[type(_base_model(model)).__module__], "load_balancing_loss_func", None
+        sys.modules[type(base_model(model)).__module__], "load_balancing_loss_func", None
     )
     if func is not None:
         return func(tuple(logits), router.num_experts, router.top_k, attention_mask=valid)

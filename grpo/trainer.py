@@ -38,9 +38,10 @@ import collections
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -48,6 +49,11 @@ from torch import nn
 from grpo.batch import Rollout, TrainBatch, pad_rows
 from grpo.losses import ADVANTAGES, KL_ESTIMATORS, Norm, kl_penalised_rewards
 from grpo.mhc import has_mhc, mhc_stats
+from grpo.observe import RunLog
+from grpo.parallel import Parallel
+from grpo.problems import Problem
+from grpo.routing import update_router_stats
+from grpo.settings import AlgoConfig, TrainConfig
 from grpo.update import (
     NonFiniteError,
     Objective,
@@ -60,8 +66,14 @@ from grpo.update import (
     microbatch_loss,
     minibatch_order,
 )
-from rewards.scorer import RewardFailure
+from rewards.scorer import RewardFailure, ScoreResult
+from rollouts.engine import Engine
+from rollouts.routing import RoutingRecorder
+from rollouts.settings import RolloutConfig
 from rollouts.types import Sampling
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger("r1kit.train")
 
@@ -69,7 +81,7 @@ log = logging.getLogger("r1kit.train")
 class ProblemStream:
     """Problems in a seeded order, reshuffled every pass; its position is two integers."""
 
-    def __init__(self, problems: list[Any], seed: int):
+    def __init__(self, problems: list[Problem], seed: int):
         if not problems:
             raise ValueError("no training problems")
         self.problems, self.seed = problems, seed
@@ -80,7 +92,7 @@ class ProblemStream:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.randperm(len(self.problems), generator=g).tolist()
 
-    def take(self, k: int) -> list[Any]:
+    def take(self, k: int) -> list[Problem]:
         out = []
         for _ in range(k):
             if self.pos == len(self._order):
@@ -98,33 +110,69 @@ class ProblemStream:
         self._order = self._shuffle()
 
 
+class TrainerSettings(Protocol):
+    """What the trainer reads of a recipe (``r1kit.config.Config`` is one)."""
+
+    @property
+    def algo(self) -> AlgoConfig: ...
+    @property
+    def train(self) -> TrainConfig: ...
+    @property
+    def rollout(self) -> RolloutConfig: ...
+    @property
+    def data(self) -> DataColumns: ...
+
+
+class DataColumns(Protocol):
+    @property
+    def columns(self) -> list[str]:
+        """Dataset fields passed to the rewards as columns (``data.columns``)."""
+        ...
+
+
+class RewardScorer(Protocol):
+    """Scores completions with the recipe's rewards (``rewards.scorer.Scorer``)."""
+
+    def score(self, completions: Sequence[str], **columns: Sequence) -> ScoreResult: ...
+    def close(self) -> None: ...
+
+
+class TeacherSignal(Protocol):
+    """On-policy distillation's teacher (``distill.on_policy.Teacher``): fills a batch's
+    advantages (and top-k) from its log-probs."""
+
+    def prepare(self, batch: TrainBatch, budget: int, pad_id: int, chunk: int,
+                device: torch.device, share: bool = False) -> None: ...
+
+
 @dataclass
 class Parts:
-    """What a trainer is built from (``grpo.setup.build_trainer`` assembles it from a recipe)."""
+    """What a trainer is built from (``r1kit.train.build_trainer`` assembles it from a recipe)."""
 
-    cfg: Any
+    cfg: TrainerSettings
     """The recipe (``r1kit.config.Config``)."""
     policy: nn.Module
-    tokenizer: Any
-    engine: Any
-    scorer: Any
+    tokenizer: PreTrainedTokenizerBase
+    engine: Engine | None
+    """None on ranks that do not sample."""
+    scorer: RewardScorer | None
+    """None on ranks that do not score."""
     optimizer: torch.optim.Optimizer
-    scheduler: Any
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     data: ProblemStream
-    prompt_fn: Any
+    prompt_fn: Callable[[str], str]
     """question -> prompt text."""
     objective: Objective
     reference: nn.Module | None = None
     """Frozen reference policy (full fine-tuning with beta > 0); LoRA uses the adapter off."""
-    runlog: Any = None
-    recorder_fn: Any = None
+    runlog: RunLog | None = None
+    recorder_fn: Callable[[nn.Module], RoutingRecorder] | None = None
     """model -> a fresh routing recorder (MoE statistics), or None."""
-    parallel: Any = None
-    """``grpo.parallel.Parallel``: this process's rank among the trainer's ranks (one process
-    when None: set by ``GRPOTrainer``)."""
-    teacher: Any = None
-    """On-policy distillation (``distill.on_policy.Teacher``): its per-token advantages replace
-    the reward-based ones in ``prepare``; rewards are still computed and logged."""
+    parallel: Parallel = field(default_factory=Parallel)
+    """This process's rank among the trainer's ranks (one process by default)."""
+    teacher: TeacherSignal | None = None
+    """On-policy distillation: its per-token advantages replace the reward-based ones in
+    ``prepare``; rewards are still computed and logged."""
 
     def close(self) -> None:
         """Stop what runs beside the trainer: the run log, the scorer's workers, the engine."""
@@ -136,10 +184,6 @@ class Parts:
 class GRPOTrainer:
     def __init__(self, parts: Parts, step: int = 0, version: int = 0):
         self.p = parts
-        if parts.parallel is None:
-            from grpo.parallel import Parallel
-
-            parts.parallel = Parallel()
         self.cfg = parts.cfg
         self.step, self.version = step, version
         self.ahead: collections.deque[Future] = collections.deque()
@@ -163,9 +207,7 @@ class GRPOTrainer:
             # DAPO samples a larger generation batch than it trains on.
             rate = max(len(kept) / len(every), 0.25) if every else 1.0
             problems = self.p.data.take(math.ceil((want - len(kept)) / rate))
-            sampling = Sampling(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
-                                top_k=r.top_k, min_tokens=r.min_tokens,
-                                seed=r.seed + 7919 * step + 104729 * attempt)
+            sampling = r.sampling(seed=r.seed + 7919 * step + 104729 * attempt)
             g0 = time.perf_counter()
             groups = self._generate([self.p.prompt_fn(q.question) for q in problems], sampling,
                                     step)
@@ -335,26 +377,27 @@ class GRPOTrainer:
         return self._update_stats(par.merge_sums(sums), losses, grad_norms, router)
 
     def _update_stats(self, sums: Sums, losses, grad_norms, router) -> dict[str, float]:
-        v, tok = sums.values, max(sums.values.get("tokens", 0.0), 1.0)
+        s, tok = sums, max(sums.tokens, 1.0)
+
+        def extreme(value: float | None) -> float:  # no token seen: ratio 1
+            return 1.0 if value is None else value
+
         stats = {
             "loss": sum(losses) / len(losses), "grad_norm": sum(grad_norms) / len(grad_norms),
-            "lr": self.p.scheduler.get_last_lr()[0], "entropy": v.get("entropy", 0.0) / tok,
-            "clip_frac": v.get("clipped", 0.0) / tok,
-            "ratio_max": sums.maxima.get("ratio_max", 1.0),
-            "ratio_min": sums.minima.get("ratio_min", 1.0),
-            "ratio_std": (v.get("ratio_sq_dev", 0.0) / tok) ** 0.5,
-            "mismatch/kl": v.get("mismatch_kl", 0.0) / tok,
-            "mismatch/max_ratio": sums.maxima.get("mismatch_max_ratio", 1.0),
-            "mismatch/min_ratio": sums.minima.get("mismatch_min_ratio", 1.0),
-            "mismatch/dropped_frac": v.get("mismatch_dropped", 0.0) / tok,
+            "lr": self.p.scheduler.get_last_lr()[0], "entropy": s.entropy / tok,
+            "clip_frac": s.clipped / tok,
+            "ratio_max": extreme(s.ratio_max), "ratio_min": extreme(s.ratio_min),
+            "ratio_std": (s.ratio_sq_dev / tok) ** 0.5,
+            "mismatch/kl": s.mismatch_kl / tok,
+            "mismatch/max_ratio": extreme(s.mismatch_max_ratio),
+            "mismatch/min_ratio": extreme(s.mismatch_min_ratio),
+            "mismatch/dropped_frac": s.mismatch_dropped / tok,
         }
-        if "kl" in v:
-            stats["kl"] = v["kl"] / tok
-        if "distill_forward_kl" in v:  # per token, averaged over the update's passes
-            stats["distill/forward_kl"] = v["distill_forward_kl"] / tok
+        if s.kl is not None:
+            stats["kl"] = s.kl / tok
+        if s.distill_forward_kl is not None:  # per token, averaged over the update's passes
+            stats["distill/forward_kl"] = s.distill_forward_kl / tok
         if router:
-            from grpo.routing import update_router_stats
-
             stats.update(update_router_stats(router))
         return stats
 

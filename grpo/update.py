@@ -14,8 +14,7 @@ reaches the weights.
 from __future__ import annotations
 
 import contextlib
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,6 +33,9 @@ from grpo.losses import (
     mismatch_stats,
     topk_forward_kl,
 )
+from grpo.routing import load_balancing_loss, replay_routing
+from grpo.settings import AlgoConfig, TrainConfig
+from rollouts.routing import RoutingRecorder
 
 
 class NonFiniteError(RuntimeError):
@@ -63,7 +65,7 @@ class Objective:
     """Rows with the same prompt run it once (``train.share_prompts``)."""
 
     @staticmethod
-    def from_config(algo: Any, train: Any, max_tokens: int, mismatch: str,
+    def from_config(algo: AlgoConfig, train: TrainConfig, max_tokens: int, mismatch: str,
                     compute_dtype: str | None = None) -> Objective:
         return Objective(
             policy_loss=algo.policy_loss, aggregation=algo.aggregation,
@@ -76,23 +78,61 @@ class Objective:
             compute_dtype=compute_dtype, share_prompts=train.share_prompts)
 
 
-@dataclass
+@dataclass(slots=True)
 class Sums:
-    """Statistics summed (or max/min-ed) over micro-batches; the trainer divides the sums by
-    the right counts."""
+    """Statistics of an update, over its micro-batches (and ranks): token-weighted sums, which
+    the trainer divides by ``tokens``, and extremes. A field set by name that does not exist
+    is an AttributeError (slots), never a silent new key."""
 
-    values: dict[str, float] = field(default_factory=dict)
-    maxima: dict[str, float] = field(default_factory=dict)
-    minima: dict[str, float] = field(default_factory=dict)
+    tokens: float = 0.0
+    entropy: float = 0.0
+    clipped: float = 0.0
+    """Tokens whose policy ratio was clipped."""
+    ratio_sq_dev: float = 0.0
+    """Sum of (ratio - 1)^2 over tokens."""
+    mismatch_kl: float = 0.0
+    """Sampler-to-trainer KL, token-weighted."""
+    mismatch_dropped: float = 0.0
+    """Tokens the mismatch correction dropped."""
+    kl: float | None = None
+    """KL to the reference; None when the KL term is off."""
+    distill_forward_kl: float | None = None
+    """Forward KL to the teacher's top-k; None outside ``distill.loss: forward_kl``."""
+    ratio_max: float | None = None
+    ratio_min: float | None = None
+    mismatch_max_ratio: float | None = None
+    mismatch_min_ratio: float | None = None
 
-    def add(self, key: str, value: float) -> None:
-        self.values[key] = self.values.get(key, 0.0) + float(value)
+    def add(self, name: str, value: float | Tensor) -> None:
+        setattr(self, name, (getattr(self, name) or 0.0) + float(value))
 
-    def high(self, key: str, value: float) -> None:
-        self.maxima[key] = max(self.maxima.get(key, -math.inf), float(value))
+    def high(self, name: str, value: float | Tensor) -> None:
+        old = getattr(self, name)
+        setattr(self, name, float(value) if old is None else max(old, float(value)))
 
-    def low(self, key: str, value: float) -> None:
-        self.minima[key] = min(self.minima.get(key, math.inf), float(value))
+    def low(self, name: str, value: float | Tensor) -> None:
+        old = getattr(self, name)
+        setattr(self, name, float(value) if old is None else min(old, float(value)))
+
+    def merge(self, other: Sums) -> None:
+        """Add ``other``'s sums to these and widen the extremes by its own.
+
+        >>> a, b = Sums(tokens=2.0, ratio_max=1.5), Sums(tokens=3.0, kl=0.1, ratio_max=1.2)
+        >>> a.merge(b); (a.tokens, a.kl, a.ratio_max)
+        (5.0, 0.1, 1.5)
+        """
+        for name in _SUMMED:
+            if getattr(other, name) is not None:
+                self.add(name, getattr(other, name))
+        for name, fold in _EXTREMES.items():
+            if getattr(other, name) is not None:
+                fold(self, name, getattr(other, name))
+
+
+_SUMMED = ("tokens", "entropy", "clipped", "ratio_sq_dev", "mismatch_kl", "mismatch_dropped",
+           "kl", "distill_forward_kl")
+_EXTREMES = {"ratio_max": Sums.high, "ratio_min": Sums.low, "mismatch_max_ratio": Sums.high,
+             "mismatch_min_ratio": Sums.low}
 
 
 @dataclass
@@ -109,7 +149,7 @@ def autocast_to(device: torch.device, compute_dtype: str | None):
 
 
 def forward_logprobs(model: nn.Module, mb: MicroBatch, chunk: int, replay: bool,
-                     recorder: Any = None, compute_dtype: str | None = None,
+                     recorder: RoutingRecorder | None = None, compute_dtype: str | None = None,
                      extra_ids: Tensor | None = None, runner: nn.Module | None = None,
                      share: bool = False) -> TokenLogprobs:
     """``completion_logprobs`` of a micro-batch, routed as the sampler routed it when ``replay``
@@ -123,15 +163,11 @@ def forward_logprobs(model: nn.Module, mb: MicroBatch, chunk: int, replay: bool,
     with contextlib.ExitStack() as stack:
         stack.enter_context(autocast_to(mb.input_ids.device, compute_dtype))
         if replaying:
-            from grpo.routing import replay_routing
-
             stack.enter_context(replay_routing(model, mb.routed, mb.routed_valid))
         if recorder is not None:
             stack.enter_context(recorder)
         if runner is not None:  # data-parallel: the DDP / FSDP2 root (grpo.parallel)
-            from grpo.parallel import unpack
-
-            tl = unpack(runner(mb.input_ids, mb.attention_mask, mb.prompt_lens,
+            tl = TokenLogprobs.from_tuple(runner(mb.input_ids, mb.attention_mask, mb.prompt_lens,
                                mb.completion_lens, chunk, extra_ids, share))
         else:
             tl = completion_logprobs(model, mb.input_ids, mb.attention_mask, mb.prompt_lens,
@@ -145,7 +181,7 @@ def forward_logprobs(model: nn.Module, mb: MicroBatch, chunk: int, replay: bool,
 
 
 def microbatch_loss(model: nn.Module, batch: TrainBatch, mb: MicroBatch, obj: Objective,
-                    norm: Norm, sums: Sums, recorder: Any = None,
+                    norm: Norm, sums: Sums, recorder: RoutingRecorder | None = None,
                     runner: nn.Module | None = None, scale: float = 1.0) -> MicroLoss:
     """The objective on one micro-batch; adds its statistics to ``sums``. With a teacher's
     top-k in the batch (on-policy distillation, ``distill.loss: forward_kl``) the forward KL
@@ -182,8 +218,6 @@ def microbatch_loss(model: nn.Module, batch: TrainBatch, mb: MicroBatch, obj: Ob
         sums.add("distill_forward_kl", (fkl.detach() * mask).sum())
     loss = AGGREGATIONS[obj.aggregation](per_token, mask, norm)
     if obj.aux_loss_coef and recorder is not None:
-        from grpo.routing import load_balancing_loss
-
         valid = mb.attention_mask.bool()
         loss = loss + obj.aux_loss_coef * load_balancing_loss(model, recorder, valid) * (
             float(mask.shape[0]) / max(norm.seqs, 1.0))

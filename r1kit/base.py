@@ -30,8 +30,10 @@ import random
 import time
 from pathlib import Path
 
+from distill.sft import SFTConfig, SFTExample, train_sft
 from r1kit.tasks import arithmetic_steps, arithmetic_tasks
 from r1kit.tiny import BUILD_VERSION, build_tiny, default_cache_dir, save_checkpoint
+from rollouts.prompts import encode_prompt, r1_zero_prompt
 
 BASE_VERSION = 2  # bump when the data or training below change
 STYLES = {"r1": 0.4, "untagged": 0.3, "prose": 0.3}
@@ -64,8 +66,6 @@ def completion(expression: str, answer: str, style: str) -> str:
 
 def base_examples(tokenizer, seed: int, count: int = TRAIN_PROBLEMS):
     """SFT examples: R1-Zero prompt -> worked completion (style drawn per problem) + EOS."""
-    from distill.sft import SFTExample
-    from rollouts.prompts import encode_prompt, r1_zero_prompt
 
     rng = random.Random(f"base:{seed}")
     names, weights = list(STYLES), list(STYLES.values())
@@ -91,8 +91,6 @@ def build_base(family: str = "qwen3_moe", seed: int = 0, cache_dir: Path | None 
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from distill.sft import SFTConfig, train_sft
 
     out = base_path(family, seed, cache_dir, steps)
     if out.is_dir() and (out / "model.safetensors").exists() and not force:

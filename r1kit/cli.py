@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from r1kit.config import ConfigError, config_help, load_config
 
@@ -108,13 +109,13 @@ def cmd_train(argv: list[str]) -> int:
         ["model", "data", "rollout", "reward", "algo", "train", "log"])
     ap.add_argument("--dry-run", action="store_true",
                     help="2 steps on CPU of the recipe's architecture at toy size, random init "
-                    "(grpo/dryrun.py)")
+                    "(r1kit/dryrun.py)")
     parsed = _job_args(ap, argv)
     if parsed is None:
         return 2
     args, recipe, overrides = parsed
     if args.dry_run:
-        from grpo.dryrun import dry_run
+        from r1kit.dryrun import dry_run
 
         return dry_run(recipe, overrides, show_progress=not args.no_progress)
     from r1kit.config import validate_training
@@ -122,7 +123,7 @@ def cmd_train(argv: list[str]) -> int:
     cfg = load_config(recipe, overrides)
     validate_training(cfg)
     _setup_logging(cfg.log.level)
-    from grpo.setup import run_train
+    from r1kit.train import run_train
 
     return _run_job(lambda: run_train(cfg, show_progress=not args.no_progress), "training")
 
@@ -146,9 +147,9 @@ def _run_job(job, what: str, user_errors: tuple[type[Exception], ...] = ()) -> i
     """Run a training-like ``job`` and print its result as JSON (exit 0); a setting or input
     problem prints one line (exit 2), a run that stopped on NaN or a failing reward one line
     naming ``what`` (exit 1)."""
-    from grpo.setup import ResumeError
     from grpo.update import NonFiniteError
     from r1kit.generate import PromptTooLong
+    from r1kit.train import ResumeError
     from rewards.scorer import RewardFailure
 
     try:
@@ -183,7 +184,7 @@ def cmd_distill(argv: list[str]) -> int:
     _setup_logging(cfg.log.level)
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     from distill.on_policy import VocabularyMismatch
-    from distill.run import run_distill
+    from r1kit.distillation import run_distill
 
     return _run_job(lambda: run_distill(cfg, show_progress=not args.no_progress),
                     "distillation", (VocabularyMismatch,))
@@ -271,7 +272,7 @@ def cmd_eval(argv: list[str]) -> int:
     _setup_logging(cfg.log.level)
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     from eval.replay import ReplayError
-    from eval.run import run_eval
+    from r1kit.evaluate import run_eval
 
     start = time.perf_counter()
     try:
@@ -363,28 +364,32 @@ def _delegate(module: str) -> Callable[[list[str]], int]:
     return run
 
 
-BENCHES: dict[str, str] = {
-    "rollout": "rollouts.bench",
-    "rewards": "rewards.bench",
-    "train": "grpo.bench",
-    "replay": "grpo.replay_bench",
-    "eval": "eval.bench",
-    "distill": "distill.bench",
-}
+def benches() -> dict[str, Any]:
+    """The installed benchmarks, ``name -> entry point`` of group ``r1kit.bench``.
+
+    The benchmarks (package ``bench``) sit on the floor above this CLI, so it never imports
+    them by name: the distribution declares each one as an entry point in ``pyproject.toml``
+    and ``r1kit bench NAME`` loads the one asked for."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group="r1kit.bench")}
+
+
+def _summary(entry: Any) -> str:
+    """The first line of a benchmark module's docstring, less its ``r1kit bench NAME``: head."""
+    main = entry.load()
+    doc = (sys.modules[main.__module__].__doc__ or "").strip().splitlines()
+    return doc[0].split(": ", 1)[-1] if doc else ""
 
 
 def cmd_bench(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHES:
-        print(f"usage: r1kit bench {{{','.join(BENCHES)}}} [options]\n"
-              "  rollout  tokens/s of the HF and vLLM engines and weight-sync time\n"
-              "  rewards  math grading and sandbox throughput against peers\n"
-              "  train    GRPO seconds/step and peak memory against TRL\n"
-              "  replay   what MoE routing replay does to off-policy updates\n"
-              "  eval     evaluation grading throughput and engine tokens/s\n"
-              "  distill  student tokens/s and teacher forward tokens per problem, both methods",
+    found = benches()
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in found:
+        lines = [f"  {name:<8} {_summary(ep)}" for name, ep in sorted(found.items())]
+        print(f"usage: r1kit bench {{{','.join(sorted(found))}}} [options]\n" + "\n".join(lines),
               file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    return _delegate(BENCHES[argv[0]])(argv[1:])
+    return found[argv[0]].load()(argv[1:])
 
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {

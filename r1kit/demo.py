@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from eval.report import compare_runs
 from r1kit.config import Config, load_config
 
 CURVES = (("reward", "reward (total)"), ("reward/accuracy", "accuracy (train samples)"),
@@ -48,7 +49,7 @@ def write_heldout(cfg: Config, path: Path, count: int) -> None:
 
 
 def evaluate(cfg: Config, model: str, suite: Path, out: Path, n: int, progress: bool) -> dict:
-    from eval.run import run_eval
+    from r1kit.evaluate import run_eval
 
     ecfg = load_config(None, [f"model.path={model}", f"log.out_dir={out}",
                               f"log.level={cfg.log.level}", "eval.engine=hf",
@@ -128,9 +129,8 @@ def check_finite(metrics_path: Path) -> None:
 def run_demo(cfg: Config, *, heldout: int = 200, n: int = 4, base_steps: int | None = None,
              progress: bool = True) -> dict[str, Any]:
     """Run every phase; return the paths and figures the report shows."""
-    from eval.report import compare_runs
-    from grpo.setup import run_train
     from r1kit.base import SFT_STEPS, build_base
+    from r1kit.train import run_train
 
     out = Path(cfg.log.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ tiny dense Qwen3 by each distillation method, and the report sets the results si
 Phases, all writing into ``--out-dir`` (default ``runs/tiny_distill``):
 
 1. **teacher**: the newest checkpoint of the GRPO demo's run folder (``runs/tiny_r1_zero``); if
-   it holds none, the demo's own code trains it first (``r1kit.base`` then ``grpo.setup``, with
+   it holds none, the demo's own code trains it first (``r1kit.base`` then ``r1kit.train``, with
    ``recipes/tiny_r1_zero.yaml``), and the result is reused next time.
 2. **student**: the dense Qwen3's supervised base (``r1kit.base.build_base("qwen3_dense")``),
    built by the same code and data as the teacher's base, cached. Why not the random-init
@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from grpo.checkpoint import latest_checkpoint
 from r1kit.config import load_config, validate_distill
 from r1kit.demo import evaluate, say, write_heldout
 
@@ -45,13 +46,12 @@ TARGET = 0.8  # a student should reach this share of the teacher's held-out accu
 
 def ensure_teacher(run: Path, progress: bool) -> Path:
     """The teacher's run folder, trained with the GRPO demo's recipe if it holds no checkpoint."""
-    from grpo.checkpoint import latest_checkpoint
 
     if latest_checkpoint(run) is not None:
         return run
-    from grpo.setup import run_train
     from r1kit.base import build_base
     from r1kit.config import validate_training
+    from r1kit.train import run_train
 
     say(f"      no checkpoint in {run}: training the teacher as `make demo` does (minutes)")
     cfg = load_config(TEACHER_RECIPE, [f"log.out_dir={run}"])
@@ -70,8 +70,8 @@ def accuracy(summary: dict, suite: str, n: int) -> dict[str, float]:
 def run_distill_demo(out_dir: str | Path, teacher_run: str | Path, *, heldout: int = 200,
                      n: int = 2, progress: bool = True) -> dict[str, Any]:
     """Every phase; returns the figures ``report.json`` holds and the report text."""
-    from distill.run import run_distill
     from r1kit.base import build_base
+    from r1kit.distillation import run_distill
 
     out, timings = Path(out_dir), {}
     out.mkdir(parents=True, exist_ok=True)

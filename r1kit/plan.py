@@ -1,11 +1,13 @@
 """``r1kit plan``: per-GPU memory and step time of a recipe, estimated from its architecture.
 
-``r1kit train`` runs on one device today; the ``plan`` section of a recipe states the hardware it
-is meant for (``plan.gpu``, ``plan.gpus``, ``plan.sharding``), and this module estimates what one
-GPU would hold and how long one GRPO step would take there. Every number is an estimate from the
+``r1kit train`` runs one process, or data-parallel ranks (DDP: every rank holds the whole policy,
+gradients and optimiser) under ``torchrun`` / ``accelerate launch``; it does not run the sharded
+FSDP2 update yet. The ``plan`` section of a recipe states the hardware it is meant for
+(``plan.gpu``, ``plan.gpus``, ``plan.sharding``), and this module estimates what one GPU would
+hold and how long one GRPO step would take there. Every number is an estimate from the
 constants below and the model's config; nothing is measured.
 
-What the memory model counts, per GPU, from what the trainer does (``grpo/setup.py``):
+What the memory model counts, per GPU, from what the trainer does (``r1kit/train.py``):
 
 - weights: full fine-tuning under ``train.mixed_precision`` (the default) holds float32 master
   weights whatever ``model.dtype`` is (forward passes autocast to it); without it, or with LoRA
@@ -280,7 +282,7 @@ def plan(cfg: Config, arch_config) -> dict[str, Any]:
 def _memory(cfg: Config, arch, c: Counts) -> tuple[dict[str, float], dict[str, Any]]:
     p, t, r = cfg.plan, cfg.train, cfg.rollout
     wb = DTYPE_BYTES[cfg.model.dtype]
-    # Full fine-tuning under train.mixed_precision keeps float32 master weights (grpo/setup.py).
+    # Full fine-tuning under train.mixed_precision keeps float32 master weights (r1kit/train.py).
     mb = 4 if t.mixed_precision and not t.lora_rank else wb
     shard = p.gpus if p.sharding == "fsdp" else 1
     trainable, tb = (c.lora, LORA_BYTES) if t.lora_rank else (c.total, mb)

@@ -61,6 +61,7 @@ from typing import Any, Self
 
 import psutil
 from pebble import ProcessExpired, ProcessPool
+from tqdm import tqdm
 
 from rewards.registry import RewardSpec, WeightedReward, build, check_scores
 
@@ -410,3 +411,35 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def score_with_progress(scorer, texts: list[str], answers: list[str], lengths: list[int],
+                        show: bool, columns: dict | None = None, chunk: int = 64):
+    """``scorer.score`` over ``chunk`` completions at a time under a progress bar; the results
+    are merged into one ``ScoreResult``. ``columns``: further columns, aligned with ``texts``."""
+    columns = {"answer": answers, "completion_lengths": lengths, **(columns or {})}
+    parts = []
+    with tqdm(total=len(texts), desc="scoring", unit="completion", disable=not show,
+              dynamic_ncols=True) as bar:
+        for s in range(0, len(texts), chunk):
+            parts.append(scorer.score(texts[s:s + chunk],
+                                      **{k: v[s:s + chunk] for k, v in columns.items()}))
+            bar.update(len(parts[-1].total))
+    return merge_scores(parts)
+
+
+def merge_scores(parts: list):
+    """One ``ScoreResult`` from the results of consecutive chunks."""
+    labels = parts[0].per_reward
+    per = {k: [x for p in parts for x in p.per_reward[k]] for k in labels}
+    failures = {k: FailureCounts(*(sum(getattr(p.failures.get(k, FailureCounts()), f)
+                                       for p in parts)
+                                   for f in ("errors", "timeouts", "crashes"))) for k in labels}
+    failed: dict[str, list[int]] = {k: [] for k in labels}
+    offset = 0
+    for p in parts:
+        for k, idx in p.failed.items():
+            failed[k] += [offset + i for i in idx]
+        offset += len(p.total)
+    return ScoreResult([x for p in parts for x in p.total], per, failures, failed,
+                       sum(p.seconds for p in parts))

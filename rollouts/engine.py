@@ -6,7 +6,10 @@ HF (``rollouts.hf``), colocated vLLM (``rollouts.vllm_engine``) and vLLM server
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Protocol, Sequence, runtime_checkable
+
+from tqdm import tqdm
 
 from rollouts.types import GenerationStats, Group, Sampling
 
@@ -58,3 +61,23 @@ def peak_memory_bytes(device: Any = None) -> int:
     if on_gpu:
         return int(torch.cuda.max_memory_allocated(device))
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def sample_with_progress(engine, prompts: list[str], n: int, sampling, chunk: int,
+                         show: bool):
+    """``engine.generate`` over ``chunk`` prompts at a time under a progress bar; chunk ``i``
+    samples with seed ``sampling.seed + i`` (distinct draws for repeated prompts). Returns the
+    groups and the summed ``GenerationStats``."""
+    groups, total = [], GenerationStats(0, 0, 0, 0.0, 0)
+    with tqdm(total=len(prompts), desc="sampling", unit="prompt", disable=not show,
+              dynamic_ncols=True) as bar:
+        for i, start in enumerate(range(0, len(prompts), chunk)):
+            seed = None if sampling.seed is None else sampling.seed + i
+            groups += engine.generate(prompts[start:start + chunk], n,
+                                      dataclasses.replace(sampling, seed=seed))
+            st = engine.last_stats
+            total = GenerationStats(total.prompts + st.prompts, total.completions + st.completions,
+                                    total.new_tokens + st.new_tokens, total.seconds + st.seconds,
+                                    max(total.peak_memory_bytes, st.peak_memory_bytes))
+            bar.update(st.prompts)
+    return groups, total

@@ -35,7 +35,7 @@ def check_vllm_can_load(model_path: str | Path) -> None:
     try:
         cfg = json.loads(cfg_file.read_text())
     except json.JSONDecodeError:
-        return  # as above: rollouts.checkpoint.check_causal_lm says what is wrong
+        return  # as above: rollouts.model_check.check_causal_lm says what is wrong
     if cfg.get("model_type") == "deepseek_v4" and "mlp_layer_types" in cfg:
         raise UnsupportedByVLLM(
             f"{model_path}: vLLM 0.32 cannot load a transformers DeepSeek-V4 checkpoint (its "

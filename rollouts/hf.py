@@ -36,9 +36,11 @@ from typing import Any, Sequence
 
 import torch
 
-from rollouts.checkpoint import check_causal_lm
 from rollouts.engine import check_generate_args, peak_memory_bytes
+from rollouts.model_check import check_causal_lm
 from rollouts.prompts import encode_prompt
+from rollouts.routing import RoutingRecorder, moe_routers
+from rollouts.sharing import SHARED_PROMPT_MODELS, prompt_owners
 from rollouts.types import Completion, GenerationStats, Group, Sampling
 
 
@@ -81,8 +83,6 @@ class HFEngine:
         # left-padded row would pool padding: such models batch only prompts of one length.
         self.equal_length_batches = getattr(model.config, "model_type", "") == "deepseek_v4"
         if record_routing:
-            from grpo.routing import moe_routers
-
             moe_routers(model)  # fail now, not at the first generate, if the model has no routers
         self.last_stats: GenerationStats | None = None
 
@@ -194,10 +194,8 @@ class HFEngine:
     def _prefill(self, input_ids: torch.Tensor, mask: torch.Tensor, position: torch.Tensor):
         """The prompt forward, filling the KV cache. A group's samples share one prompt: each
         distinct (left-padded) row runs once and its cache and logits are indexed out to the
-        rows that repeat it (model types in ``grpo.logprobs.SHARED_PROMPT_MODELS``, not while
+        rows that repeat it (model types in ``rollouts.sharing.SHARED_PROMPT_MODELS``, not while
         recording routing, which is laid out for one pass of every row)."""
-        from grpo.logprobs import SHARED_PROMPT_MODELS, prompt_owners
-
         kw = {"use_cache": True, "logits_to_keep": 1}
         share = (self.share_prompts and not self.record_routing
                  and getattr(self.model.config, "model_type", None) in SHARED_PROMPT_MODELS)
@@ -216,8 +214,6 @@ class HFEngine:
     def _recorder(self):
         if not self.record_routing:
             return contextlib.nullcontext()
-        from grpo.routing import RoutingRecorder
-
         return RoutingRecorder(self.model)
 
     def _completion(self, ids: list[int], logps: list[float], s: Sampling) -> Completion:

@@ -93,7 +93,7 @@ from typing import Any, Self
 import httpx
 import psutil
 
-from rollouts.checkpoint import check_causal_lm
+from rollouts.model_check import check_causal_lm
 from rollouts.engine import check_generate_args
 from rollouts.prompts import encode_prompt
 from rollouts.procs import (

@@ -58,7 +58,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rollouts.checkpoint import check_causal_lm
+from rollouts.model_check import check_causal_lm
 from rollouts.engine import check_generate_args, peak_memory_bytes
 from rollouts.prompts import encode_prompt
 from rollouts.types import Completion, GenerationStats, Group, Sampling

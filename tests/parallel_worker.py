@@ -43,7 +43,7 @@ def main(model_path: str, out: str, strategy: str, lora: str = "full") -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from grpo.parallel import Parallel
-    from grpo.setup import make_optimizer, recorder_factory
+    from r1kit.train import make_optimizer, recorder_factory
     from grpo.trainer import GRPOTrainer, Parts, ProblemStream
     from grpo.update import Objective
     from r1kit.config import load_config

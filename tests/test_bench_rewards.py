@@ -28,7 +28,7 @@ def test_bench_rewards_small_subset(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "rewards.bench",
+        "bench.rewards",
         "--limit",
         "12",
         "--data-dir",

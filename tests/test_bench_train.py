@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm]  # ~1 min: 5 subprocesses, one
 def test_bench_train_quick_writes_finite_json(tiny_qwen, tiny_cache, tmp_path, monkeypatch):
     pytest.importorskip("trl")
     pytest.importorskip("vllm")
-    from grpo import bench
+    from bench import train as bench
 
     monkeypatch.setenv("R1KIT_CACHE", str(tiny_cache))  # the workers reuse this run's tiny model
     out = tmp_path / "bench_train.json"
@@ -38,7 +38,7 @@ def test_bench_train_quick_writes_finite_json(tiny_qwen, tiny_cache, tmp_path, m
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_bench_train_async_writes_both_contenders(tiny_qwen, tiny_cache, tmp_path, monkeypatch):
-    from grpo import bench
+    from bench import train as bench
 
     monkeypatch.setenv("R1KIT_CACHE", str(tiny_cache))
     out = tmp_path / "bench_async.json"

@@ -28,7 +28,7 @@ def test_every_recipe_loads_and_validates(recipe: Path, monkeypatch):
     if "train:" in recipe.read_text():
         validate_training(cfg, this_machine=False, groups=training_groups(cfg))
     if "eval:" in recipe.read_text():  # its suites load and its sampling settings resolve
-        from eval.plan import plan_suites
+        from r1kit.eval_plan import plan_suites
 
         monkeypatch.chdir(REPO)  # data_dir is relative to the project root
         assert plan_suites(cfg, None)
@@ -204,7 +204,7 @@ def test_cosine_schedule_decays_to_zero_over_every_optimiser_step():
     and near 0 at the last step; constant stays at the full value."""
     import torch
 
-    from grpo.setup import make_optimizer
+    from r1kit.train import make_optimizer
     from r1kit.config import load_config
 
     def lrs(schedule: str) -> list[float]:

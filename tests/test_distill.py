@@ -209,7 +209,7 @@ class FixedEngine:
 
 
 def test_rejection_sampling_keeps_exactly_the_verified_traces():
-    from r1kit.generate import Problem
+    from grpo.problems import Problem
     from rewards.registry import RewardSpec
     from rewards.scorer import Scorer
     from rollouts.types import Sampling

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from eval.code_suites import CODE_SUITES, answer_text, grade_stdio
-from eval.suite import EvalProblem, read_rows
+from eval.types import EvalProblem, read_rows
 
 DATA = Path(__file__).parents[2] / "shared" / "data"
 

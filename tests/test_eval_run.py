@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.plan import build_prompt
+from r1kit.eval_plan import build_prompt
 from eval.suites import SUITES, load_problems
 from r1kit.cli import main
 
@@ -256,7 +256,7 @@ def test_hub_loading_passes_dataset_config_and_split(monkeypatch):
     what is tested is r1kit's side (id, config, split, row layout), not the download."""
     import datasets
 
-    from eval.suite import read_rows
+    from eval.types import read_rows
 
     calls = []
 

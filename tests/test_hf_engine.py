@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rollouts.checkpoint import CheckpointError
+from rollouts.model_check import CheckpointError
 from rollouts.engine import Engine
 from rollouts.hf import HFEngine
 from rollouts.prompts import r1_zero_prompt

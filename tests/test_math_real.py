@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from rewards.math import grade_one, warm_up
-from rewards.math_bench import real_output_rows
+from bench.math_grader import real_output_rows
 
 DATA = Path(__file__).parent / "data" / "math_real_outputs.jsonl"
 KNOWN_MISSES: dict[int, str] = {}  # row index -> why r1kit gets it wrong; none today
@@ -55,7 +55,7 @@ def test_r1kit_misses_are_known(rows, r1kit_verdicts):
 
 def test_r1kit_at_least_as_accurate_as_math_verify(rows, r1kit_verdicts):
     pytest.importorskip("math_verify")
-    from rewards.math_bench import _math_verify
+    from bench.math_grader import _math_verify
 
     table: dict[str, list[int]] = {}
     for r, v in zip(rows, r1kit_verdicts):

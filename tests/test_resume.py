@@ -52,7 +52,7 @@ TIMEOUT = 240  # seconds for one CLI run; a run takes ~10 s alone on 2 cores
 PAUSE_SHIM = r"""
 import os, sys, time
 from pathlib import Path
-import grpo.checkpoint as ck, grpo.setup as setup, grpo.trainer as tr
+import grpo.checkpoint as ck, r1kit.train as setup, grpo.trainer as tr
 from r1kit.cli import main
 
 POINT, STEP = os.environ["PAUSE_POINT"], int(os.environ["PAUSE_STEP"])

@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from rollouts.checkpoint import CheckpointError
+from rollouts.model_check import CheckpointError
 from rollouts.server import CompletionsClient, ServerError, VLLMServerEngine, free_port
 from rollouts.types import Sampling
 

@@ -15,7 +15,7 @@ a gold without ``$`` is wrapped in ``$...$``, as its documentation does.
 
 Does not: assert anything about speed (it is a measurement, not a test), nor
 decide which grader is right where they disagree: ``disagreements`` lists them.
-``python -m rewards.math_bench`` runs it on MATH-500 and writes JSON.
+``python -m bench.math_grader`` runs it on MATH-500 and writes JSON.
 
 :func:`real_output_rows` reads the hand-labelled real-output set
 (``tests/data/math_real_outputs.jsonl``: completions as models and RL data
@@ -24,13 +24,12 @@ sets write them, half right, half wrong), benchmarked with ``--real``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
+from bench.harness import parser, timed, write_result
 from rewards.math import grade, warm_up
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "math500" / "test.jsonl"
@@ -47,9 +46,7 @@ WARM_UP_PAIRS = [
 def _time(fn, pairs: list[tuple[str, str]]) -> tuple[list[bool], float]:
     for pair in WARM_UP_PAIRS:  # not timed
         fn(*pair)
-    start = time.perf_counter()
-    verdicts = [bool(fn(pred, gold)) for pred, gold in pairs]
-    return verdicts, time.perf_counter() - start
+    return timed(lambda: [bool(fn(pred, gold)) for pred, gold in pairs])
 
 
 def _math_verify(pred: str, gold: str) -> bool:
@@ -130,32 +127,24 @@ def _print(result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Benchmark on MATH-500: matching pairs, and with ``--negatives`` shifted (wrong) pairs too."""
-    parser = argparse.ArgumentParser(prog="python -m rewards.math_bench", description=main.__doc__)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MATH-500 test.jsonl")
-    parser.add_argument(
-        "--negatives", action="store_true", help="also grade row i against answer i+1"
-    )
-    parser.add_argument("--out", type=Path, help="write the figures as JSON here")
-    parser.add_argument(
-        "--real", action="store_true", help="the hand-labelled real-output set instead"
-    )
-    args = parser.parse_args(argv)
+    ap = parser("python -m bench.math_grader", main.__doc__)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MATH-500 test.jsonl")
+    ap.add_argument("--negatives", action="store_true", help="also grade row i against answer i+1")
+    ap.add_argument("--real", action="store_true", help="the hand-labelled real-output set instead")
+    args = ap.parse_args(argv)
     if args.real:
         result = bench_real()
-        _print(result)
-        if args.out:
-            args.out.write_text(json.dumps(result, indent=2), encoding="utf-8")
-        return 0
-    pairs = math500_pairs(args.data)
-    expected = [True] * len(pairs)
-    if args.negatives:
-        negatives = math500_pairs(args.data, shift=1)
-        pairs += negatives
-        expected += [False] * len(negatives)  # three rows share an answer with the next: see report
-    result = bench_math(pairs, expected)
+    else:
+        pairs = math500_pairs(args.data)
+        expected = [True] * len(pairs)
+        if args.negatives:
+            negatives = math500_pairs(args.data, shift=1)
+            pairs += negatives
+            expected += [False] * len(negatives)  # three rows share an answer with the next
+        result = bench_math(pairs, expected)
     _print(result)
     if args.out:
-        args.out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+        write_result(args.out, result, indent=2)
     return 0
 
 

@@ -20,15 +20,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from eval.plan import SuitePlan, context_length, plan_suites
-from eval.suite import EvalProblem, Grade
+from eval.replay import ReplayEngine
+from eval.report import samples_path, summarise, write_outputs
+from eval.types import EvalProblem, Grade, SuitePlan
+from grpo.observe import output_to, route_logs
 from r1kit.config import Config, ConfigError
+from r1kit.eval_plan import context_length, plan_suites
+from rewards.format import format_reward
+from rollouts.engine import Engine
+from rollouts.types import Sampling
 
 log = logging.getLogger("r1kit.eval")
-
-
-def samples_path(out: Path, suite: str) -> Path:
-    return out / "samples" / f"{suite}.jsonl"
 
 
 def finished_ids(path: Path) -> set[str]:
@@ -65,7 +67,6 @@ def format_ok(plan: SuitePlan, text: str, grade: Grade) -> bool:
     other styles, that the grader found an answer (math) or a fenced or delimited program
     (code)."""
     if plan.prompt_style == "r1_zero":
-        from rewards.format import format_reward
 
         return format_reward([text])[0] == 1.0
     if plan.suite.kind == "math":
@@ -77,7 +78,6 @@ def run_batch(engine: Any, plan: SuitePlan, idx: list[int], seed: int,
               cost: dict | None = None) -> list[dict]:
     """Sample and grade the problems at ``idx``; one output row per problem. Adds the engine's
     seconds and new tokens to ``cost``."""
-    from rollouts.types import Sampling
 
     sampling = Sampling(max_tokens=plan.max_tokens, temperature=plan.temperature,
                         top_p=plan.top_p, seed=seed, stop=plan.stop)
@@ -116,16 +116,12 @@ def _append(path: Path, rows: list[dict]) -> None:
 def _make_engine(cfg: Config, model_path: Path | None, tokenizer: Any, context: int, out: Path):
     e = cfg.eval
     if e.engine == "replay":
-        from eval.replay import ReplayEngine
 
         return ReplayEngine.from_jsonl(e.replay, tokenizer)
-    from grpo.observe import output_to
-    from rollouts.factory import make_engine
 
     with output_to(out / "engine.log"):
-        return make_engine(e.engine, model_path, dtype=cfg.model.dtype, max_model_len=context,
-                           seed=e.seed, gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-                           batch_size=cfg.rollout.batch_size)
+        return cfg.rollout.start_engine(model_path, cfg.model.dtype, kind=e.engine,
+                                        max_model_len=context, seed=e.seed)
 
 
 def prepare(cfg: Config) -> tuple[Path | None, Any, list[SuitePlan], int]:
@@ -146,15 +142,12 @@ def prepare(cfg: Config) -> tuple[Path | None, Any, list[SuitePlan], int]:
     return model_path, tokenizer, plans, context
 
 
-def run_eval(cfg: Config, *, show_progress: bool = True, engine: Any = None) -> dict:
+def run_eval(cfg: Config, *, show_progress: bool = True, engine: Engine | None = None) -> dict:
     """Run (or finish) the evaluation ``cfg`` describes; return the summary it writes.
 
     ``engine``: an engine already started (benchmarks warm one up first); the caller closes it.
     Otherwise one is started from ``cfg`` when there is work left, and closed here."""
     from tqdm import tqdm
-
-    from eval.report import summarise, write_outputs
-    from grpo.observe import route_logs
 
     model_path, tokenizer, plans, context = prepare(cfg)
     out = Path(cfg.log.out_dir)
@@ -189,7 +182,9 @@ def run_eval(cfg: Config, *, show_progress: bool = True, engine: Any = None) -> 
         finally:
             if own:
                 engine.close()
-    summary = summarise(out, plans, cfg)
+    e = cfg.eval
+    summary = summarise(out, plans, model=cfg.model.path if e.engine != "replay" else e.replay,
+                        engine=e.engine, bootstrap=e.bootstrap, seed=e.seed)
     summary["generation"] = {**cost, "tokens_per_s": cost["new_tokens"] / cost["seconds"]
                              if cost["seconds"] else None, "problems_sampled": left}
     write_outputs(out, summary)

@@ -7,40 +7,17 @@ Sampling precedence: explicit ``eval.*`` setting > preset > suite default.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from eval.suite import EvalProblem, Suite
+from eval.suites import SuiteError, get_suite, load_problems
+from eval.types import EvalProblem, Suite, SuitePlan
 from r1kit.config import Config, ConfigError
+from rollouts.prompts import chat_prompt, encode_prompt, r1_zero_prompt
 
 PRESETS: dict[str, dict[str, float]] = {
     "r1": {"temperature": 0.6, "top_p": 0.95},  # DeepSeek-R1 paper, section 3.1
     "greedy": {"temperature": 0.0, "top_p": 1.0},
 }
-
-
-@dataclass
-class SuitePlan:
-    """One suite of a run, fully resolved."""
-
-    suite: Suite
-    problems: list[EvalProblem]
-    prompts: list[str]
-    n: int
-    ks: list[int]
-    temperature: float
-    top_p: float
-    max_tokens: int
-    stop: tuple[str, ...]
-    prompt_style: str
-    total_problems: int
-    """Problems in the dataset (``len(problems)`` is fewer under ``eval.max_problems``)."""
-
-    def settings(self, model: str, seed: int) -> dict[str, Any]:
-        """What must match for a resumed run to continue this suite's outputs."""
-        return {"model": model, "n": self.n, "temperature": self.temperature,
-                "top_p": self.top_p, "max_tokens": self.max_tokens, "stop": list(self.stop),
-                "prompt_style": self.prompt_style, "seed": seed}
 
 
 def _fail(cfg: Config, key: str, why: str) -> ConfigError:
@@ -80,7 +57,6 @@ def check_settings(cfg: Config) -> None:
 
 def plan_suites(cfg: Config, tokenizer: Any) -> list[SuitePlan]:
     """Load every suite and resolve its settings; raises ``ConfigError`` on the first problem."""
-    from eval.suites import SuiteError, get_suite, load_problems
 
     e = cfg.eval
     check_settings(cfg)
@@ -115,7 +91,6 @@ def plan_suites(cfg: Config, tokenizer: Any) -> list[SuitePlan]:
 
 def build_prompt(suite: Suite, problem: EvalProblem, style: str, tokenizer: Any) -> str:
     """The text the engine continues for ``problem`` in prompt ``style``."""
-    from rollouts.prompts import chat_prompt, r1_zero_prompt
 
     if style == "few_shot":
         return suite.few_shot(problem)
@@ -132,7 +107,6 @@ def build_prompt(suite: Suite, problem: EvalProblem, style: str, tokenizer: Any)
 def context_length(cfg: Config, plans: list[SuitePlan], tokenizer: Any, limit: int | None) -> int:
     """The engine context: ``eval.max_model_len`` or the longest prompt + its budget; a
     ``ConfigError`` when that exceeds what the model supports (``limit``)."""
-    from rollouts.prompts import encode_prompt
 
     need, where = 0, ""
     for plan in plans:

@@ -6,19 +6,16 @@ alike. Each cell is run once as warm-up, then timed. Weight sync is timed by pus
 policy into the vLLM engine (``update_weights``) several times. Prints a table and writes JSON.
 
 Run: ``r1kit bench rollout [--family qwen3_moe] [--out bench_rollout.json] [--quick]``
-(also ``python -m rollouts.bench``).
+(also ``python -m bench.rollout``).
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import os
-import platform
 import statistics
 import sys
 
-from r1kit.benchio import write_result
+from bench.harness import interleaved, machine, parser, table, write_result
 
 GRID = {"prompts": (4, 16), "n": (1, 8), "max_tokens": (32, 128)}
 QUICK_GRID = {"prompts": (2,), "n": (2,), "max_tokens": (16,)}
@@ -60,16 +57,15 @@ def run(family: str, grid: dict, sync_repeats: int, max_model_len: int = 512) ->
     vllm = VLLMEngine(path, dtype="float32", max_model_len=max_model_len, seed=0)
     cells = []
     try:
-        keys = list(grid)
-        for values in itertools.product(*(grid[k] for k in keys)):
-            cell = dict(zip(keys, values))
-            prompts = _prompts(cell["prompts"])
-            for name, engine in (("hf", hf), ("vllm", vllm)):
-                res = _time_cell(engine, prompts, cell["n"], cell["max_tokens"])
-                cells.append({"engine": name, **cell, **res})
-                print(f"  {name:5s} prompts={cell['prompts']:3d} n={cell['n']:2d} "
-                      f"max_tokens={cell['max_tokens']:4d}  {res['tokens_per_s']:9.1f} tok/s",
-                      file=sys.stderr)
+        grid_cells = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+        rounds = [(cell, _prompts(cell["prompts"])) for cell in grid_cells]
+        engines = (("hf", hf), ("vllm", vllm))
+        for (cell, prompts), (name, engine) in interleaved(rounds, engines, rotate=False):
+            res = _time_cell(engine, prompts, cell["n"], cell["max_tokens"])
+            cells.append({"engine": name, **cell, **res})
+            print(f"  {name:5s} prompts={cell['prompts']:3d} n={cell['n']:2d} "
+                  f"max_tokens={cell['max_tokens']:4d}  {res['tokens_per_s']:9.1f} tok/s",
+                  file=sys.stderr)
         sync = []
         for _ in range(sync_repeats):
             with torch.no_grad():
@@ -83,8 +79,7 @@ def run(family: str, grid: dict, sync_repeats: int, max_model_len: int = 512) ->
         "benchmark": "rollout",
         "family": family,
         "parameters": n_params,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "torch": torch.__version__, "cuda": torch.cuda.is_available()},
+        "machine": machine(torch=True),
         "cells": cells,
         "weight_sync_seconds": {"median": statistics.median(sync), "min": min(sync),
                                 "max": max(sync), "repeats": len(sync)},
@@ -92,29 +87,27 @@ def run(family: str, grid: dict, sync_repeats: int, max_model_len: int = 512) ->
 
 
 def _table(result: dict) -> str:
-    rows = {}
+    speed = {}  # (prompts, n, max_tokens) -> engine -> tokens/s
     for c in result["cells"]:
-        rows.setdefault((c["prompts"], c["n"], c["max_tokens"]), {})[c["engine"]] = c
-    lines = [f"rollout benchmark: tiny {result['family']} ({result['parameters']:,} params)",
-             f"{'prompts':>7} {'n':>3} {'max_tok':>7} {'hf tok/s':>10} {'vllm tok/s':>11} "
-             f"{'vllm/hf':>8}"]
-    for (p, n, mt), e in rows.items():
-        ratio = e["vllm"]["tokens_per_s"] / e["hf"]["tokens_per_s"]
-        lines.append(f"{p:7d} {n:3d} {mt:7d} {e['hf']['tokens_per_s']:10.1f} "
-                     f"{e['vllm']['tokens_per_s']:11.1f} {ratio:8.2f}")
+        speed.setdefault((c["prompts"], c["n"], c["max_tokens"]), {})[c["engine"]] = (
+            c["tokens_per_s"])
+    rows = [(p, n, mt, f"{e['hf']:.1f}", f"{e['vllm']:.1f}", f"{e['vllm'] / e['hf']:.2f}")
+            for (p, n, mt), e in speed.items()]
     s = result["weight_sync_seconds"]
-    lines.append(f"weight sync into vLLM: median {s['median'] * 1e3:.1f} ms "
-                 f"(min {s['min'] * 1e3:.1f}, max {s['max'] * 1e3:.1f}, {s['repeats']} runs)")
-    return "\n".join(lines)
+    return "\n".join([
+        f"rollout benchmark: tiny {result['family']} ({result['parameters']:,} params)",
+        table(("prompts", "n", "max_tok", "hf tok/s", "vllm tok/s", "vllm/hf"), rows,
+              widths=(7, 3, 7, 10, 11, 8), align=">" * 6),
+        (f"weight sync into vLLM: median {s['median'] * 1e3:.1f} ms "
+         f"(min {s['min'] * 1e3:.1f}, max {s['max'] * 1e3:.1f}, {s['repeats']} runs)")])
 
 
 def main(argv: list[str] | None = None) -> int:
     from r1kit.tiny import FAMILIES
 
-    ap = argparse.ArgumentParser(prog="r1kit bench rollout", description=__doc__.split("\n")[0])
+    ap = parser("r1kit bench rollout", __doc__, out="bench_rollout.json",
+                quick="one small cell (for smoke tests)")
     ap.add_argument("--family", choices=FAMILIES, default="qwen3_moe")
-    ap.add_argument("--out", default="bench_rollout.json", help="JSON output path")
-    ap.add_argument("--quick", action="store_true", help="one small cell (for smoke tests)")
     ap.add_argument("--sync-repeats", type=int, default=5)
     args = ap.parse_args(argv)
     result = run(args.family, QUICK_GRID if args.quick else GRID, args.sync_repeats)

@@ -1,6 +1,6 @@
 """``r1kit train RECIPE --dry-run``: a real-model recipe's GRPO, two steps on CPU at toy size.
 
-What runs is ``grpo.setup.run_train``, the code path of the real run, on a checkpoint of the
+What runs is ``r1kit.train.run_train``, the code path of the real run, on a checkpoint of the
 recipe's architecture (``r1kit.archs.reduced_config``: same model type, attention, MoE layout and
 routing, toy widths) with random weights and the embedded tiny tokenizer (``r1kit.tiny``); nothing
 is downloaded. The checkpoint is built once and cached under ``$R1KIT_CACHE/dryrun``.
@@ -39,6 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from grpo import routing
+from r1kit.config import Config
 
 log = logging.getLogger("r1kit.dryrun")
 
@@ -79,8 +82,8 @@ def dry_run(recipe: str | None, overrides: list[str], show_progress: bool = Fals
 
 
 def _run(recipe: str | None, overrides: list[str], show_progress: bool) -> str:
-    from grpo.setup import run_train
     from r1kit.config import load_config, validate_training
+    from r1kit.train import run_train
 
     source, data_fix = _data_override(recipe, overrides)
     first = load_config(recipe, overrides + data_fix)  # also checks every reward's columns
@@ -154,7 +157,7 @@ def synthetic_code_problems(columns: list[str], count: int = 64) -> Path:
     return path
 
 
-def _reductions(cfg: Any, overrides: list[str]) -> dict[str, tuple[Any, Any]]:
+def _reductions(cfg: Config, overrides: list[str]) -> dict[str, tuple[Any, Any]]:
     """``section.key -> (recipe value, dry-run value)`` for every setting the dry run changes."""
     changes: dict[str, tuple[Any, Any]] = {}
 
@@ -191,7 +194,6 @@ def build_reduced(model_path: str, seed: int, routing_replay: bool) -> tuple[Pat
     import torch
     from transformers import AutoModelForCausalLM
 
-    from grpo import routing
     from r1kit import archs
     from r1kit.tiny import build_tokenizer, default_cache_dir, save_checkpoint
 

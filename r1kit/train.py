@@ -21,9 +21,14 @@ from typing import Any
 import torch
 import yaml
 
+from grpo import routing
 from grpo.checkpoint import latest_checkpoint, list_checkpoints, load_trainer_state, save_checkpoint
-from grpo.trainer import GRPOTrainer, Parts, ProblemStream
+from grpo.observe import RunLog, output_to, route_logs
+from grpo.parallel import Parallel
+from grpo.trainer import GRPOTrainer, Parts, ProblemStream, TeacherSignal
 from grpo.update import Objective
+from r1kit.config import Config, ConfigError
+from rollouts.prompts import build_prompt
 
 log = logging.getLogger("r1kit.train")
 
@@ -32,14 +37,14 @@ class ResumeError(ValueError):
     """The run folder and ``train.resume`` disagree."""
 
 
-def resolve_mismatch(cfg: Any) -> str:
+def resolve_mismatch(cfg: Config) -> str:
     """``algo.mismatch: auto``: sequence-level masking with vLLM samplers, none with HF."""
     if cfg.algo.mismatch != "auto":
         return cfg.algo.mismatch
     return "none" if cfg.rollout.engine == "hf" else "sequence_mask"
 
 
-def find_resume(cfg: Any) -> Path | None:
+def find_resume(cfg: Config) -> Path | None:
     out, how = Path(cfg.log.out_dir), cfg.train.resume
     if how == "auto":
         return latest_checkpoint(out)
@@ -51,26 +56,26 @@ def find_resume(cfg: Any) -> Path | None:
     return Path(how).expanduser()
 
 
-def device_of(cfg: Any) -> torch.device:
+def device_of(cfg: Config) -> torch.device:
     d = cfg.train.device
     if d == "auto":
         d = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
     return torch.device(d)
 
 
-def master_dtype(cfg: Any) -> str:
+def master_dtype(cfg: Config) -> str:
     """The dtype the policy's weights are held in: float32 under mixed precision for full
     fine-tuning; with LoRA the frozen base stays in model.dtype (peft keeps adapters float32)."""
     t = cfg.train
     return "float32" if t.mixed_precision and not t.lora_rank else cfg.model.dtype
 
 
-def compute_dtype(cfg: Any) -> str | None:
+def compute_dtype(cfg: Config) -> str | None:
     """The autocast dtype of forward passes, None when weights are used in their own dtype."""
     return cfg.model.dtype if master_dtype(cfg) != cfg.model.dtype else None
 
 
-def load_policy(cfg: Any, base: Path, ckpt: Path | None, device: torch.device) -> torch.nn.Module:
+def load_policy(cfg: Config, base: Path, ckpt: Path | None, device: torch.device) -> torch.nn.Module:
     """The trainable policy: full weights, or a LoRA adapter over frozen base weights."""
     from transformers import AutoModelForCausalLM
 
@@ -94,8 +99,6 @@ def check_lora_parameters(model: torch.nn.Module, targets: list[str]) -> None:
     """Each of ``train.lora_target_parameters`` names a parameter of ``model`` (peft's rule: the
     name, or its dotted suffix); a ConfigError that lists the 3-D candidates otherwise, raised
     when the policy loads, before any engine starts."""
-    from r1kit.config import ConfigError
-
     names = [n for n, _ in model.named_parameters()]
     for target in targets:
         if not any(n == target or n.endswith("." + target) for n in names):
@@ -106,7 +109,7 @@ def check_lora_parameters(model: torch.nn.Module, targets: list[str]) -> None:
                              f"are {fused or 'none'}")
 
 
-def make_optimizer(cfg: Any, policy: torch.nn.Module):
+def make_optimizer(cfg: Config, policy: torch.nn.Module):
     t = cfg.train
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
@@ -131,7 +134,7 @@ def lr_factor(step: int, warmup: int, schedule: str, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
 
 
-def make_reference(cfg: Any, base: Path, device: torch.device):
+def make_reference(cfg: Config, base: Path, device: torch.device):
     if cfg.algo.beta == 0 or cfg.train.lora_rank:
         return None  # no KL, or LoRA: the reference is the adapter switched off
     from transformers import AutoModelForCausalLM
@@ -143,7 +146,6 @@ def make_reference(cfg: Any, base: Path, device: torch.device):
 def recorder_factory(policy: torch.nn.Module, aux_loss: bool):
     """A function making a routing recorder for MoE policies (router statistics, and the
     router logits when the load-balancing loss is on), else None."""
-    from grpo import routing
 
     try:
         routing.moe_routers(policy)
@@ -152,16 +154,12 @@ def recorder_factory(policy: torch.nn.Module, aux_loss: bool):
     return lambda model: routing.RoutingRecorder(model, keep_logits=aux_loss)
 
 
-def build_trainer(cfg: Any, show_progress: bool = True, teacher: Any = None) -> GRPOTrainer:
+def build_trainer(cfg: Config, show_progress: bool = True, teacher: TeacherSignal | None = None) -> GRPOTrainer:
     """The trainer of ``cfg``, resumed if ``train.resume`` says so; ``teacher`` (a
     ``distill.on_policy.Teacher``) makes it an on-policy distillation run."""
     from transformers import AutoTokenizer
 
-    from grpo.observe import route_logs
     from r1kit.generate import check_prompt_lengths, load_problems, resolve_model_path
-    from rollouts.prompts import build_prompt
-
-    from grpo.parallel import Parallel
 
     t, r = cfg.train, cfg.rollout
     parallel = Parallel.from_environment(t.parallel)
@@ -209,22 +207,15 @@ def build_trainer(cfg: Any, show_progress: bool = True, teacher: Any = None) -> 
 
 def _start(parts: Parts, base: Path, ckpt: Path | None, out: Path, show_progress: bool):
     """Engine, scorer, resumed state, first weight sync, run log."""
-    from grpo.observe import RunLog, output_to
-    from r1kit.config import reward_specs
-    from rewards.scorer import Scorer
-    from rollouts.factory import make_engine
 
     cfg, t, r = parts.cfg, parts.cfg.train, parts.cfg.rollout
     main = parts.parallel.is_main  # rank 0 samples, scores, logs and saves; every rank updates
     if main:
         with output_to(out / "engine.log"):
-            parts.engine = make_engine(
-                r.engine, base, dtype=cfg.model.dtype, max_model_len=r.max_model_len,
-                seed=r.seed, gpu_memory_utilization=r.gpu_memory_utilization,
-                batch_size=r.batch_size, model=parts.policy, tokenizer=parts.tokenizer,
-                record_routing=cfg.algo.routing_replay)
-        parts.scorer = Scorer(reward_specs(cfg), workers=cfg.reward.workers,
-                              timeout_s=cfg.reward.timeout_s)
+            parts.engine = r.start_engine(base, cfg.model.dtype, model=parts.policy,
+                                          tokenizer=parts.tokenizer,
+                                          record_routing=cfg.algo.routing_replay)
+        parts.scorer = cfg.reward.scorer(r.max_tokens)
     trainer = GRPOTrainer(parts)
     if ckpt is not None:
         trainer.load_state_dict(load_trainer_state(ckpt))
@@ -279,9 +270,9 @@ def save(trainer: GRPOTrainer) -> Path | None:
     return path
 
 
-def run_train(cfg: Any, show_progress: bool = True, teacher: Any = None) -> dict[str, Any]:
+def run_train(cfg: Config, show_progress: bool = True, teacher: TeacherSignal | None = None) -> dict[str, Any]:
     """Train to ``train.steps``; return the last step's metrics and the final checkpoint.
-    ``teacher``: on-policy distillation (``distill.run``), otherwise GRPO."""
+    ``teacher``: on-policy distillation (``r1kit.distillation``), otherwise GRPO."""
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")  # vLLM logs go to engine.log
     trainer = build_trainer(cfg, show_progress, teacher)
     metrics: dict[str, Any] = {}

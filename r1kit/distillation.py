@@ -6,7 +6,7 @@
   ``distill.sft`` (packed rows, loss on completion tokens only). The dataset holds text: the
   student builds its own prompt from each row's question and tokenises the completion itself,
   so its tokenizer may differ from the teacher's.
-- ``distill.method: on_policy``: the GRPO trainer (``grpo.setup.run_train``: checkpoints, exact
+- ``distill.method: on_policy``: the GRPO trainer (``r1kit.train.run_train``: checkpoints, exact
   resume, logging, NaN guard) with a ``distill.on_policy.Teacher`` in its parts, whose per-token
   reverse-KL advantages replace the reward-based ones. The vocabularies are compared from the
   tokenizers before any model is loaded.
@@ -29,14 +29,23 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from distill.on_policy import Teacher, check_vocabularies
+from distill.sft import SFTConfig, SFTExample, train_sft
+from distill.traces import read_dataset, sample_traces, select_verified, write_dataset
+from grpo.checkpoint import latest_checkpoint, save_checkpoint
+from grpo.observe import RunLog, output_to, route_logs
+from grpo.update import NonFiniteError
+from r1kit.config import Config
+from rollouts.prompts import build_prompt, encode_prompt
 
 log = logging.getLogger("r1kit.distill")
 
 
-def teacher_path(cfg: Any) -> Path:
+def teacher_path(cfg: Config) -> Path:
     """The teacher's checkpoint folder (a tiny policy is built, a run folder resolved)."""
     from r1kit.config import ModelConfig, resolve_teacher
     from r1kit.generate import resolve_model_path
@@ -44,7 +53,7 @@ def teacher_path(cfg: Any) -> Path:
     return resolve_model_path(ModelConfig(path=resolve_teacher(cfg)))
 
 
-def run_distill(cfg: Any, show_progress: bool = True) -> dict[str, Any]:
+def run_distill(cfg: Config, show_progress: bool = True) -> dict[str, Any]:
     """Run the method ``distill.method`` names; return what ``distill.json`` holds."""
     out = Path(cfg.log.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,12 +74,11 @@ def trained(result: dict) -> bool:
 
 
 # -- on-policy ----------------------------------------------------------------------------------
-def run_on_policy(cfg: Any, show_progress: bool = True) -> dict[str, Any]:
+def run_on_policy(cfg: Config, show_progress: bool = True) -> dict[str, Any]:
     from transformers import AutoConfig, AutoTokenizer
 
-    from distill.on_policy import Teacher, check_vocabularies
-    from grpo.setup import compute_dtype, device_of, run_train
     from r1kit.generate import resolve_model_path
+    from r1kit.train import compute_dtype, device_of, run_train
 
     teacher, student = teacher_path(cfg), resolve_model_path(cfg.model)
     student_vocab = AutoConfig.from_pretrained(student).vocab_size
@@ -81,22 +89,44 @@ def run_on_policy(cfg: Any, show_progress: bool = True) -> dict[str, Any]:
                      cfg.distill.loss, cfg.distill.top_k, student_vocab,
                      cfg.distill.reward_weight)
     result = run_train(cfg, show_progress, teacher=t)
-    rows = [json.loads(line) for line in
-            (Path(cfg.log.out_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    cost = OnPolicyCost.of_run(Path(cfg.log.out_dir) / "metrics.jsonl", cfg.rollout.n)
     return {"method": "on_policy", "teacher": str(teacher), "student": str(student),
             "checkpoint": result["checkpoint"], "steps": result["step"],
-            "teacher_tokens": sum(r.get("distill/teacher_tokens", 0.0) for r in rows),
-            "problems": sum(int(r.get("groups_sampled", 0)) for r in rows), "n": cfg.rollout.n,
+            "teacher_tokens": cost.teacher_tokens, "problems": cost.problems, "n": cfg.rollout.n,
             # every sample the teacher scored also went through the student's update
-            "student_tokens": sum(r.get("distill/teacher_tokens", 0.0) for r in rows),
-            "student_generated_tokens": sum(r.get("response_len", 0.0) * r.get(
-                "groups_sampled", 0) * cfg.rollout.n for r in rows),
-            "student_seconds": round(sum(r.get("time/step", 0.0) for r in rows), 2),
+            "student_tokens": cost.teacher_tokens,
+            "student_generated_tokens": cost.student_generated_tokens,
+            "student_seconds": round(cost.student_seconds, 2),
             "final": {k: v for k, v in result.items() if k.startswith(("distill/", "reward"))}}
 
 
+@dataclass(frozen=True)
+class OnPolicyCost:
+    """What an on-policy run cost, summed over every step of its ``metrics.jsonl`` (the steps
+    of the runs it resumed from included: the file is the run's only record of them)."""
+
+    teacher_tokens: float
+    """Prompt and completion tokens of every row the teacher's forward passes took in."""
+    problems: int
+    """Prompts sampled (refills included)."""
+    student_generated_tokens: float
+    student_seconds: float
+
+    @classmethod
+    def of_run(cls, metrics: Path, n: int) -> OnPolicyCost:
+        """Every step line must carry the metrics summed here: a step without them is a
+        ``KeyError``, never a silent 0."""
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        return cls(
+            teacher_tokens=sum(r["distill/teacher_tokens"] for r in rows),
+            problems=sum(int(r["groups_sampled"]) for r in rows),
+            student_generated_tokens=sum(r["response_len"] * r["groups_sampled"] * n
+                                         for r in rows),
+            student_seconds=sum(r["time/step"] for r in rows))
+
+
 # -- rejection-sampled SFT ----------------------------------------------------------------------
-def trace_settings(cfg: Any, teacher: Path) -> dict[str, Any]:
+def trace_settings(cfg: Config, teacher: Path) -> dict[str, Any]:
     """Everything that decides which traces a dataset holds; a stored dataset is reused only
     when these are equal."""
     r = cfg.rollout
@@ -108,20 +138,13 @@ def trace_settings(cfg: Any, teacher: Path) -> dict[str, Any]:
             "data": asdict(cfg.data)}
 
 
-def build_traces(cfg: Any, teacher: Path, problems: list[Any], show_progress: bool
+def build_traces(cfg: Config, teacher: Path, problems: list[Any], show_progress: bool
                  ) -> tuple[list[dict], dict]:
     """(rows, meta) of the verified-trace dataset: read back if it exists with the same
     settings, else sampled from the teacher, verified and written."""
     from transformers import AutoTokenizer
 
-    from distill.traces import read_dataset, sample_traces, select_verified, write_dataset
-    from grpo.observe import output_to
-    from r1kit.config import reward_specs
     from r1kit.generate import check_prompt_lengths
-    from rewards.scorer import Scorer
-    from rollouts.factory import make_engine
-    from rollouts.prompts import build_prompt
-    from rollouts.types import Sampling
 
     r, d = cfg.rollout, cfg.distill
     path = Path(d.dataset) if d.dataset else Path(cfg.log.out_dir) / "traces.jsonl"
@@ -133,17 +156,12 @@ def build_traces(cfg: Any, teacher: Path, problems: list[Any], show_progress: bo
     tok = AutoTokenizer.from_pretrained(teacher)
     prompts = [build_prompt(p.question, r.prompt_style, tok) for p in problems]
     check_prompt_lengths(prompts, tok, r.max_tokens, r.max_model_len)
-    sampling = Sampling(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
-                        top_k=r.top_k, seed=r.seed)
+    sampling = r.sampling()
     with output_to(Path(cfg.log.out_dir) / "engine.log"):
-        engine = make_engine(r.engine, teacher, dtype=cfg.model.dtype,
-                             max_model_len=r.max_model_len, seed=r.seed,
-                             gpu_memory_utilization=r.gpu_memory_utilization,
-                             batch_size=r.batch_size)
+        engine = r.start_engine(teacher, cfg.model.dtype)
     scorer = None
     try:
-        scorer = Scorer(reward_specs(cfg), workers=cfg.reward.workers,
-                        timeout_s=cfg.reward.timeout_s)
+        scorer = cfg.reward.scorer(r.max_tokens)
         start = time.perf_counter()
         traces, cost = sample_traces(engine, scorer, problems, prompts, r.n, sampling,
                                      show=show_progress)
@@ -170,8 +188,6 @@ def build_traces(cfg: Any, teacher: Path, problems: list[Any], show_progress: bo
 def sft_examples(rows: list[dict], tokenizer: Any, prompt_style: str) -> list[Any]:
     """Dataset rows -> ``SFTExample`` s in the student's own tokens: its prompt for the row's
     question, the completion text, and its EOS when the teacher stopped on its own."""
-    from distill.sft import SFTExample
-    from rollouts.prompts import build_prompt, encode_prompt
 
     out = []
     for row in rows:
@@ -183,11 +199,9 @@ def sft_examples(rows: list[dict], tokenizer: Any, prompt_style: str) -> list[An
     return out
 
 
-def run_sft(cfg: Any, show_progress: bool = True) -> dict[str, Any]:
+def run_sft(cfg: Config, show_progress: bool = True) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    from grpo.checkpoint import latest_checkpoint
-    from grpo.observe import route_logs
     from r1kit.generate import load_problems, resolve_model_path
 
     out, t = Path(cfg.log.out_dir), cfg.train
@@ -217,18 +231,14 @@ def run_sft(cfg: Any, show_progress: bool = True) -> dict[str, Any]:
             "student_seconds": round(time.perf_counter() - start, 2)}
 
 
-def fine_tune(cfg: Any, student: Path, rows: list[dict], show_progress: bool):
+def fine_tune(cfg: Config, student: Path, rows: list[dict], show_progress: bool):
     """The student fine-tuned on ``rows`` with ``distill.sft``; metrics and the final
     checkpoint as ``r1kit train`` writes them. Returns (checkpoint, losses, tokens of each
     step)."""
     import torch
     from transformers import AutoTokenizer
 
-    from distill.sft import SFTConfig, train_sft
-    from grpo.checkpoint import save_checkpoint
-    from grpo.observe import RunLog
-    from grpo.setup import device_of, load_policy
-    from grpo.update import NonFiniteError
+    from r1kit.train import device_of, load_policy
 
     t, d, out = cfg.train, cfg.distill, Path(cfg.log.out_dir)
     torch.manual_seed(t.seed)

@@ -15,20 +15,18 @@ sizes, in a temporary folder), and the table shows per method:
 Teacher: ``--teacher`` (default: the GRPO demo's run folder ``runs/tiny_r1_zero`` if it holds a
 checkpoint, else the random-init tiny Qwen3-MoE, with every trace kept so SFT has data).
 Student: the random-init tiny dense Qwen3 (``tiny:qwen3_dense``). Prints a table and writes
-JSON. Run: ``r1kit bench distill [--out FILE] [--quick]`` (also ``python -m distill.bench``).
+JSON. Run: ``r1kit bench distill [--out FILE] [--quick]`` (also ``python -m bench.distill``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
-from r1kit.benchio import write_result
+from bench.harness import machine, parser, table, write_result
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,8 +44,8 @@ def _teacher(arg: str | None) -> tuple[str, list[str]]:
 
 
 def measure(method: str, work: Path, teacher: str, extra: list[str], quick: bool) -> dict:
-    from distill.run import run_distill
     from r1kit.config import load_config, validate_distill
+    from r1kit.distillation import run_distill
 
     sizes = {"sft": ["data.num_prompts=16" if quick else "data.num_prompts=64",
                      "train.steps=4" if quick else "train.steps=20"],
@@ -71,39 +69,36 @@ def measure(method: str, work: Path, teacher: str, extra: list[str], quick: bool
     return row
 
 
-def table(result: dict) -> str:
-    head = (f"r1kit bench distill  (teacher {result['teacher']}, student {result['student']}; "
-            f"{result['machine']['cpus']} CPUs)")
-    cols = (f"{'method':<10} {'problems':>8} {'teacher fwd tok/problem':>24} "
-            f"{'student tok':>11} {'student s':>9} {'student tok/s':>13}")
-    lines = [head, cols]
-    for r in result["methods"]:
-        lines.append(f"{r['method']:<10} {r['problems']:>8} "
-                     f"{r['teacher_tokens_per_problem']:>24.0f} {r['student_tokens']:>11.0f} "
-                     f"{r['student_seconds']:>9.1f} {r['student_tokens_per_s']:>13.0f}")
+def _table(result: dict) -> str:
+    rows = [(r["method"], r["problems"], f"{r['teacher_tokens_per_problem']:.0f}",
+             f"{r['student_tokens']:.0f}", f"{r['student_seconds']:.1f}",
+             f"{r['student_tokens_per_s']:.0f}") for r in result["methods"]]
     sft = next(r for r in result["methods"] if r["method"] == "sft")
-    lines.append(f"sft: teacher sampling {sft['teacher_sample_seconds']:.1f} s, "
-                 f"{int(sft['traces_kept'])} of {int(sft['traces_sampled'])} traces kept; "
-                 "on_policy student s include its sampling and the teacher's scoring")
-    return "\n".join(lines)
+    return "\n".join([
+        (f"r1kit bench distill  (teacher {result['teacher']}, student {result['student']}; "
+         f"{result['machine']['cpus']} CPUs)"),
+        table(("method", "problems", "teacher fwd tok/problem", "student tok", "student s",
+               "student tok/s"), rows, widths=(10, 8, 24, 11, 9, 13)),
+        (f"sft: teacher sampling {sft['teacher_sample_seconds']:.1f} s, "
+         f"{int(sft['traces_kept'])} of {int(sft['traces_sampled'])} traces kept; "
+         "on_policy student s include its sampling and the teacher's scoring")])
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="r1kit bench distill", description=__doc__.split("\n")[0])
+    ap = parser("r1kit bench distill", __doc__, out="bench_distill.json",
+                quick="small sizes (for smoke tests)")
     ap.add_argument("--teacher", default=None,
                     help="teacher checkpoint or run folder (default: runs/tiny_r1_zero if "
                     "trained, else tiny:qwen3_moe)")
-    ap.add_argument("--out", default="bench_distill.json", help="JSON output path")
-    ap.add_argument("--quick", action="store_true", help="small sizes (for smoke tests)")
     args = ap.parse_args(argv)
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     teacher, extra = _teacher(args.teacher)
     with tempfile.TemporaryDirectory(prefix="r1kit-bench-distill-") as tmp:
         result = {"benchmark": "distill", "teacher": teacher, "student": "tiny:qwen3_dense",
-                  "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+                  "machine": machine(),
                   "methods": [measure(m, Path(tmp), teacher, extra, args.quick)
                               for m in ("sft", "on_policy")]}
-    print(table(result))
+    print(_table(result))
     write_result(args.out, result)
     return 0
 

@@ -16,18 +16,17 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from r1kit.benchio import write_result
+from bench.harness import parser, table, timed, write_result
 
 KEYS = ("ratio_std", "clip_frac", "ratio_max", "ratio_min", "mismatch/kl", "router/topk_changed",
         "reward")
 
 
 def run(replay: bool, args: argparse.Namespace, out_dir: Path) -> dict[str, float]:
-    from grpo.setup import build_trainer
     from r1kit.config import load_config, validate_training
+    from r1kit.train import build_trainer
 
     cfg = load_config(None, [
         f"model.path=tiny:{args.family}", "rollout.engine=hf", "rollout.n=8",
@@ -51,30 +50,24 @@ def run(replay: bool, args: argparse.Namespace, out_dir: Path) -> dict[str, floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="r1kit bench replay", description=__doc__.split("\n\n")[0])
+    ap = parser("r1kit bench replay", __doc__, out="runs/bench_replay.json")
     ap.add_argument("--family", default="qwen3_moe", choices=["qwen3_moe", "deepseek_v3"])
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--epochs", type=int, default=2, help="update epochs per batch (mu)")
     ap.add_argument("--minibatches", type=int, default=4)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--out", default="runs/bench_replay.json")
     args = ap.parse_args(argv)
     if args.epochs < 2:
         ap.error("--epochs must be >= 2: with one epoch the update is on-policy")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for replay in (False, True):
-            t0 = time.perf_counter()
-            results["replay" if replay else "no_replay"] = run(
-                replay, args, Path(tmp) / ("on" if replay else "off"))
-            print(f"{'replay' if replay else 'no replay'}: {time.perf_counter() - t0:.1f} s",
-                  file=sys.stderr)
-    header = f"{'metric':<22}{'no replay':>14}{'replay':>14}"
-    lines = [header, "-" * len(header)]
-    for k in KEYS:
-        lines.append(f"{k:<22}{results['no_replay'][k]:>14.6g}{results['replay'][k]:>14.6g}")
-    print("\n".join(lines))
+            results["replay" if replay else "no_replay"], seconds = timed(
+                run, replay, args, Path(tmp) / ("on" if replay else "off"))
+            print(f"{'replay' if replay else 'no replay'}: {seconds:.1f} s", file=sys.stderr)
+    rows = [(k, f"{results['no_replay'][k]:.6g}", f"{results['replay'][k]:.6g}") for k in KEYS]
+    print(table(("metric", "no replay", "replay"), rows, widths=(22, 14, 14), sep="", rule=True))
     report = {"family": args.family, "steps": args.steps, "epochs": args.epochs,
               "minibatches": args.minibatches, "lr": args.lr, "max_tokens": args.max_tokens,
               "results": results}

@@ -8,23 +8,22 @@ start-up as inside the sandbox, so sandboxed/bare is the cost of the isolation i
 The three are interleaved (the order rotates per problem) so all see the same machine load.
 Runs are sequential: latencies are one run's cost, not a throughput under concurrency.
 
-    python -m rewards.sandbox_bench --limit 50 --out bench.json
+    python -m bench.sandbox --limit 50 --out bench.json
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench.harness import interleaved, parser, percentile, timed, write_result
 from rewards.code import HumanEvalProblem, load_humaneval
 from rewards.sandbox import resolve_mode, run_python
 
@@ -43,10 +42,8 @@ class LatencyStats:
 
 
 def _stats(latencies: list[float], failures: int) -> LatencyStats:
-    ordered = sorted(latencies)
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
     return LatencyStats(len(latencies), failures, len(latencies) / sum(latencies),
-                        1000 * statistics.median(ordered), 1000 * p99)
+                        1000 * statistics.median(latencies), 1000 * percentile(latencies, 99))
 
 
 def program_of(problem: HumanEvalProblem) -> str:
@@ -55,39 +52,42 @@ def program_of(problem: HumanEvalProblem) -> str:
             f"check({problem.entry_point})\n")
 
 
-def _time_sandboxed(program: str, timeout_s: float) -> tuple[float, bool]:
-    start = time.perf_counter()
-    ok = run_python(program, timeout_s=timeout_s).status == "ok"
-    return time.perf_counter() - start, ok
+def _sandboxed(program: str, path: Path, timeout_s: float) -> bool:
+    return run_python(program, timeout_s=timeout_s).status == "ok"
 
 
-def _time_command(argv: list[str], timeout_s: float) -> tuple[float, bool]:
-    start = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, timeout=timeout_s, check=False)
-    return time.perf_counter() - start, done.returncode == 0
+def _command(*argv: str) -> Callable[[str, Path, float], bool]:
+    def run(program: str, path: Path, timeout_s: float) -> bool:
+        done = subprocess.run([*argv, str(path)], capture_output=True, timeout=timeout_s,
+                              check=False)
+        return done.returncode == 0
+
+    return run
+
+
+RUNS = {"sandboxed": _sandboxed,
+        "plain": _command(sys.executable),
+        "bare": _command(os.path.realpath(sys.executable), "-I", "-S")}
+"""The three ways of running a program (its text, and the file that holds it):
+``RUNS[kind](program, path, timeout_s)`` is whether it exited 0."""
 
 
 def bench_sandbox(problems: Sequence[HumanEvalProblem], *, timeout_s: float = 30.0) -> dict:
     """Run every problem sandboxed, plain and bare, interleaved; return JSON-ready figures."""
     if not problems:
         raise ValueError("bench_sandbox needs at least one problem")
-    kinds = ("sandboxed", "plain", "bare")
+    kinds = tuple(RUNS)
     timings: dict[str, list[float]] = {kind: [] for kind in kinds}
     failures = dict.fromkeys(kinds, 0)
     with tempfile.TemporaryDirectory(prefix="r1kit-bench-") as tmp:
-        for i, problem in enumerate(problems):
-            path = Path(tmp) / f"problem_{i}.py"
-            path.write_text(program_of(problem))
-            for kind in kinds[i % 3:] + kinds[: i % 3]:
-                if kind == "sandboxed":
-                    seconds, ok = _time_sandboxed(path.read_text(), timeout_s)
-                elif kind == "plain":
-                    seconds, ok = _time_command([sys.executable, str(path)], timeout_s)
-                else:
-                    bare = [os.path.realpath(sys.executable), "-I", "-S", str(path)]
-                    seconds, ok = _time_command(bare, timeout_s)
-                timings[kind].append(seconds)
-                failures[kind] += not ok
+        files = [(program_of(problem), Path(tmp) / f"problem_{i}.py")
+                 for i, problem in enumerate(problems)]
+        for program, path in files:
+            path.write_text(program)
+        for (program, path), kind in interleaved(files, kinds):
+            ok, seconds = timed(RUNS[kind], program, path, timeout_s)
+            timings[kind].append(seconds)
+            failures[kind] += not ok
     stats = {kind: _stats(timings[kind], failures[kind]) for kind in kinds}
     return {
         "mode": resolve_mode(),
@@ -100,20 +100,17 @@ def bench_sandbox(problems: Sequence[HumanEvalProblem], *, timeout_s: float = 30
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rewards.sandbox_bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--humaneval", type=Path, default=DEFAULT_HUMANEVAL)
-    parser.add_argument("--limit", type=int, default=None, help="first N problems only")
-    parser.add_argument("--out", type=Path, help="also write the figures to this JSON file")
-    args = parser.parse_args(argv)
+    ap = parser("python -m bench.sandbox", __doc__, full_doc=True)
+    ap.add_argument("--humaneval", type=Path, default=DEFAULT_HUMANEVAL)
+    ap.add_argument("--limit", type=int, default=None, help="first N problems only")
+    args = ap.parse_args(argv)
     if not args.humaneval.is_file():
         print(f"sandbox_bench: no such file: {args.humaneval}", file=sys.stderr)
         return 2
     figures = bench_sandbox(load_humaneval(args.humaneval)[: args.limit])
-    text = json.dumps(figures, indent=2)
-    print(text)
+    print(json.dumps(figures, indent=2))
     if args.out:
-        args.out.write_text(text + "\n")
+        write_result(args.out, figures, indent=2)
     return 0
 
 

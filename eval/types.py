@@ -1,4 +1,5 @@
-"""What a suite is: a loader, a prompt builder, a grader and default sampling, declared once.
+"""What a suite is: a loader, a prompt builder, a grader and default sampling, declared once;
+and ``SuitePlan``, a suite resolved for one run (``r1kit.eval_plan`` builds it).
 
 Every suite turns dataset rows into ``EvalProblem``s (``to_problems``), states the question for
 the R1-Zero and chat prompt styles (``EvalProblem.question``), optionally its own standard
@@ -140,3 +141,27 @@ def hub_rows(source: Source) -> list[dict]:
     finally:
         hub_log.setLevel(level)
     return [dict(row) for row in ds]
+
+
+@dataclass
+class SuitePlan:
+    """One suite of a run, fully resolved."""
+
+    suite: Suite
+    problems: list[EvalProblem]
+    prompts: list[str]
+    n: int
+    ks: list[int]
+    temperature: float
+    top_p: float
+    max_tokens: int
+    stop: tuple[str, ...]
+    prompt_style: str
+    total_problems: int
+    """Problems in the dataset (``len(problems)`` is fewer under ``eval.max_problems``)."""
+
+    def settings(self, model: str, seed: int) -> dict[str, Any]:
+        """What must match for a resumed run to continue this suite's outputs."""
+        return {"model": model, "n": self.n, "temperature": self.temperature,
+                "top_p": self.top_p, "max_tokens": self.max_tokens, "stop": list(self.stop),
+                "prompt_style": self.prompt_style, "seed": seed}

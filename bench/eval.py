@@ -8,21 +8,18 @@
    the engines' own generate time, problems/s the whole evaluation.
 
 Prints a table and writes JSON. Run: ``r1kit bench eval [--data-dir DIR] [--out FILE]
-[--quick]`` (also ``python -m eval.bench``).
+[--quick]`` (also ``python -m bench.eval``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from r1kit.benchio import write_result
+from bench.harness import machine, parser, table, timed, write_result
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -34,9 +31,9 @@ def _config(out: Path, overrides: list[str]):
 
 
 def grading(data_dir: Path, work: Path, limit: int | None) -> dict:
-    from eval.plan import build_prompt
-    from eval.run import run_eval
     from eval.suites import SUITES, load_problems
+    from r1kit.eval_plan import build_prompt
+    from r1kit.evaluate import run_eval
 
     suite = SUITES["math500"]
     problems = load_problems(suite, str(data_dir))[:limit]
@@ -52,9 +49,7 @@ def grading(data_dir: Path, work: Path, limit: int | None) -> dict:
                                      f"eval.replay={replay}", "eval.suites=[math500]",
                                      "eval.n=4", f"eval.data_dir={data_dir}",
                                      f"eval.max_problems={len(problems)}"])
-    start = time.perf_counter()
-    summary = run_eval(cfg, show_progress=False)
-    seconds = time.perf_counter() - start
+    summary, seconds = timed(run_eval, cfg, show_progress=False)
     return {"problems": len(problems), "completions": 4 * len(problems),
             "seconds": round(seconds, 3), "problems_per_s": round(len(problems) / seconds, 2),
             "completions_per_s": round(4 * len(problems) / seconds, 1),
@@ -62,7 +57,7 @@ def grading(data_dir: Path, work: Path, limit: int | None) -> dict:
 
 
 def sampling(data_dir: Path, work: Path, problems: int, n: int, max_tokens: int) -> list[dict]:
-    from eval.run import _make_engine, prepare, run_eval
+    from r1kit.evaluate import _make_engine, prepare, run_eval
     from rollouts.types import Sampling
 
     rows = []
@@ -76,9 +71,7 @@ def sampling(data_dir: Path, work: Path, problems: int, n: int, max_tokens: int)
         engine = _make_engine(cfg, model_path, tokenizer, context, work / engine_name)
         try:
             engine.generate(plans[0].prompts[:2], n, Sampling(max_tokens=max_tokens, seed=1))
-            start = time.perf_counter()
-            summary = run_eval(cfg, show_progress=False, engine=engine)
-            seconds = time.perf_counter() - start
+            summary, seconds = timed(run_eval, cfg, show_progress=False, engine=engine)
         finally:
             engine.close()
         gen = summary["generation"]
@@ -92,26 +85,24 @@ def sampling(data_dir: Path, work: Path, problems: int, n: int, max_tokens: int)
     return rows
 
 
-def table(result: dict) -> str:
+def _table(result: dict) -> str:
     g = result["grading"]
-    lines = [f"grading: MATH-500 x 4 replayed ({g['problems']} problems, {g['completions']} "
-             f"completions): {g['problems_per_s']:.1f} problems/s, "
-             f"{g['completions_per_s']:.0f} completions/s ({g['seconds']:.1f} s, "
-             f"avg@4 {100 * g['avg@4']:.1f}%)",
-             f"{'engine':>7} {'problems':>8} {'n':>3} {'max_tok':>7} {'tok/s':>9} "
-             f"{'problems/s':>10}"]
-    for r in result["sampling"]:
-        lines.append(f"{r['engine']:>7} {r['problems']:8d} {r['n']:3d} {r['max_tokens']:7d} "
-                     f"{r['tokens_per_s']:9.1f} {r['problems_per_s']:10.2f}")
-    return "\n".join(lines)
+    rows = [(r["engine"], r["problems"], r["n"], r["max_tokens"], f"{r['tokens_per_s']:.1f}",
+             f"{r['problems_per_s']:.2f}") for r in result["sampling"]]
+    return "\n".join([
+        (f"grading: MATH-500 x 4 replayed ({g['problems']} problems, {g['completions']} "
+         f"completions): {g['problems_per_s']:.1f} problems/s, "
+         f"{g['completions_per_s']:.0f} completions/s ({g['seconds']:.1f} s, "
+         f"avg@4 {100 * g['avg@4']:.1f}%)"),
+        table(("engine", "problems", "n", "max_tok", "tok/s", "problems/s"), rows,
+              widths=(7, 8, 3, 7, 9, 10), align=">" * 6)])
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="r1kit bench eval", description=__doc__.split("\n")[0])
+    ap = parser("r1kit bench eval", __doc__, out="bench_eval.json",
+                quick="small sizes (for smoke tests)")
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
                     help=f"evaluation data laid out like shared/data (default {DEFAULT_DATA})")
-    ap.add_argument("--out", default="bench_eval.json", help="JSON output path")
-    ap.add_argument("--quick", action="store_true", help="small sizes (for smoke tests)")
     args = ap.parse_args(argv)
     if not (args.data_dir / "math500" / "test.jsonl").is_file():
         print(f"r1kit bench eval: no MATH-500 under {args.data_dir}; pass --data-dir",
@@ -122,12 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         result = {
             "benchmark": "eval",
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+            "machine": machine(),
             "grading": grading(args.data_dir, work, 20 if args.quick else None),
             "sampling": sampling(args.data_dir, work, 4 if args.quick else 32,
                                  2 if args.quick else 4, 16 if args.quick else 64),
         }
-    print(table(result))
+    print(_table(result))
     write_result(args.out, result)
     return 0
 

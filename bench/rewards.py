@@ -2,18 +2,18 @@
 
 Three parts, each a measurement, never an assertion:
 
-1. Math grading, r1kit against Math-Verify (``rewards.math_bench.bench_math``): pairs/s,
+1. Math grading, r1kit against Math-Verify (``bench.math_grader.bench_math``): pairs/s,
    accuracy, agreement, on three sets, each pair graded once: MATH-500 (solution, answer)
    pairs (every pair should grade as equal); the negatives, each solution against the
    next row's answer (every pair should grade as unequal; rows 22, 186 and 403 share
    their answer with the next, so 0.994 is the best score there); and the hand-labelled
-   real-output set (``rewards.math_bench.bench_real``: Minerva endings, several boxes,
+   real-output set (``bench.math_grader.bench_real``: Minerva endings, several boxes,
    relations, ..., half right and half wrong), always whole (``--limit`` does not cut
    it). MATH-500 pairs are graded in slices so progress can be shown; each slice warms
    both graders before timing, as ``bench_math`` does. "all pairs" pools the three:
    total pairs over total seconds, per grader.
 2. The code sandbox on HumanEval canonical solutions and their tests
-   (``rewards.sandbox_bench.bench_sandbox``): runs/s and p50/p99 latency, sandboxed and as
+   (``bench.sandbox.bench_sandbox``): runs/s and p50/p99 latency, sandboxed and as
    plain unsandboxed subprocesses.
 3. The reward scorer (``rewards.scorer.Scorer``) on distinct synthetic batches built from
    MATH-500 (half right, half wrong boxed answers after a think block) with the accuracy,
@@ -29,20 +29,18 @@ runs. Progress goes to stderr (tqdm).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 from tqdm import tqdm
 
-from r1kit.benchio import write_result
+from bench.harness import Stopwatch, parser, table, timed, write_result
+from bench.math_grader import REAL_DATA, bench_math, bench_real
+from bench.sandbox import bench_sandbox
 from rewards.code import load_humaneval
-from rewards.math_bench import REAL_DATA, bench_math, bench_real
 from rewards.registry import RewardSpec, build, combine
-from rewards.sandbox_bench import bench_sandbox
 from rewards.scorer import Scorer, ScorerConfig
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -119,28 +117,22 @@ def synthetic_batch(
     return completions, {"answer": answers, "completion_lengths": lengths}
 
 
-def _timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start
-
-
 def bench_scorer(rows: list[dict], batch_size: int, batches: int, workers: int) -> dict:
     """Scorer start-up and throughput on distinct synthetic batches, against ``combine``
     in-process on the same batches. The first batch of each also pays the math grader's
     cold start (its parser caches fill as it parses), so warm rates leave it out."""
     data = [synthetic_batch(rows, batch_size, k * batch_size) for k in range(batches)]
-    start = time.perf_counter()
+    watch = Stopwatch()
     with Scorer(SCORER_SPECS, ScorerConfig(workers=workers)) as scorer:
         scorer.warmup()
-        startup_s = time.perf_counter() - start
+        startup_s = watch.seconds
         results = [
             scorer.score(completions, **columns)
             for completions, columns in tqdm(data, desc="scorer", unit="batch", file=sys.stderr)
         ]
     rewards = build(SCORER_SPECS)
     inline = [
-        _timed(combine, rewards, completions, **columns)
+        timed(combine, rewards, completions, **columns)
         for completions, columns in tqdm(data, desc="in-process", unit="batch", file=sys.stderr)
     ]
     pooled = [r.seconds for r in results]
@@ -186,7 +178,7 @@ def targets(math_sets: dict[str, dict], sandbox_figures: dict) -> dict:
 
 def _table(report: dict) -> str:
     s, c = report["sandbox"], report["scorer"]
-    rows = [("part", "figure", "value")]
+    rows = []
     for key, part in [*MATH_SETS, ("math_all", "math all pairs")]:
         m = report.get(key)
         if m is None:
@@ -233,49 +225,38 @@ def _table(report: dict) -> str:
         ("scorer", "same scores as in-process", str(c["matches_inprocess"])),
         ("scorer", "failures", str(c["failures"])),
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows)
+    return table(("part", "figure", "value"), rows, align="<<<", sep="  ")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the three reward benchmarks, print a table, write JSON."""
-    parser = argparse.ArgumentParser(
-        prog="r1kit bench rewards",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path("bench_rewards.json"),
-        help="JSON file for the figures (default: bench_rewards.json)",
-    )
-    parser.add_argument(
+    ap = parser("r1kit bench rewards", __doc__, full_doc=True, out="bench_rewards.json")
+    ap.add_argument(
         "--data-dir",
         type=Path,
         default=DEFAULT_DATA,
         help=f"evaluation data (default: {DEFAULT_DATA})",
     )
-    parser.add_argument(
+    ap.add_argument(
         "--limit",
         type=int,
         default=None,
         help="use only the first N MATH-500 pairs and HumanEval problems",
     )
-    parser.add_argument(
+    ap.add_argument(
         "--real-data",
         type=Path,
         default=REAL_DATA,
         help=f"hand-labelled real-output pairs, skipped if absent (default: {REAL_DATA})",
     )
-    parser.add_argument("--batch-size", type=int, default=256, help="scorer batch size")
-    parser.add_argument("--batches", type=int, default=3, help="scorer batches to time")
-    parser.add_argument("--workers", type=int, default=2, help="scorer worker processes")
-    args = parser.parse_args(argv)
+    ap.add_argument("--batch-size", type=int, default=256, help="scorer batch size")
+    ap.add_argument("--batches", type=int, default=3, help="scorer batches to time")
+    ap.add_argument("--workers", type=int, default=2, help="scorer worker processes")
+    args = ap.parse_args(argv)
 
     math_rows = _read_jsonl(args.data_dir / "math500" / "test.jsonl", args.limit)
     problems = load_humaneval(args.data_dir / "humaneval" / "HumanEval.jsonl.gz")[: args.limit]
-    started = time.perf_counter()
+    total = Stopwatch()
     report = {"math": bench_math_sliced([(r["solution"], r["answer"]) for r in math_rows])}
     shifted = [
         (r["solution"], math_rows[(i + 1) % len(math_rows)]["answer"])
@@ -298,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "limit": args.limit,
         "math_pairs": len(math_rows),
         "humaneval_problems": len(problems),
-        "seconds": time.perf_counter() - started,
+        "seconds": total.seconds,
     }
     print(_table(report))
     t = report["targets"]

@@ -9,7 +9,7 @@ reward (``digit_reward``):
 - ``trl_hf``: TRL's ``GRPOTrainer`` with transformers generation (``use_vllm=False``,
   generation_batch_size 32, ``router_aux_loss_coef=0`` so that it optimises what r1kit does:
   TRL's MoE default adds the router load-balancing loss, r1kit's ``algo.aux_loss_coef`` is 0).
-- ``r1kit_hf``: ``grpo.setup.build_trainer`` + ``run_step`` with ``rollout.engine=hf``
+- ``r1kit_hf``: ``r1kit.train.build_trainer`` + ``run_step`` with ``rollout.engine=hf``
   (``rollout.batch_size=32``: one generate call, as TRL; dynamic sampling and truncation masking
   off, as TRL's defaults).
 - ``r1kit_vllm``: the same with the colocated vLLM engine (``VLLM_CPU_KVCACHE_SPACE=1``).
@@ -41,14 +41,14 @@ with hardware of its own; vLLM's default binds its threads to every core). The t
 seconds per step, the median generate, update and sync-plus-wait times that explain them, the
 staleness, and the speedup of one-step-off over synchronous (target 1.3x).
 
-Every contender runs in a fresh subprocess (``python -m grpo.bench --worker NAME``), so one's
+Every contender runs in a fresh subprocess (``python -m bench.train --worker NAME``), so one's
 memory and threads never touch another's. ``OMP_NUM_THREADS`` is set for each (default 1): on a
 small shared machine, two spinning OpenMP threads per process made the same step 8x slower and
 swing from run to run when other jobs were busy; one thread gives stable figures (the JSON records
 the 1-minute load average around each contender). Prints a table and writes JSON.
 
 Run: ``r1kit bench train [--steps 5] [--out runs/bench_train.json] [--no-vocab-bench] [--quick]``
-(also ``python -m grpo.bench``).
+(also ``python -m bench.train``).
 """
 
 from __future__ import annotations
@@ -57,7 +57,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -69,7 +68,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
-from r1kit.benchio import write_result
+from bench.harness import Stopwatch, machine, parser, table, timed, write_result
 
 PROMPTS, GROUP, MAX_TOKENS = 4, 8, 64
 LR, CLIP_LOW, CLIP_HIGH = 1e-6, 0.2, 0.28
@@ -163,14 +162,14 @@ def worker_trl_hf(steps: int) -> dict[str, Any]:
 
     class Clock(TrainerCallback):
         def __init__(self) -> None:
-            self.marks: list[float] = []
+            self.watch = Stopwatch()
             self.lengths: list[float] = []
 
         def on_train_begin(self, *a: Any, **k: Any) -> None:
-            self.marks.append(time.perf_counter())
+            self.watch.restart()
 
         def on_step_end(self, *a: Any, **k: Any) -> None:
-            self.marks.append(time.perf_counter())
+            self.watch.lap()
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None,
                    **k: Any) -> None:
@@ -192,14 +191,13 @@ def worker_trl_hf(steps: int) -> dict[str, Any]:
         args=args, train_dataset=Dataset.from_dict({"prompt": _problems()}),
         processing_class=tok, callbacks=[clock])
     trainer.train()
-    seconds = [b - a for a, b in zip(clock.marks, clock.marks[1:])]
-    return _step_summary(seconds, {"completion_len": statistics.mean(clock.lengths)})
+    return _step_summary(clock.watch.laps, {"completion_len": statistics.mean(clock.lengths)})
 
 
 def _r1kit_steps(engine: str, steps: int, family: str = "qwen3_moe",
                  async_steps: int = 0) -> dict[str, Any]:
-    from grpo.setup import build_trainer
     from r1kit.config import load_config, validate_training
+    from r1kit.train import build_trainer
 
     out = tempfile.mkdtemp(prefix=f"bench-r1kit-{engine}-")
     cfg = load_config(None, [
@@ -207,7 +205,7 @@ def _r1kit_steps(engine: str, steps: int, family: str = "qwen3_moe",
         f"rollout.min_tokens={MAX_TOKENS}",
         f"rollout.batch_size={GROUP if family == 'deepseek_v4' else PROMPTS * GROUP}",
         f"model.path=tiny:{family}", "data.num_prompts=64",
-        "reward.funcs=[grpo.bench:digit_reward]", "reward.weights=[1.0]",
+        "reward.funcs=[bench.train:digit_reward]", "reward.weights=[1.0]",
         "algo.filter_zero_variance=false", "algo.mask_truncated=false", "algo.beta=0.0",
         "algo.aggregation=token_mean", "algo.policy_loss=ppo_clip",
         f"algo.clip_low={CLIP_LOW}", f"algo.clip_high={CLIP_HIGH}",
@@ -231,15 +229,15 @@ def _r1kit_steps(engine: str, steps: int, family: str = "qwen3_moe",
     trainer = build_trainer(cfg, show_progress=False)
     if split:
         os.sched_setaffinity(0, set(range(last)))
-    seconds, metrics = [], []
+    watch, metrics = Stopwatch(), []
     try:
         for _ in range(1 + steps):
-            t0 = time.perf_counter()
             metrics.append(trainer.run_step())
-            seconds.append(time.perf_counter() - t0)
+            watch.lap()
     finally:
         trainer.close()
         trainer.p.close()
+    seconds = watch.laps
     parts = {f"median_{k.replace('/', '_')}": statistics.median(m.get(k, 0.0) for m in metrics[1:])
              for k in ("time/generate", "time/rollout", "time/update", "time/sync",
                        "time/wait_rollout", "staleness")}
@@ -271,9 +269,7 @@ def _measure(fn: Callable[[], Any], setup: dict[str, Any]) -> dict[str, Any]:
     gc.collect()
     before, peak_before = _rss_mb(), _maxrss_mb()
     with PeakSampler() as sampler:
-        t0 = time.perf_counter()
-        fn()
-        seconds = time.perf_counter() - t0
+        _, seconds = timed(fn)
     peak_after = _maxrss_mb()
     exact = peak_after > peak_before  # the call set the process's peak: ru_maxrss is its peak
     return {"peak_increase_mb": (peak_after if exact else sampler.peak) - before,
@@ -362,23 +358,21 @@ WORKERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 
 def run_worker(name: str, steps: int, quick: bool, threads: int,
                timeout_s: float = 1800) -> dict[str, Any]:
-    """Run one contender in a fresh ``python -m grpo.bench --worker`` process."""
+    """Run one contender in a fresh ``python -m bench.train --worker`` process."""
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         result = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "grpo.bench", "--worker", name, "--steps", str(steps),
+        cmd = [sys.executable, "-m", "bench.train", "--worker", name, "--steps", str(steps),
                "--result", str(result)] + (["--quick"] if quick else [])
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get(
             "VLLM_CPU_KVCACHE_SPACE", "1"), "TOKENIZERS_PARALLELISM": "false"}
         env["TMPDIR"] = tmp  # run folders the worker makes are removed with this one
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
-        t0 = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
-                                  timeout=timeout_s, check=False)
+            proc, wall = timed(subprocess.run, cmd, env=env, capture_output=True, text=True,
+                               timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired:
             return {"error": f"timed out after {timeout_s:.0f} s"}
-        wall = time.perf_counter() - t0
         if proc.returncode != 0 or not result.is_file():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
             return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
@@ -405,9 +399,8 @@ def run(steps: int, vocab_bench: bool, quick: bool, threads: int = 1,
                      "timed_steps": steps, "warmup_steps": 1, "quick": quick,
                      "memory_shape": MEMORY_SHAPE["quick" if quick else "full"],
                      "vocab": VOCAB, "dtype": "float32"},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "threads": threads or torch.get_num_threads(), "torch": torch.__version__,
-                    "cuda": torch.cuda.is_available(), "load_average_1min": load},
+        "machine": {**machine(torch=True), "threads": threads or torch.get_num_threads(),
+                    "load_average_1min": load},
         "contenders": results,
         "ratios": _ratios(results),
         "targets": TARGETS,
@@ -440,62 +433,56 @@ def _ratios(results: dict[str, Any]) -> dict[str, float | None]:
 
 
 def _fmt(x: float | None, spec: str) -> str:
-    if x is None or not math.isfinite(x):
-        return format("-", ">" + spec.split(".")[0])  # as wide as a number would be
-    return format(x, spec)
+    """``x`` as ``spec`` formats it, or ``-`` where there is no finite number."""
+    return "-" if x is None or not math.isfinite(x) else format(x, spec)
 
 
-def _contender_rows(names: tuple[str, ...], res: dict[str, Any], width: int,
-                    cells: Callable[[str, dict[str, Any]], list[str]]) -> list[str]:
-    """A table row per contender: its name, then ``cells(name, result)`` separated by a space,
-    or its error."""
-    rows = []
-    for name in names:
-        r = res.get(name, {})
-        if "error" in r:
-            rows.append(f"{name:{width}} ERROR {r['error'][:100]}")
-        else:
-            rows.append(" ".join([f"{name:{width}}", *cells(name, r)]))
-    return rows
+def _contender_rows(names: tuple[str, ...], res: dict[str, Any],
+                    cells: Callable[[str, dict[str, Any]], list[str]]) -> list[list[str]]:
+    """A table row per contender: its name, then ``cells(name, result)``, or its error (one
+    cell over the columns left)."""
+    return [[name, f"ERROR {res[name]['error'][:100]}"] if "error" in res.get(name, {})
+            else [name, *cells(name, res.get(name, {}))] for name in names]
 
 
-def async_table(result: dict[str, Any]) -> str:
+def _async_table(result: dict[str, Any]) -> str:
     """``--async``: synchronous against one-step-off training, with the parts of a step."""
     res, s = result["contenders"], result["settings"]
-    lines = [(f"async benchmark: vllm_server engine, tiny Qwen3-MoE, {s['prompts']} prompts x "
-              f"{s['group']} of {s['max_tokens']} tokens, median of {s['timed_steps']} steps "
-              f"after {s['warmup_steps']} warm-up; the parts are medians too"),
-             (f"{'contender':19} {'s/step':>7} {'generate':>9} {'update':>7} {'sync+wait':>10} "
-              f"{'wait ro':>8} {'staleness':>9}")]
-    lines += _contender_rows(ASYNC_CONTENDERS, res, 19, lambda name, r: [
+    rows = _contender_rows(ASYNC_CONTENDERS, res, lambda name, r: [
         _fmt(r.get(key), spec) for key, spec in (
-            ("s_per_step", "7.2f"), ("median_time_generate", "9.2f"),
-            ("median_time_update", "7.2f"), ("median_time_sync", "10.2f"),
-            ("median_time_wait_rollout", "8.2f"), ("median_staleness", "9.0f"))])
+            ("s_per_step", ".2f"), ("median_time_generate", ".2f"), ("median_time_update", ".2f"),
+            ("median_time_sync", ".2f"), ("median_time_wait_rollout", ".2f"),
+            ("median_staleness", ".0f"))])
     x = result["ratios"].get("async_speedup")
-    lines.append(f"speedup of one-step-off over synchronous: {_fmt(x, '.2f')}x "
-                 f"(target >= {ASYNC_TARGET}). generate: the engine's sampling of a rollout (in "
-                 "the background when async); sync+wait: waiting for it, then the weight sync; "
-                 "wait ro: a step's wait for its rollout")
-    return "\n".join(lines)
+    return "\n".join([
+        (f"async benchmark: vllm_server engine, tiny Qwen3-MoE, {s['prompts']} prompts x "
+         f"{s['group']} of {s['max_tokens']} tokens, median of {s['timed_steps']} steps "
+         f"after {s['warmup_steps']} warm-up; the parts are medians too"),
+        table(("contender", "s/step", "generate", "update", "sync+wait", "wait ro", "staleness"),
+              rows, widths=(19, 7, 9, 7, 10, 8, 9)),
+        (f"speedup of one-step-off over synchronous: {_fmt(x, '.2f')}x "
+         f"(target >= {ASYNC_TARGET}). generate: the engine's sampling of a rollout (in "
+         "the background when async); sync+wait: waiting for it, then the weight sync; "
+         "wait ro: a step's wait for its rollout")])
 
 
-def table(result: dict[str, Any]) -> str:
+def _table(result: dict[str, Any]) -> str:
     res, rat, s = result["contenders"], result["ratios"], result["settings"]
+
+    def target(name: str) -> str:
+        return f"<= {TARGETS[name]}" if name in TARGETS else ""
+
+    steps = _contender_rows(STEP_CONTENDERS, res, lambda name, r: [
+        _fmt(r.get("s_per_step"), ".2f"),
+        _fmt(rat.get(f"{name}/time", 1.0 if name == "trl_hf" else None), ".2f"),
+        _fmt(r.get("peak_rss_mb"), ".0f"),
+        _fmt(rat.get(f"{name}/rss", 1.0 if name == "trl_hf" else None), ".2f"), target(name)])
     lines = [(f"train benchmark: {s['prompts']} prompts x {s['group']} = "
               f"{s['prompts'] * s['group']} completions of {s['max_tokens']} tokens, median of "
               f"{s['timed_steps']} steps after {s['warmup_steps']} warm-up; "
               f"{result['machine']['threads']} thread(s) per contender, float32"),
-             (f"{'contender':14} {'s/step':>8} {'x TRL':>6} {'peak RSS MB':>12} {'x TRL':>6} "
-              f"{'target':>7}")]
-    def target(name: str) -> str:
-        return f"{'<= ' + str(TARGETS[name]) if name in TARGETS else '':>7}"
-
-    lines += _contender_rows(STEP_CONTENDERS, res, 14, lambda name, r: [
-        _fmt(r.get("s_per_step"), "8.2f"),
-        _fmt(rat.get(f"{name}/time", 1.0 if name == "trl_hf" else None), "6.2f"),
-        _fmt(r.get("peak_rss_mb"), "12.0f"),
-        _fmt(rat.get(f"{name}/rss", 1.0 if name == "trl_hf" else None), "6.2f"), target(name)])
+             table(("contender", "s/step", "x TRL", "peak RSS MB", "x TRL", "target"), steps,
+                   widths=(14, 8, 6, 12, 6, 7))]
     moe = [(n, res[n]) for n in ("r1kit_hf", "r1kit_hf_v4") if "s_per_step" in res.get(n, {})]
     if moe:
         lines.append("tiny MoE families, HF engine: " + "; ".join(
@@ -503,31 +490,30 @@ def table(result: dict[str, Any]) -> str:
             for n, r in moe))
     if "r1kit_memory" in res or "trl_memory" in res:
         b, p, c = s["memory_shape"]
-        lines.append(f"memory: log-prob + loss + backward, vocab {s['vocab']:,}, {b} x "
-                     f"({p} prompt + {c} completion) tokens; peak RSS increase over the "
-                     "RSS before the call")
-        lines.append(f"{'contender':14} {'peak +MB':>9} {'x TRL':>6} {'sampled':>8} "
-                     f"{'seconds':>8} {'target':>7}")
-        lines += _contender_rows(MEMORY_CONTENDERS, res, 14, lambda name, r: [
-            _fmt(r.get("peak_increase_mb"), "9.0f"),
-            _fmt(1.0 if name == "trl_memory" else rat.get("r1kit_memory/memory"), "6.2f"),
-            _fmt(r.get("peak_increase_mb_sampled"), "8.0f"), _fmt(r.get("seconds"), "8.2f"),
+        memory = _contender_rows(MEMORY_CONTENDERS, res, lambda name, r: [
+            _fmt(r.get("peak_increase_mb"), ".0f"),
+            _fmt(1.0 if name == "trl_memory" else rat.get("r1kit_memory/memory"), ".2f"),
+            _fmt(r.get("peak_increase_mb_sampled"), ".0f"), _fmt(r.get("seconds"), ".2f"),
             target(name)])
+        lines += [(f"memory: log-prob + loss + backward, vocab {s['vocab']:,}, {b} x "
+                   f"({p} prompt + {c} completion) tokens; peak RSS increase over the "
+                   "RSS before the call"),
+                  table(("contender", "peak +MB", "x TRL", "sampled", "seconds", "target"),
+                        memory, widths=(14, 9, 6, 8, 8, 7))]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="r1kit bench train", description=__doc__.split("\n")[0])
+    ap = parser("r1kit bench train", __doc__,
+                out_help="JSON output path (default runs/bench_train.json; with --async, "
+                "runs/bench_train_async.json)",
+                quick=f"a small memory case {MEMORY_SHAPE['quick']} (for smoke tests)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps after 1 warm-up step")
-    ap.add_argument("--out", help="JSON output path (default runs/bench_train.json; with "
-                    "--async, runs/bench_train_async.json)")
     ap.add_argument("--vocab-bench", action=argparse.BooleanOptionalAction, default=True,
                     help="also run the 151,936-vocabulary memory test (default on)")
     ap.add_argument("--threads", type=int, default=1,
                     help="OpenMP/torch threads of every contender (0: the libraries' default); 1 "
                     "keeps a busy shared machine from thrashing OpenMP's spinning threads")
-    ap.add_argument("--quick", action="store_true",
-                    help=f"a small memory case {MEMORY_SHAPE['quick']} (for smoke tests)")
     ap.add_argument("--async", dest="async_mode", action="store_true",
                     help="instead: synchronous against one-step-off training (train.async_steps"
                     "=1) with the vllm_server engine, seconds per step and their parts")
@@ -544,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.result).write_text(json.dumps({**out, "torch_threads": threads}))
         return 0
     result = run(args.steps, args.vocab_bench, args.quick, args.threads, args.async_mode)
-    print(async_table(result) if args.async_mode else table(result))
+    print(_async_table(result) if args.async_mode else _table(result))
     write_result(args.out or ("runs/bench_train_async.json" if args.async_mode
                               else "runs/bench_train.json"), result)
     return 0 if not any("error" in r for r in result["contenders"].values()) else 1

@@ -1,0 +1,71 @@
+"""The ``rollout`` section of a recipe, and the one place it becomes a ``Sampling`` and an engine.
+
+The field docs are what ``r1kit <command> --help`` prints (``r1kit.config`` composes the sections).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from rollouts.engine import Engine
+from rollouts.factory import make_engine
+from rollouts.types import Sampling
+
+
+@dataclass
+class RolloutConfig:
+    engine: Literal["hf", "vllm", "vllm_server"] = "hf"
+    """Which engine samples: transformers (``hf``), vLLM in this process (``vllm``), or a vLLM
+    OpenAI-compatible server r1kit starts as a child process (``vllm_server``)."""
+    n: int = 4
+    """Completions per prompt (the GRPO group size)."""
+    max_tokens: int = 128
+    """Most new tokens per completion."""
+    temperature: float = 1.0
+    """Sampling temperature; 1.0 samples the policy's own distribution."""
+    top_p: float = 1.0
+    """Nucleus mass; keep 1.0 for on-policy GRPO."""
+    top_k: int = -1
+    """Top-k cut-off; -1 keeps all tokens."""
+    min_tokens: int = 0
+    """Fewest new tokens per completion (EOS is not sampled before). Keep 0 for RL: the policy
+    must learn when to stop; benchmarks set it to force equal lengths on every engine."""
+    seed: int = 0
+    """Sampling seed; the same seed reproduces the same completions on the same engine."""
+    prompt_style: Literal["r1_zero", "chat"] = "r1_zero"
+    """``r1_zero``: plain-text template ending in ``<think>``; ``chat``: the tokenizer's chat
+    template."""
+    max_model_len: int = 1024
+    """Context length the engine reserves (prompt + completion)."""
+    gpu_memory_utilization: float = 0.5
+    """Fraction of GPU memory vLLM may take (ignored on CPU)."""
+    batch_size: int = 16
+    """Rows per forward batch in the HF engine: prompts x ``n`` completions are sampled
+    ``batch_size`` rows at a time (``r1kit generate`` and trace sampling also hand the engine
+    ``batch_size`` prompts per call)."""
+
+    def sampling(self, seed: int | None = None) -> Sampling:
+        """The ``Sampling`` of this section; ``seed`` (default ``self.seed``) is the draw's.
+
+        >>> RolloutConfig(max_tokens=8, min_tokens=2).sampling(seed=5)
+        Sampling(max_tokens=8, temperature=1.0, top_p=1.0, top_k=-1, seed=5, stop=(), min_tokens=2)
+        """
+        return Sampling(max_tokens=self.max_tokens, temperature=self.temperature,
+                        top_p=self.top_p, top_k=self.top_k, min_tokens=self.min_tokens,
+                        seed=self.seed if seed is None else seed)
+
+    def start_engine(self, model_path: str | Path, dtype: str, *, kind: str | None = None,
+                     max_model_len: int | None = None, seed: int | None = None,
+                     model: Any = None, tokenizer: Any = None,
+                     record_routing: bool = False) -> Engine:
+        """The engine of this section on ``model_path`` (``rollouts.factory.make_engine``).
+        ``kind``, ``max_model_len`` and ``seed`` default to this section's; an evaluation
+        passes its own. A trainer passes its live ``model`` and ``tokenizer``."""
+        return make_engine(kind or self.engine, model_path, dtype=dtype,
+                           max_model_len=max_model_len or self.max_model_len,
+                           seed=self.seed if seed is None else seed,
+                           gpu_memory_utilization=self.gpu_memory_utilization,
+                           batch_size=self.batch_size, model=model, tokenizer=tokenizer,
+                           record_routing=record_routing)
