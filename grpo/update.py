@@ -35,7 +35,7 @@ from grpo.losses import (
 )
 from grpo.routing import load_balancing_loss, replay_routing
 from grpo.settings import AlgoConfig, TrainConfig
-from rollouts.routing import RoutingRecorder
+from rollouts.moe_routers import RoutingRecorder
 
 
 class NonFiniteError(RuntimeError):

@@ -38,8 +38,8 @@ import torch
 
 from rollouts.engine import check_generate_args, peak_memory_bytes
 from rollouts.model_check import check_causal_lm
+from rollouts.moe_routers import RoutingRecorder, moe_routers
 from rollouts.prompts import encode_prompt
-from rollouts.routing import RoutingRecorder, moe_routers
 from rollouts.sharing import SHARED_PROMPT_MODELS, prompt_owners
 from rollouts.types import Completion, GenerationStats, Group, Sampling
 

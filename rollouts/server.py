@@ -93,9 +93,8 @@ from typing import Any, Self
 import httpx
 import psutil
 
-from rollouts.model_check import check_causal_lm
 from rollouts.engine import check_generate_args
-from rollouts.prompts import encode_prompt
+from rollouts.model_check import check_causal_lm
 from rollouts.procs import (
     PeakSampler,
     ProcessTree,
@@ -103,6 +102,7 @@ from rollouts.procs import (
     log_tail,
     supervise,
 )
+from rollouts.prompts import encode_prompt
 from rollouts.types import Completion, GenerationStats, Group, Sampling
 
 log = logging.getLogger(__name__)

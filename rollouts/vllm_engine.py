@@ -58,8 +58,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rollouts.model_check import check_causal_lm
 from rollouts.engine import check_generate_args, peak_memory_bytes
+from rollouts.model_check import check_causal_lm
 from rollouts.prompts import encode_prompt
 from rollouts.types import Completion, GenerationStats, Group, Sampling
 
@@ -70,6 +70,7 @@ LORA_MODES = ("merge", "adapter")
 
 
 def _on_cpu() -> bool:
+    # vLLM is an optional extra, slow to import: loaded only where an engine needs it
     from vllm.platforms import current_platform
 
     return current_platform.is_cpu()
@@ -133,6 +134,7 @@ class VLLMEngine:
                              "which the CPU backend lacks")
         # In-process engine core: collective_rpc then passes tensors by reference.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        # vLLM is an optional extra, slow to import: loaded only when this engine starts
         from vllm import LLM
 
         from rollouts.vllm_patches import apply_cpu_patches
@@ -199,6 +201,7 @@ class VLLMEngine:
 
     @staticmethod
     def _sampling_params(sampling: Sampling, seed: int | None):
+        # vLLM is an optional extra, slow to import: loaded only where an engine needs it
         from vllm import SamplingParams
 
         return SamplingParams(
@@ -260,6 +263,7 @@ class VLLMEngine:
             core.shutdown()
         del llm
         gc.collect()
+        # vLLM is an optional extra, slow to import: loaded only where an engine needs it
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
         cleanup_dist_env_and_memory()

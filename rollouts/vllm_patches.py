@@ -23,6 +23,7 @@ def _flat(t):
 
 def patch_cpu_rotary_embedding() -> None:
     """Idempotently make vLLM's CPU rotary embedding correct for 3-D and strided inputs."""
+    # vLLM is an optional extra, slow to import: loaded only where an engine needs it
     from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbedding
 
     original = RotaryEmbedding.forward_cpu
@@ -44,6 +45,7 @@ def patch_cpu_rotary_embedding() -> None:
 
 def apply_cpu_patches() -> None:
     """Apply every correction above when vLLM runs on the CPU platform; no-op elsewhere."""
+    # vLLM is an optional extra, slow to import: loaded only where an engine needs it
     from vllm.platforms import current_platform
 
     if current_platform.is_cpu():

@@ -72,6 +72,7 @@ apply_cpu_patches()
 
 def _rearm_first_load(model: torch.nn.Module) -> dict[torch.nn.Module, Any]:
     """Clear the built MoE kernels whose experts repack weights after loading; return them."""
+    # vLLM is an optional extra, slow to import: loaded only where an engine needs it
     from vllm.model_executor.layers.fused_moe.fused_moe_method_base import FusedMoEMethodBase
     from vllm.model_executor.layers.fused_moe.modular_kernel import FusedMoEExperts
 
@@ -98,6 +99,7 @@ def _restore_unbuilt(cleared: dict[torch.nn.Module, Any]) -> None:
 def _tied_heads(model: torch.nn.Module) -> list[torch.nn.Module]:
     """Layers holding a parameter that an earlier layer also holds (tied output embeddings)
     whose quant method is the unquantized embedding one, whose hook only (re)packs."""
+    # vLLM is an optional extra, slow to import: loaded only where an engine needs it
     from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
 
     owners: set[int] = set()

@@ -17,7 +17,7 @@ from grpo.settings import AlgoConfig, TrainConfig
 from r1kit import eval_plan, plan
 from r1kit.config import SECTIONS, EvalConfig, PlanConfig
 from rollouts import factory, prompts
-from rollouts.routing import TOPK_ROUTERS
+from rollouts.moe_routers import TOPK_ROUTERS
 from rollouts.settings import RolloutConfig
 
 
