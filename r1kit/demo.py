@@ -25,7 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from eval.report import compare_runs
+from r1kit.base import SFT_STEPS, build_base
 from r1kit.config import Config, load_config
+from r1kit.evaluate import run_eval
+from r1kit.tasks import arithmetic_tasks
+from r1kit.train import run_train
 
 CURVES = (("reward", "reward (total)"), ("reward/accuracy", "accuracy (train samples)"),
           ("reward/format", "format compliance (train samples)"),
@@ -39,7 +43,6 @@ def say(text: str) -> None:
 
 def write_heldout(cfg: Config, path: Path, count: int) -> None:
     """Held-out problems of the recipe's task family as a user suite (``PATH.jsonl:math``)."""
-    from r1kit.tasks import arithmetic_tasks
 
     d = cfg.data
     tasks = arithmetic_tasks("heldout", count, seed=d.seed, max_operand=d.max_operand,
@@ -49,7 +52,6 @@ def write_heldout(cfg: Config, path: Path, count: int) -> None:
 
 
 def evaluate(cfg: Config, model: str, suite: Path, out: Path, n: int, progress: bool) -> dict:
-    from r1kit.evaluate import run_eval
 
     ecfg = load_config(None, [f"model.path={model}", f"log.out_dir={out}",
                               f"log.level={cfg.log.level}", "eval.engine=hf",
@@ -129,8 +131,6 @@ def check_finite(metrics_path: Path) -> None:
 def run_demo(cfg: Config, *, heldout: int = 200, n: int = 4, base_steps: int | None = None,
              progress: bool = True) -> dict[str, Any]:
     """Run every phase; return the paths and figures the report shows."""
-    from r1kit.base import SFT_STEPS, build_base
-    from r1kit.train import run_train
 
     out = Path(cfg.log.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -33,8 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from grpo.checkpoint import latest_checkpoint
-from r1kit.config import load_config, validate_distill
+from r1kit.base import build_base
+from r1kit.config import load_config, resolve_teacher, validate_distill, validate_training
 from r1kit.demo import evaluate, say, write_heldout
+from r1kit.distillation import run_distill
+from r1kit.train import run_train
 
 REPO = Path(__file__).resolve().parent.parent
 TEACHER_RECIPE = REPO / "recipes" / "tiny_r1_zero.yaml"
@@ -49,9 +52,6 @@ def ensure_teacher(run: Path, progress: bool) -> Path:
 
     if latest_checkpoint(run) is not None:
         return run
-    from r1kit.base import build_base
-    from r1kit.config import validate_training
-    from r1kit.train import run_train
 
     say(f"      no checkpoint in {run}: training the teacher as `make demo` does (minutes)")
     cfg = load_config(TEACHER_RECIPE, [f"log.out_dir={run}"])
@@ -70,8 +70,6 @@ def accuracy(summary: dict, suite: str, n: int) -> dict[str, float]:
 def run_distill_demo(out_dir: str | Path, teacher_run: str | Path, *, heldout: int = 200,
                      n: int = 2, progress: bool = True) -> dict[str, Any]:
     """Every phase; returns the figures ``report.json`` holds and the report text."""
-    from r1kit.base import build_base
-    from r1kit.distillation import run_distill
 
     out, timings = Path(out_dir), {}
     out.mkdir(parents=True, exist_ok=True)
@@ -92,7 +90,6 @@ def run_distill_demo(out_dir: str | Path, teacher_run: str | Path, *, heldout: i
     for cfg in cfgs.values():
         validate_distill(cfg)
     teacher_ckpt = Path(cfgs["sft"].distill.teacher)
-    from r1kit.config import resolve_teacher
 
     teacher_model = resolve_teacher(cfgs["sft"])
     suite = out / "heldout.jsonl"

@@ -39,7 +39,9 @@ from distill.traces import read_dataset, sample_traces, select_verified, write_d
 from grpo.checkpoint import latest_checkpoint, save_checkpoint
 from grpo.observe import RunLog, output_to, route_logs
 from grpo.update import NonFiniteError
-from r1kit.config import Config
+from r1kit.config import Config, ModelConfig, resolve_teacher
+from r1kit.generate import check_prompt_lengths, load_problems, resolve_model_path
+from r1kit.train import compute_dtype, device_of, load_policy, run_train
 from rollouts.prompts import build_prompt, encode_prompt
 
 log = logging.getLogger("r1kit.distill")
@@ -47,8 +49,6 @@ log = logging.getLogger("r1kit.distill")
 
 def teacher_path(cfg: Config) -> Path:
     """The teacher's checkpoint folder (a tiny policy is built, a run folder resolved)."""
-    from r1kit.config import ModelConfig, resolve_teacher
-    from r1kit.generate import resolve_model_path
 
     return resolve_model_path(ModelConfig(path=resolve_teacher(cfg)))
 
@@ -76,9 +76,6 @@ def trained(result: dict) -> bool:
 # -- on-policy ----------------------------------------------------------------------------------
 def run_on_policy(cfg: Config, show_progress: bool = True) -> dict[str, Any]:
     from transformers import AutoConfig, AutoTokenizer
-
-    from r1kit.generate import resolve_model_path
-    from r1kit.train import compute_dtype, device_of, run_train
 
     teacher, student = teacher_path(cfg), resolve_model_path(cfg.model)
     student_vocab = AutoConfig.from_pretrained(student).vocab_size
@@ -144,8 +141,6 @@ def build_traces(cfg: Config, teacher: Path, problems: list[Any], show_progress:
     settings, else sampled from the teacher, verified and written."""
     from transformers import AutoTokenizer
 
-    from r1kit.generate import check_prompt_lengths
-
     r, d = cfg.rollout, cfg.distill
     path = Path(d.dataset) if d.dataset else Path(cfg.log.out_dir) / "traces.jsonl"
     settings = trace_settings(cfg, teacher)
@@ -202,8 +197,6 @@ def sft_examples(rows: list[dict], tokenizer: Any, prompt_style: str) -> list[An
 def run_sft(cfg: Config, show_progress: bool = True) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    from r1kit.generate import load_problems, resolve_model_path
-
     out, t = Path(cfg.log.out_dir), cfg.train
     route_logs(out, cfg.log.level)
     problems = load_problems(cfg.data)  # a bad data file fails before any model is loaded
@@ -237,8 +230,6 @@ def fine_tune(cfg: Config, student: Path, rows: list[dict], show_progress: bool)
     step)."""
     import torch
     from transformers import AutoTokenizer
-
-    from r1kit.train import device_of, load_policy
 
     t, d, out = cfg.train, cfg.distill, Path(cfg.log.out_dir)
     torch.manual_seed(t.seed)

@@ -41,7 +41,10 @@ from typing import Any
 import yaml
 
 from grpo import routing
-from r1kit.config import Config
+from r1kit import archs
+from r1kit.config import Config, ConfigError, load_config, parse_override, validate_training
+from r1kit.tiny import build_tokenizer, default_cache_dir, fill_hash_tables, save_checkpoint
+from r1kit.train import run_train
 
 log = logging.getLogger("r1kit.dryrun")
 
@@ -61,7 +64,6 @@ class DryRunError(RuntimeError):
 
 def dry_run(recipe: str | None, overrides: list[str], show_progress: bool = False) -> int:
     """Run the dry run; print the plan and a summary; 0 on success, 1 with one line if not."""
-    from r1kit.config import ConfigError
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # a toy model needs little KV cache
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
@@ -82,8 +84,6 @@ def dry_run(recipe: str | None, overrides: list[str], show_progress: bool = Fals
 
 
 def _run(recipe: str | None, overrides: list[str], show_progress: bool) -> str:
-    from r1kit.config import load_config, validate_training
-    from r1kit.train import run_train
 
     source, data_fix = _data_override(recipe, overrides)
     first = load_config(recipe, overrides + data_fix)  # also checks every reward's columns
@@ -119,7 +119,6 @@ def _run(recipe: str | None, overrides: list[str], show_progress: bool) -> str:
 def _data_override(recipe: str | None, overrides: list[str]) -> tuple[str, list[str]]:
     """The recipe's (or override's) data source, and ``["data.source=arithmetic"]`` if it is a
     file that is not there."""
-    from r1kit.config import parse_override
 
     source = "arithmetic"
     if recipe is not None and Path(recipe).is_file():
@@ -194,9 +193,6 @@ def build_reduced(model_path: str, seed: int, routing_replay: bool) -> tuple[Pat
     import torch
     from transformers import AutoModelForCausalLM
 
-    from r1kit import archs
-    from r1kit.tiny import build_tokenizer, default_cache_dir, save_checkpoint
-
     if model_path.startswith("tiny:"):
         raise DryRunError(f"{model_path} is already tiny: run the recipe itself")
     tokenizer = build_tokenizer(0)
@@ -209,7 +205,6 @@ def build_reduced(model_path: str, seed: int, routing_replay: bool) -> tuple[Pat
     with torch.no_grad():  # some completions must end: overlong filtering masks truncated ones
         model.get_output_embeddings().weight[tokenizer.eos_token_id] *= EOS_SCALE
     if config.model_type == "deepseek_v4":  # hash-MoE tables are zeros after init: fill them
-        from r1kit.tiny import fill_hash_tables
 
         fill_hash_tables(model, seed)
     full_moe = any(getattr(archs.full_config(model_path), k, None)

@@ -26,6 +26,7 @@ from eval.types import EvalProblem, Grade, SuitePlan
 from grpo.observe import output_to, route_logs
 from r1kit.config import Config, ConfigError
 from r1kit.eval_plan import context_length, plan_suites
+from r1kit.generate import resolve_model_path
 from rewards.format import format_reward
 from rollouts.engine import Engine
 from rollouts.types import Sampling
@@ -126,7 +127,6 @@ def _make_engine(cfg: Config, model_path: Path | None, tokenizer: Any, context: 
 
 def prepare(cfg: Config) -> tuple[Path | None, Any, list[SuitePlan], int]:
     """Model, tokenizer, plans and context, all checked before an engine starts."""
-    from r1kit.generate import resolve_model_path
 
     model_path = None
     tokenizer = None

@@ -15,8 +15,10 @@ from pathlib import Path
 
 from grpo.observe import output_to, route_logs
 from grpo.problems import Problem, read_problems
-from r1kit.config import Config, DataConfig, ModelConfig
+from r1kit.base import build_base
+from r1kit.config import Config, ConfigError, DataConfig, ModelConfig
 from r1kit.tasks import arithmetic_tasks
+from r1kit.tiny import build_tiny
 from rewards.scorer import RewardFailure, score_with_progress
 from rollouts.engine import sample_with_progress
 from rollouts.prompts import build_prompt, encode_prompt
@@ -28,15 +30,12 @@ def resolve_model_path(m: ModelConfig) -> Path:
     """A checkpoint folder; ``tiny:<family>`` builds (or reuses) the embedded tiny policy, and
     ``tiny:<family>/base`` its supervised base (``r1kit.base``)."""
     if not m.path:
-        from r1kit.config import ConfigError
 
         raise ConfigError("model.path: empty; give a checkpoint folder or tiny:<family>")
     if m.path.startswith("tiny:"):
-        from r1kit.tiny import build_tiny
 
         family, _, variant = m.path[len("tiny:"):].partition("/")
         if variant == "base":
-            from r1kit.base import build_base
 
             return build_base(family, seed=m.tiny_seed, progress=True)
         return build_tiny(family, seed=m.tiny_seed)

@@ -66,7 +66,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from r1kit.archs import full_config
 from r1kit.config import Config, ConfigError, ModelConfig, config_help, load_config
+from r1kit.tiny import TIED_BY_DEFAULT, build_tokenizer, tiny_config
 
 GIB = 2**30
 
@@ -124,22 +126,15 @@ def arch_config(m: ModelConfig):
     from transformers import AutoConfig
 
     if m.path.startswith("tiny:"):
-        from r1kit.tiny import TIED_BY_DEFAULT, build_tokenizer, tiny_config
-
         family = m.path[len("tiny:"):].partition("/")[0]
         tok = build_tokenizer(m.tiny_seed)  # the vocabulary size depends on the trained BPE
         return tiny_config(family, len(tok), tok.eos_token_id, TIED_BY_DEFAULT[family])
     if Path(m.path).expanduser().is_dir():
         return AutoConfig.from_pretrained(Path(m.path).expanduser())
     try:
-        from r1kit.archs import full_config
-    except ImportError:
-        full_config = None
-    if full_config is not None:
-        try:
-            return full_config(m.path)
-        except KeyError:
-            pass
+        return full_config(m.path)
+    except KeyError:
+        pass
     try:
         return AutoConfig.from_pretrained(m.path)
     except OSError as e:

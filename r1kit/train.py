@@ -28,6 +28,7 @@ from grpo.parallel import Parallel
 from grpo.trainer import GRPOTrainer, Parts, ProblemStream, TeacherSignal
 from grpo.update import Objective
 from r1kit.config import Config, ConfigError
+from r1kit.generate import check_prompt_lengths, load_problems, resolve_model_path
 from rollouts.prompts import build_prompt
 
 log = logging.getLogger("r1kit.train")
@@ -159,13 +160,9 @@ def build_trainer(cfg: Config, show_progress: bool = True, teacher: TeacherSigna
     ``distill.on_policy.Teacher``) makes it an on-policy distillation run."""
     from transformers import AutoTokenizer
 
-    from r1kit.generate import check_prompt_lengths, load_problems, resolve_model_path
-
     t, r = cfg.train, cfg.rollout
     parallel = Parallel.from_environment(t.parallel)
     if parallel.active and t.parallel == "fsdp2":
-        from r1kit.config import ConfigError
-
         raise ConfigError("train.parallel=fsdp2: the sharded update is built and tested "
                           "(grpo/parallel.py) but r1kit train does not run it yet (the rollout "
                           "engine and checkpoints need the gathered weights); use ddp")
