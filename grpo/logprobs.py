@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from rollouts.sharing import SHARED_PROMPT_MODELS, prompt_owners  # noqa: F401  (re-exported)
+from rollouts.sharing import SHARED_PROMPT_MODELS, prompt_owners
 
 _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "output_multiplier")
 

@@ -130,6 +130,8 @@ def trace_settings(cfg: Config, teacher: Path) -> dict[str, Any]:
     return {"teacher": str(teacher), "engine": r.engine, "prompt_style": r.prompt_style,
             "n": r.n, "temperature": r.temperature, "top_p": r.top_p, "top_k": r.top_k,
             "max_tokens": r.max_tokens, "seed": r.seed,
+            # only when set: a dataset sampled before min_tokens was honoured here had 0
+            **({"min_tokens": r.min_tokens} if r.min_tokens else {}),
             "rewards": [[f, w] for f, w in zip(cfg.reward.funcs, cfg.reward.weights)],
             "threshold": cfg.distill.threshold, "keep": cfg.distill.keep,
             "data": asdict(cfg.data)}
@@ -167,7 +169,8 @@ def build_traces(cfg: Config, teacher: Path, problems: list[Any], show_progress:
             scorer.close()
     kept = select_verified(traces, d.threshold, d.keep)
     samp = {"temperature": r.temperature, "top_p": r.top_p, "top_k": r.top_k,
-            "max_tokens": r.max_tokens, "seed": r.seed, "n": r.n}
+            "max_tokens": r.max_tokens, "seed": r.seed, "n": r.n,
+            **({"min_tokens": r.min_tokens} if r.min_tokens else {})}
     rows = [{"question": problems[t.problem].question, "answer": problems[t.problem].answer,
              "prompt": prompts[t.problem], "completion": t.completion, "reward": t.reward,
              "finish_reason": t.finish_reason, "teacher": str(teacher), "sampling": samp}

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from grpo.observe import output_to, route_logs
 from grpo.problems import Problem, read_problems
-from r1kit.base import build_base
 from r1kit.config import Config, ConfigError, DataConfig, ModelConfig
 from r1kit.tasks import arithmetic_tasks
 from r1kit.tiny import build_tiny
@@ -36,6 +35,10 @@ def resolve_model_path(m: ModelConfig) -> Path:
 
         family, _, variant = m.path[len("tiny:"):].partition("/")
         if variant == "base":
+
+            # here, not at the top: the base's trainer (torch) only when a base is asked for,
+            # so `r1kit eval` and `generate` of a checkpoint folder start without it
+            from r1kit.base import build_base
 
             return build_base(family, seed=m.tiny_seed, progress=True)
         return build_tiny(family, seed=m.tiny_seed)

@@ -43,8 +43,8 @@ class RolloutConfig:
     """Fraction of GPU memory vLLM may take (ignored on CPU)."""
     batch_size: int = 16
     """Rows per forward batch in the HF engine: prompts x ``n`` completions are sampled
-    ``batch_size`` rows at a time (``r1kit generate`` and trace sampling also hand the engine
-    ``batch_size`` prompts per call)."""
+    ``batch_size`` rows at a time (``r1kit generate`` also hands the engine ``batch_size``
+    prompts per call)."""
 
     def sampling(self, seed: int | None = None) -> Sampling:
         """The ``Sampling`` of this section; ``seed`` (default ``self.seed``) is the draw's.

@@ -43,10 +43,10 @@ def main(model_path: str, out: str, strategy: str, lora: str = "full") -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from grpo.parallel import Parallel
-    from r1kit.train import make_optimizer, recorder_factory
     from grpo.trainer import GRPOTrainer, Parts, ProblemStream
     from grpo.update import Objective
     from r1kit.config import load_config
+    from r1kit.train import make_optimizer, recorder_factory
 
     par = Parallel.from_environment(strategy)
     torch.manual_seed(0)

@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from r1kit.config import (Config, ConfigError, config_help, field_docs, load_config,
-                          training_groups, validate_training)
+from r1kit.config import (
+    Config,
+    ConfigError,
+    config_help,
+    field_docs,
+    load_config,
+    training_groups,
+    validate_training,
+)
 from tests.conftest import REPO
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
@@ -204,8 +211,8 @@ def test_cosine_schedule_decays_to_zero_over_every_optimiser_step():
     and near 0 at the last step; constant stays at the full value."""
     import torch
 
-    from r1kit.train import make_optimizer
     from r1kit.config import load_config
+    from r1kit.train import make_optimizer
 
     def lrs(schedule: str) -> list[float]:
         cfg = load_config(None, ["train.steps=5", "train.epochs=2", "train.minibatches=2",

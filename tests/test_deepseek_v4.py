@@ -259,8 +259,8 @@ def test_vllm_engines_refuse_before_starting(tiny_v4, kind, monkeypatch):
 def test_grpo_steps_change_weights_with_finite_metrics(tmp_path):
     """Three GRPO steps on tiny:deepseek_v4 with the HF engine and routing replay: weights move,
     every metric is finite, router statistics cover both kinds and mHC metrics are logged."""
-    from r1kit.train import build_trainer
     from r1kit.config import load_config
+    from r1kit.train import build_trainer
 
     cfg = load_config(REPO / "recipes/tiny_grpo_hf.yaml", [
         f"log.out_dir={tmp_path}", "model.path=tiny:deepseek_v4", "rollout.n=4",

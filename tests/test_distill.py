@@ -100,7 +100,7 @@ def test_forward_kl_update_equals_the_full_logit_kl(dense):
 
     from distill.on_policy import Teacher
     from grpo.batch import TrainBatch, pad_rows
-    from grpo.update import Objective, Sums, microbatch_loss, micro_batches
+    from grpo.update import Objective, Sums, micro_batches, microbatch_loss
 
     student = AutoModelForCausalLM.from_pretrained(dense, dtype=torch.float32)
     other = AutoModelForCausalLM.from_pretrained(dense, dtype=torch.float32)

@@ -98,8 +98,8 @@ def test_a_killed_eval_resumes_where_it_stopped(tiny_cache, tmp_path):
 def test_prompt_styles_with_the_tiny_tokenizer(tiny_qwen):
     from transformers import AutoTokenizer
 
-    from r1kit.eval_plan import plan_suites
     from r1kit.config import load_config
+    from r1kit.eval_plan import plan_suites
 
     tok = AutoTokenizer.from_pretrained(tiny_qwen)
     base = [f"eval.data_dir={DATA}", "eval.suites=[gsm8k]", "eval.max_problems=2"]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from r1kit.eval_plan import build_prompt
 from eval.suites import SUITES, load_problems
 from r1kit.cli import main
+from r1kit.eval_plan import build_prompt
 
 DATA = Path(__file__).parents[2] / "shared" / "data"
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rollouts.model_check import CheckpointError
 from rollouts.engine import Engine
 from rollouts.hf import HFEngine
+from rollouts.model_check import CheckpointError
 from rollouts.prompts import r1_zero_prompt
 from rollouts.types import Sampling
 
@@ -105,7 +105,10 @@ def test_stop_strings_and_greedy(engine):
 def test_filters_match_transformers_warpers():
     """Temperature, top-k and top-p give the distribution transformers' warpers give."""
     from transformers.generation.logits_process import (
-        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
     from rollouts.hf import sampling_scores
 

@@ -232,10 +232,10 @@ def test_shared_prompt_pass_equals_the_plain_pass(family):
     """train.share_prompts: rows sharing a prompt (groups of 3 over prompts of different lengths,
     ragged completions) give the plain pass's log-probs, entropies, teacher-style extra log-probs
     and top-k, gradients and recorded experts, to float64 rounding, from one prompt pass."""
+    from grpo.batch import TrainBatch, make_micro_batch, pad_rows
     from grpo.logprobs import completion_hidden, completion_topk, split_model
     from grpo.routing import RoutingRecorder, moe_routers
     from grpo.update import forward_logprobs
-    from grpo.batch import TrainBatch, make_micro_batch, pad_rows
 
     kw = {} if family == "qwen3_dense" else {"experts_implementation": "eager"}
     m = AutoModelForCausalLM.from_pretrained(build_tiny(family), dtype=torch.float64, **kw)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from rewards.math import grade_one, warm_up
 from bench.math_grader import real_output_rows
+from rewards.math import grade_one, warm_up
 
 DATA = Path(__file__).parent / "data" / "math_real_outputs.jsonl"
 KNOWN_MISSES: dict[int, str] = {}  # row index -> why r1kit gets it wrong; none today

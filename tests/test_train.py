@@ -218,8 +218,8 @@ def test_prompt_longer_than_the_context_fails_before_any_engine(tmp_path):
 
 
 def _one_bf16_step(out: Path, mixed: bool):
-    from r1kit.train import build_trainer
     from r1kit.config import load_config
+    from r1kit.train import build_trainer
 
     cfg = load_config(REPO / "recipes/tiny_grpo_hf.yaml", [
         f"log.out_dir={out}", "model.dtype=bfloat16", f"train.mixed_precision={str(mixed).lower()}",
