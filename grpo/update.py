@@ -14,7 +14,7 @@ reaches the weights.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -121,16 +121,13 @@ class Sums:
         >>> a.merge(b); (a.tokens, a.kl, a.ratio_max)
         (5.0, 0.1, 1.5)
         """
-        for name in _SUMMED:
-            if getattr(other, name) is not None:
-                self.add(name, getattr(other, name))
-        for name, fold in _EXTREMES.items():
-            if getattr(other, name) is not None:
-                fold(self, name, getattr(other, name))
+        for f in fields(self):
+            value = getattr(other, f.name)
+            if value is not None:
+                _EXTREMES.get(f.name, Sums.add)(self, f.name, value)
 
 
-_SUMMED = ("tokens", "entropy", "clipped", "ratio_sq_dev", "mismatch_kl", "mismatch_dropped",
-           "kl", "distill_forward_kl")
+# The extremes and how each folds; every other field of Sums is a sum.
 _EXTREMES = {"ratio_max": Sums.high, "ratio_min": Sums.low, "mismatch_max_ratio": Sums.high,
              "mismatch_min_ratio": Sums.low}
 
@@ -167,8 +164,9 @@ def forward_logprobs(model: nn.Module, mb: MicroBatch, chunk: int, replay: bool,
         if recorder is not None:
             stack.enter_context(recorder)
         if runner is not None:  # data-parallel: the DDP / FSDP2 root (grpo.parallel)
-            tl = TokenLogprobs.from_tuple(runner(mb.input_ids, mb.attention_mask, mb.prompt_lens,
-                               mb.completion_lens, chunk, extra_ids, share))
+            tl = TokenLogprobs.from_tuple(runner(mb.input_ids, mb.attention_mask,
+                                                 mb.prompt_lens, mb.completion_lens, chunk,
+                                                 extra_ids, share))
         else:
             tl = completion_logprobs(model, mb.input_ids, mb.attention_mask, mb.prompt_lens,
                                      mb.completion_lens, chunk_tokens=chunk, extra_ids=extra_ids,

@@ -31,6 +31,7 @@ import yaml
 
 from grpo.problems import ProblemFileError, read_problems
 from grpo.settings import AlgoConfig, TrainConfig
+from rewards.registry import build, needed_columns
 from rewards.settings import RewardConfig
 from rollouts.settings import RolloutConfig
 
@@ -413,17 +414,16 @@ def validate(cfg: Config, *, check_data: bool = True) -> None:
     if "soft_overlong" in w.funcs and not 0 < w.overlong_buffer < r.max_tokens:
         fail("reward.overlong_buffer", f"must be in (0, rollout.max_tokens={r.max_tokens}), "
              f"got {w.overlong_buffer}")
-    from rewards.registry import build, needed_columns
-
+    specs = w.specs(r.max_tokens)
     try:
-        build(reward_specs(cfg))
+        build(specs)
     except (ImportError, AttributeError, ValueError) as e:
         fail("reward.funcs", str(e).strip("'\""))
     if d.source == "arithmetic" and d.columns:
         fail("data.columns", f"the synthetic arithmetic family has no fields {d.columns}; give a "
              "JSONL data.source")
     supplied = {"answer", "completion_lengths", *d.columns}
-    for spec in reward_specs(cfg):
+    for spec in specs:
         missing = [c for c in needed_columns(spec) if c not in supplied]
         if missing:
             fail("data.columns", f"reward {spec.name!r} needs the column(s) {', '.join(missing)}; "
@@ -585,12 +585,6 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def reward_specs(cfg: Config):
-    """The recipe's rewards as ``rewards.registry.RewardSpec`` s (``RewardConfig.specs``: length
-    rewards take ``rollout.max_tokens`` as the completion budget)."""
-    return cfg.reward.specs(cfg.rollout.max_tokens)
 
 
 def config_help(sections: list[str] | None = None) -> str:
