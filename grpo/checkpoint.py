@@ -10,6 +10,19 @@ A checkpoint is a folder ``{out_dir}/checkpoints/step-{step:06d}`` holding:
   state: each step's sampling seed is a function of ``rollout.seed``, the step and the refill
   round (``GRPOTrainer.rollout``), and the HF engine samples under a forked RNG.
 
+Under FSDP2 (several ranks, ``train.parallel: fsdp2``) no rank holds the whole model, so a
+checkpoint (``save_sharded_checkpoint``) holds instead:
+
+- ``shards/``: ``torch.distributed.checkpoint`` (DCP) files of the model's and the optimiser's
+  state, each rank writing its own shards (``get_state_dict``: fully-qualified names, so a
+  checkpoint can be loaded on another number of ranks, or on one process, and DCP reshards);
+- ``rng.rank{r}.pt``: rank ``r``'s RNG states (a resume on the same number of ranks restores
+  every rank's; on another number it restores rank 0's everywhere and is not bit-identical);
+- ``trainer.pt``: as above without the optimiser (it is in ``shards/``), plus the world size;
+- ``model/`` only when exported (``train.export_every`` and the last step): the full state dict
+  gathered to rank 0's CPU (``get_model_state_dict(full_state_dict=True, cpu_offload=True)``)
+  and written by ``save_pretrained``, which transformers, peft and vLLM open.
+
 Atomicity: everything is written into a hidden temporary folder beside it, which is renamed to
 its final name only when complete (a rename within one file system is atomic). A process killed
 at any moment therefore leaves either the previous set of checkpoints, or that set plus the new
@@ -98,10 +111,86 @@ def save_checkpoint(out_dir: str | Path, step: int, model: Any, tokenizer: Any,
     return final
 
 
-def load_trainer_state(ckpt: str | Path) -> dict[str, Any]:
-    """The ``trainer.pt`` of a checkpoint; restores the RNG states as a side effect."""
-    state = torch.load(Path(ckpt) / "trainer.pt", weights_only=False)
-    set_rng_state(state["rng"])
+def save_sharded_checkpoint(out_dir: str | Path, step: int, model: Any, optimizer: Any,
+                            tokenizer: Any, trainer_state: dict[str, Any], keep_last: int, *,
+                            rank: int, world: int, export: bool) -> Path:
+    """Every rank: write checkpoint ``step`` of an FSDP2 run (module docstring) atomically,
+    then rank 0 prunes to the newest ``keep_last``. ``model`` is the policy (its parameters
+    DTensor shards), ``trainer_state`` the trainer's without the optimiser."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_state_dict,
+    )
+
+    d = checkpoints_dir(out_dir)
+    final = d / f"{PREFIX}{step:06d}"
+    box: list[Any] = [None]
+    if rank == 0:
+        d.mkdir(parents=True, exist_ok=True)
+        _remove_partial(d)
+        box = [tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=d)]
+    dist.broadcast_object_list(box, src=0)
+    tmp = Path(box[0])
+    try:
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp / "shards")
+        del model_sd, optim_sd
+        torch.save(rng_state(), tmp / f"rng.rank{rank}.pt")
+        if export:  # a collective: every rank sends its shards, rank 0 holds them on its CPU
+            full = get_model_state_dict(model, options=StateDictOptions(
+                full_state_dict=True, cpu_offload=True))
+            if rank == 0:
+                model.save_pretrained(tmp / "model", state_dict=full)
+                tokenizer.save_pretrained(tmp / "model")
+            del full
+        dist.barrier()
+        if rank == 0:
+            torch.save({**trainer_state, "rng": rng_state(), "world": world, "sharded": True},
+                       tmp / "trainer.pt")
+            _fsync_tree(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+    except BaseException:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if rank == 0:
+        for old in list_checkpoints(out_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def is_sharded(ckpt: str | Path) -> bool:
+    """Whether ``ckpt`` was written by ``save_sharded_checkpoint``."""
+    return (Path(ckpt) / "shards").is_dir()
+
+
+def load_sharded_state(ckpt: str | Path, model: Any, optimizer: Any) -> None:
+    """Load ``shards/`` into ``model`` and ``optimizer``, whatever their sharding now (DCP
+    reshards: FSDP2 on any number of ranks, or one process's plain tensors). Every rank."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optimizer": optim_sd}
+    dcp.load(state, checkpoint_id=Path(ckpt) / "shards")
+    set_state_dict(model, optimizer, model_state_dict=state["model"],
+                   optim_state_dict=state["optimizer"])
+
+
+def load_trainer_state(ckpt: str | Path, rank: int = 0, world: int = 1) -> dict[str, Any]:
+    """The ``trainer.pt`` of a checkpoint; restores the RNG states as a side effect (rank
+    ``rank``'s own where the checkpoint holds them, see ``save_sharded_checkpoint``)."""
+    # On the CPU: the optimiser's load_state_dict moves its state to each parameter's device.
+    state = torch.load(Path(ckpt) / "trainer.pt", weights_only=False, map_location="cpu")
+    own = Path(ckpt) / f"rng.rank{rank}.pt"
+    same = state.get("world", 1) == world
+    set_rng_state(torch.load(own, weights_only=False, map_location="cpu") if same and own.is_file() else state["rng"])
     _remove_partial(Path(ckpt).parent)
     return state
 

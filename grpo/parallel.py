@@ -24,9 +24,19 @@ than through ``Accelerator.prepare``: the wrapped module's ``forward`` must be t
 log-probability pass (``grpo.logprobs``: no ``[B, T, V]`` logits), not the transformers model's
 own forward, so the root is ``LogprobModule``, which holds the whole policy.
 
+FSDP2 (``train.parallel: fsdp2``): ``fully_shard`` per decoder layer, then the root, each with
+``MixedPrecisionPolicy(param_dtype=<model.dtype>, reduce_dtype=float32)`` under
+``train.mixed_precision`` (float32 master weights and AdamW state stay sharded; layers compute in
+``model.dtype``; gradients are reduced in float32) and ``CPUOffloadPolicy`` under
+``train.offload``. A frozen reference model is sharded the same way (``wrap_frozen``) and runs
+through its own root. The weights reach the engine one FSDP unit at a time: ``gathered()``
+gathers the root's own parameters (embeddings, final norm, LM head) for the sync, and
+``rollouts.weights`` gathers each decoder layer while it walks it (every rank walks in the same
+order, since each gather is a collective), so a rank's extra memory is one layer, never the
+model. Checkpoints are ``torch.distributed.checkpoint`` shards (``grpo.checkpoint``).
+
 What is not here yet: the rollout on several ranks' colocated engines (rank 0's engine samples
-and the batch is broadcast), multi-GPU vLLM server rollouts, checkpoints of sharded optimiser
-state (a sharded run saves through rank 0's full gather).
+and the batch is broadcast), multi-GPU vLLM server rollouts.
 """
 
 from __future__ import annotations
@@ -64,24 +74,31 @@ class Parallel:
     """This process's place among the trainer's ranks and the wrapped policy."""
 
     def __init__(self, rank: int = 0, world: int = 1,
-                 strategy: Literal["ddp", "fsdp2"] = "ddp"):
+                 strategy: Literal["ddp", "fsdp2"] = "ddp", *,
+                 param_dtype: torch.dtype | None = None, offload: bool = False):
         if strategy not in ("ddp", "fsdp2"):
             raise ValueError(f"train.parallel must be ddp or fsdp2, got {strategy!r}")
         self.rank, self.world, self.strategy = rank, world, strategy
+        self.param_dtype, self.offload = param_dtype, offload
         self.wrapped: nn.Module | None = None
+        self.frozen: nn.Module | None = None  # the FSDP2 root of a sharded reference
 
     @staticmethod
-    def from_environment(strategy: str = "ddp") -> Parallel:
-        """One process, or the ranks a launcher (accelerate, torchrun) started."""
+    def from_environment(strategy: str = "ddp", *, param_dtype: torch.dtype | None = None,
+                         offload: bool = False) -> Parallel:
+        """One process, or the ranks a launcher (accelerate, torchrun) started. ``param_dtype``
+        (FSDP2's compute dtype under mixed precision) and ``offload`` apply to FSDP2 only."""
         import os
 
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            return Parallel(0, 1, strategy)  # type: ignore[arg-type]
+            return Parallel(0, 1, strategy, param_dtype=param_dtype,  # type: ignore[arg-type]
+                            offload=offload)
         from accelerate import PartialState
 
         # starts the process group from the launcher's environment (gloo without a GPU)
         state = PartialState(cpu=not torch.cuda.is_available())
-        return Parallel(state.process_index, state.num_processes, strategy)  # type: ignore[arg-type]
+        return Parallel(state.process_index, state.num_processes, strategy,  # type: ignore[arg-type]
+                        param_dtype=param_dtype, offload=offload)
 
     @property
     def active(self) -> bool:
@@ -90,6 +107,11 @@ class Parallel:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def sharded(self) -> bool:
+        """Whether parameters are FSDP2 shards (several ranks under ``fsdp2``)."""
+        return self.active and self.strategy == "fsdp2"
 
     def wrap(self, policy: nn.Module) -> nn.Module:
         """The module the update calls: the policy itself on one process, else a DDP or FSDP2
@@ -106,13 +128,44 @@ class Parallel:
                 find_unused_parameters=True,  # MoE: experts no token of a rank was routed to
                 broadcast_buffers=False)  # no buffer changes during training (rotary caches)
         else:
-            from torch.distributed.fsdp import fully_shard
-
-            for layer in _decoder_layers(policy):
-                fully_shard(layer)
-            fully_shard(root)
-            self.wrapped = root
+            self.wrapped = self._shard(root, train=True)
         return self.wrapped
+
+    def wrap_frozen(self, model: nn.Module | None) -> nn.Module | None:
+        """Under FSDP2, a frozen ``model`` (the KL reference) sharded like the policy, and the
+        root to run it through (None otherwise: it is called directly)."""
+        if model is None or not self.sharded:
+            return None
+        self.frozen = self._shard(LogprobModule(model), train=False)
+        return self.frozen
+
+    def _shard(self, root: LogprobModule, train: bool) -> nn.Module:
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+        kw: dict[str, Any] = {}
+        if train and self.param_dtype is not None:  # float32 masters, layers in param_dtype
+            kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=self.param_dtype,
+                                                   reduce_dtype=torch.float32)
+        if self.offload:
+            kw["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
+        for layer in _decoder_layers(root.policy):
+            fully_shard(layer, **kw)
+        fully_shard(root, **kw)
+        return root
+
+    @contextlib.contextmanager
+    def gathered(self):
+        """Under FSDP2, the root's own parameters (outside the decoder layers) gathered while
+        the weights are walked for the engine (``rollouts.weights`` gathers each layer itself);
+        every rank must enter it. Nothing otherwise."""
+        if not self.sharded:
+            yield
+            return
+        self.wrapped.unshard()
+        try:
+            yield
+        finally:
+            self.wrapped.reshard()
 
     # -- work split ---------------------------------------------------------------------------
     def shard(self, rows: list[int]) -> list[int]:
@@ -188,3 +241,51 @@ def _decoder_layers(policy: nn.Module) -> list[nn.Module]:
     if layers is None:
         raise ValueError(f"{type(decoder).__name__} has no .layers to shard with FSDP2")
     return list(layers)
+
+
+class PeakExtra:
+    """Peak memory above the level at entry while the block runs: CUDA's allocator counters on
+    a GPU (``max_memory_allocated``), else this process's resident set sampled every 2 ms from
+    a thread (``/proc/self/statm``; what the allocator hands back to the OS on free, large
+    tensors on Linux, shows; a cached block would not)."""
+
+    def __init__(self, device: torch.device | None = None):
+        self.cuda = device is not None and device.type == "cuda"
+        self.device, self.bytes = device, 0
+        self._start, self._peak, self._stop = 0, 0, None
+
+    def __enter__(self) -> PeakExtra:
+        import threading
+
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+            return self
+        self._start = self._peak = _rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self._peak = max(self._peak, _rss())
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cuda:
+            self.bytes = torch.cuda.max_memory_allocated(self.device) - self._start
+            return
+        self._stop.set()
+        self._thread.join()
+        self.bytes = max(self._peak, _rss()) - self._start
+
+
+def _rss() -> int:
+    """This process's resident set size in bytes (Linux), 0 where unknown."""
+    import os
+
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

@@ -151,10 +151,24 @@ class TrainConfig:
     parallel: Literal["ddp", "fsdp2"] = "ddp"
     """Under ``accelerate launch`` / ``torchrun`` with more than one process: ``ddp`` (every rank
     holds the whole policy and optimiser; gradients are all-reduced), or ``fsdp2`` (weights,
-    gradients and optimiser state sharded per decoder layer; the update step only so far:
-    ``r1kit train`` refuses it). Either way an update equals the one-process update with the
-    same global batch (``grpo/parallel.py``, ``tests/test_parallel.py``). Ignored on one
-    process."""
+    gradients, optimiser state and the KL reference sharded per decoder layer; checkpoints are
+    ``torch.distributed.checkpoint`` shards, ``train.export_every``). Either way an update
+    equals the one-process update with the same global batch (``grpo/parallel.py``,
+    ``tests/test_parallel.py``). Ignored on one process."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them
+    (transformers' gradient checkpointing, non-reentrant): activation memory of one layer, not
+    all of them, for about a third more update time. Turns the shared-prompt pass off (it needs
+    the cache that checkpointing disables)."""
+    offload: bool = False
+    """``fsdp2`` on GPUs only: keep the sharded parameters, gradients and AdamW state in CPU
+    memory (``CPUOffloadPolicy``; the optimiser step runs on the CPU), for models whose shards
+    do not fit beside the engine. Slower: every layer is copied to the GPU in each pass."""
+    export_every: int = 0
+    """``fsdp2``: a checkpoint holds each rank's shards, which only r1kit resumes from; every
+    k steps (and always at the end) it also holds the gathered ``model/`` folder that
+    transformers and vLLM open. 0: at the end only. (``ddp`` and one process write ``model/``
+    in every checkpoint.)"""
     save_every: int = 10
     """Checkpoint every k steps (and at the end); 0 saves only at the end."""
     keep_last: int = 2

@@ -50,7 +50,7 @@ from grpo.batch import Rollout, TrainBatch, pad_rows
 from grpo.losses import ADVANTAGES, KL_ESTIMATORS, Norm, kl_penalised_rewards
 from grpo.mhc import has_mhc, mhc_stats
 from grpo.observe import RunLog
-from grpo.parallel import Parallel
+from grpo.parallel import Parallel, PeakExtra
 from grpo.problems import Problem
 from grpo.routing import update_router_stats
 from grpo.settings import AlgoConfig, TrainConfig
@@ -71,6 +71,7 @@ from rollouts.engine import Engine
 from rollouts.moe_routers import RoutingRecorder
 from rollouts.settings import RolloutConfig
 from rollouts.types import Sampling
+from rollouts.weights import iter_live_weights
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -186,6 +187,7 @@ class GRPOTrainer:
         self.p = parts
         self.cfg = parts.cfg
         self.step, self.version = step, version
+        self.sync_peak_bytes = 0  # extra memory of the last weight sync (grpo.parallel.PeakExtra)
         self.ahead: collections.deque[Future] = collections.deque()
         """Rollouts sampled ahead for the next steps (``train.async_steps``), oldest first."""
         self._pool = None
@@ -310,21 +312,27 @@ class GRPOTrainer:
             self.p.teacher.prepare(batch, t.token_budget, self._pad_id(), t.logprob_chunk,
                                    self.device, share=t.share_prompts)
         if t.epochs > 1 or t.minibatches > 1:
-            batch.old_logp = self._logprobs(self.p.policy, batch)
+            par = self.p.parallel
+            batch.old_logp = self._logprobs(self.p.policy, batch,
+                                            par.wrapped if par.sharded else None)
         return batch
 
-    def _logprobs(self, model: nn.Module, batch: TrainBatch) -> torch.Tensor:
+    def _logprobs(self, model: nn.Module, batch: TrainBatch,
+                  runner: nn.Module | None = None) -> torch.Tensor:
+        """Every row's log-probs under ``model`` (on every rank: ``runner``, the FSDP2 root
+        that gathers ``model``'s weights, when sharded)."""
         t = self.cfg.train
         return batch_logprobs(model, batch, t.token_budget, self._pad_id(), t.logprob_chunk,
                               self.device, replay=self.p.objective.routing_replay,
                               compute_dtype=self.p.objective.compute_dtype,
-                              share=self.p.objective.share_prompts)
+                              share=self.p.objective.share_prompts, runner=runner)
 
     def _reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
+        par = self.p.parallel
         if self.p.reference is not None:
-            return self._logprobs(self.p.reference, batch)
+            return self._logprobs(self.p.reference, batch, par.frozen)
         with self.p.policy.disable_adapter():  # LoRA: the reference is the adapter switched off
-            return self._logprobs(self.p.policy, batch)
+            return self._logprobs(self.p.policy, batch, par.wrapped if par.sharded else None)
 
     def _pad_id(self) -> int:
         tok = self.p.tokenizer
@@ -407,17 +415,32 @@ class GRPOTrainer:
             return {}
         mb = next(micro_batches(batch, list(range(batch.rows)), self.cfg.train.token_budget,
                                 self._pad_id(), self.device))
-        return mhc_stats(self.p.policy, mb.input_ids, mb.attention_mask)
+        with self.p.parallel.gathered():  # FSDP2: the root's weights; layers gather themselves
+            return mhc_stats(self.p.policy, mb.input_ids, mb.attention_mask)
 
     # -- 4. sync, 5. log / save ---------------------------------------------------------------
     def sync(self) -> float:
+        """The engine samples from the updated weights from now on (``push_weights``); the
+        policy version goes up by one."""
         t0 = time.perf_counter()
         for f in self.ahead:  # the engine finishes what it samples before its weights change
             f.result()
-        if self.p.engine is not None:  # rank 0's engine; other ranks hold none
-            self.p.engine.update_weights(self.p.policy)
+        self.push_weights()
         self.version += 1
         return time.perf_counter() - t0
+
+    def push_weights(self) -> None:
+        """Every rank: rank 0's engine (other ranks hold none) gets the policy's weights.
+        Under FSDP2 they are gathered one layer at a time on every rank (``grpo.parallel``);
+        the extra memory of that is ``sync_peak_bytes``."""
+        par = self.p.parallel
+        with par.gathered(), PeakExtra(self.device) as peak:
+            if self.p.engine is not None:
+                self.p.engine.update_weights(self.p.policy)
+            elif par.sharded:  # the gathers are collectives: walk as rank 0's engine does
+                for _ in iter_live_weights(self.p.policy):
+                    pass
+        self.sync_peak_bytes = peak.bytes
 
     def run_step(self) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -434,6 +457,8 @@ class GRPOTrainer:
             metrics.update(self._mhc_stats(batch))
             metrics["time/update"] = time.perf_counter() - t1
             metrics["time/sync"] = self.sync()
+            if par.sharded:
+                metrics["sync/peak_extra_mib"] = self.sync_peak_bytes / 2**20
         else:
             log.warning("step %d: every group had zero reward variance after %d refills; "
                         "no update", self.step, ro.stats["refills"])
@@ -476,11 +501,12 @@ class GRPOTrainer:
                 for i, g in enumerate(ro.groups[:2]) for j in range(min(2, len(g.completions)))]
         self.p.runlog.samples(self.step, rows)
 
-    def state_dict(self) -> dict[str, Any]:
-        """Counters, data position, optimiser and schedule, and the rollouts sampled ahead
+    def state_dict(self, optimizer: bool = True) -> dict[str, Any]:
+        """Counters, data position, optimiser (unless ``optimizer`` is False: an FSDP2
+        checkpoint holds it in its shards) and schedule, and the rollouts sampled ahead
         (finished: ``sync`` waited for them), so that a resume trains on exactly them."""
         return {"step": self.step, "version": self.version, "data": self.p.data.state_dict(),
-                "optimizer": self.p.optimizer.state_dict(),
+                "optimizer": self.p.optimizer.state_dict() if optimizer else None,
                 "scheduler": self.p.scheduler.state_dict(),
                 "ahead": [f.result() for f in self.ahead]}
 
@@ -491,7 +517,8 @@ class GRPOTrainer:
             f.set_result(ro)
             self.ahead.append(f)
         self.p.data.load_state_dict(s["data"])
-        self.p.optimizer.load_state_dict(s["optimizer"])
+        if s["optimizer"] is not None:  # else loaded from the checkpoint's shards
+            self.p.optimizer.load_state_dict(s["optimizer"])
         self.p.scheduler.load_state_dict(s["scheduler"])
 
 

@@ -276,11 +276,13 @@ def micro_batches(batch: TrainBatch, rows: list[int], budget: int, pad_id: int, 
 @torch.no_grad()
 def batch_logprobs(model: nn.Module, batch: TrainBatch, budget: int, pad_id: int, chunk: int,
                    device: Any, replay: bool = False, compute_dtype: str | None = None,
-                   share: bool = False) -> Tensor:
-    """(N, C) log-probs of every completion token under ``model``, no gradients."""
+                   share: bool = False, runner: nn.Module | None = None) -> Tensor:
+    """(N, C) log-probs of every completion token under ``model``, no gradients; ``runner``:
+    the FSDP2 root that runs ``model`` (``grpo.parallel``), else None."""
     out = torch.zeros_like(batch.sampler_logp)
     for mb in micro_batches(batch, list(range(batch.rows)), budget, pad_id, device):
-        tl = forward_logprobs(model, mb, chunk, replay, compute_dtype=compute_dtype, share=share)
+        tl = forward_logprobs(model, mb, chunk, replay, compute_dtype=compute_dtype, share=share,
+                              runner=runner)
         out[mb.rows, : tl.logp.shape[1]] = tl.logp.cpu()
     return out
 

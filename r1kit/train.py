@@ -22,7 +22,15 @@ import torch
 import yaml
 
 from grpo import routing
-from grpo.checkpoint import latest_checkpoint, list_checkpoints, load_trainer_state, save_checkpoint
+from grpo.checkpoint import (
+    is_sharded,
+    latest_checkpoint,
+    list_checkpoints,
+    load_sharded_state,
+    load_trainer_state,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
 from grpo.observe import RunLog, output_to, route_logs
 from grpo.parallel import Parallel
 from grpo.trainer import GRPOTrainer, Parts, ProblemStream, TeacherSignal
@@ -161,11 +169,10 @@ def build_trainer(cfg: Config, show_progress: bool = True, teacher: TeacherSigna
     from transformers import AutoTokenizer
 
     t, r = cfg.train, cfg.rollout
-    parallel = Parallel.from_environment(t.parallel)
-    if parallel.active and t.parallel == "fsdp2":
-        raise ConfigError("train.parallel=fsdp2: the sharded update is built and tested "
-                          "(grpo/parallel.py) but r1kit train does not run it yet (the rollout "
-                          "engine and checkpoints need the gathered weights); use ddp")
+    mp = compute_dtype(cfg)
+    parallel = Parallel.from_environment(t.parallel, offload=t.offload,
+                                         param_dtype=getattr(torch, mp) if mp else None)
+    check_layout(cfg, parallel)
     out = Path(cfg.log.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     route_logs(out, cfg.log.level,
@@ -173,6 +180,11 @@ def build_trainer(cfg: Config, show_progress: bool = True, teacher: TeacherSigna
     if t.deterministic:
         torch.use_deterministic_algorithms(True)
     ckpt = find_resume(cfg)
+    sharded_ckpt = ckpt is not None and is_sharded(ckpt)
+    if ckpt is not None and parallel.sharded and not sharded_ckpt:
+        raise ConfigError(f"{ckpt} was written by a one-process or ddp run (model/ and a plain "
+                          "optimiser state): resume it with train.parallel=ddp or on one "
+                          "process; an fsdp2 run resumes from fsdp2 checkpoints")
     problems = load_problems(cfg.data)  # a bad data file fails before any model is loaded
     torch.manual_seed(t.seed)
     base = resolve_model_path(cfg.model)
@@ -180,9 +192,19 @@ def build_trainer(cfg: Config, show_progress: bool = True, teacher: TeacherSigna
     tokenizer = AutoTokenizer.from_pretrained(base)
     check_prompt_lengths([build_prompt(p.question, r.prompt_style, tokenizer) for p in problems],
                          tokenizer, r.max_tokens, r.max_model_len)
-    policy = load_policy(cfg, base, ckpt, device)
+    # A sharded checkpoint's weights come from its shards, after the optimiser exists.
+    policy = load_policy(cfg, base, None if sharded_ckpt else ckpt, device)
+    if t.activation_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if t.share_prompts:
+            log.info("train.activation_checkpointing: the shared-prompt pass is off (it needs "
+                     "the KV cache that checkpointing turns off)")
     parallel.wrap(policy)  # DDP / FSDP2 root around it on several ranks; nothing on one
     optimizer, scheduler = make_optimizer(cfg, policy)
+    if sharded_ckpt:
+        load_sharded_state(ckpt, policy, optimizer)
+    reference = make_reference(cfg, base, device)
+    parallel.wrap_frozen(reference)  # FSDP2: sharded like the policy
     if parallel.is_main:
         (out / "config.yaml").write_text(yaml.safe_dump(
             {k: v for k, v in asdict(cfg).items() if k != "source"}, sort_keys=False))
@@ -190,9 +212,8 @@ def build_trainer(cfg: Config, show_progress: bool = True, teacher: TeacherSigna
         cfg=cfg, policy=policy, tokenizer=tokenizer, engine=None, scorer=None,
         optimizer=optimizer, scheduler=scheduler, data=ProblemStream(problems, t.seed),
         prompt_fn=lambda q: build_prompt(q, r.prompt_style, tokenizer),
-        objective=Objective.from_config(cfg.algo, t, r.max_tokens, resolve_mismatch(cfg),
-                                        compute_dtype(cfg)),
-        reference=make_reference(cfg, base, device),
+        objective=Objective.from_config(cfg.algo, t, r.max_tokens, resolve_mismatch(cfg), mp),
+        reference=reference,
         recorder_fn=recorder_factory(policy, cfg.algo.aux_loss_coef > 0), teacher=teacher,
         parallel=parallel)
     try:
@@ -200,6 +221,20 @@ def build_trainer(cfg: Config, show_progress: bool = True, teacher: TeacherSigna
     except BaseException:  # nothing left running: the scorer's workers, the engine
         parts.close()
         raise
+
+
+def check_layout(cfg: Config, parallel: Parallel) -> None:
+    """Sharding settings this launch cannot honour, refused before anything loads."""
+    t = cfg.train
+    if parallel.active and cfg.rollout.engine == "vllm":
+        raise ConfigError(f"rollout.engine=vllm with {parallel.world} ranks: the colocated vLLM "
+                          "engine would start its own process group beside the trainers' and "
+                          "hang; use rollout.engine=vllm_server (its own process) or hf")
+    if t.offload and t.parallel != "fsdp2":
+        raise ConfigError("train.offload offloads FSDP2 shards: it needs train.parallel=fsdp2")
+    if t.offload and parallel.sharded and device_of(cfg).type != "cuda":
+        raise ConfigError("train.offload moves FSDP2 shards from GPU to CPU memory; this run "
+                          "trains on the CPU already: drop train.offload")
 
 
 def _start(parts: Parts, base: Path, ckpt: Path | None, out: Path, show_progress: bool):
@@ -214,15 +249,23 @@ def _start(parts: Parts, base: Path, ckpt: Path | None, out: Path, show_progress
                                           record_routing=cfg.algo.routing_replay)
         parts.scorer = cfg.reward.scorer(r.max_tokens)
     trainer = GRPOTrainer(parts)
+    par = parts.parallel
     if ckpt is not None:
-        trainer.load_state_dict(load_trainer_state(ckpt))
+        state = load_trainer_state(ckpt, par.rank, par.world)
+        if state.get("world", 1) != par.world and state.get("sharded"):
+            log.warning("%s was written by %d ranks and resumes on %d: the shards are "
+                        "redistributed, but the run is not bit-identical to an uninterrupted "
+                        "one (RNG states and reduction order differ)", ckpt, state["world"],
+                        par.world)
+        trainer.load_state_dict(state)
         log.info("resumed from %s at step %d", ckpt, trainer.step)
     if main:
         # Also with no checkpoint: a run killed before its first save left lines for steps it
         # redoes.
         _truncate_metrics(out / "metrics.jsonl", trainer.step)
         truncate_samples(out / "samples.md", trainer.step)
-        parts.engine.update_weights(parts.policy)
+    trainer.push_weights()  # every rank: under FSDP2 the weights are gathered for the engine
+    if main:
         parts.runlog = RunLog(out, t.steps, trainer.step, tensorboard=t.tensorboard,
                               wandb=t.wandb, config=asdict(cfg), show_progress=show_progress)
     return trainer
@@ -255,15 +298,24 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(ln + "\n" for ln in keep))
 
 
-def save(trainer: GRPOTrainer) -> Path | None:
-    """A checkpoint of the step just finished, written by rank 0 (DDP ranks hold the same
-    weights and optimiser state); the others wait for it."""
+def save(trainer: GRPOTrainer, final: bool = False) -> Path | None:
+    """A checkpoint of the step just finished. One process or DDP: written by rank 0 (ranks
+    hold the same weights and optimiser state), the others wait for it. FSDP2: every rank
+    writes its shards, and the gathered ``model/`` folder is exported at the ``final`` step
+    and every ``train.export_every`` steps."""
     p, t = trainer.p, trainer.cfg.train
+    par = p.parallel
+    if par.sharded:
+        export = final or bool(t.export_every and trainer.step % t.export_every == 0)
+        return save_sharded_checkpoint(trainer.cfg.log.out_dir, trainer.step, p.policy,
+                                       p.optimizer, p.tokenizer,
+                                       trainer.state_dict(optimizer=False), t.keep_last,
+                                       rank=par.rank, world=par.world, export=export)
     path = None
-    if p.parallel.is_main:
+    if par.is_main:
         path = save_checkpoint(trainer.cfg.log.out_dir, trainer.step, p.policy, p.tokenizer,
                                trainer.state_dict(), t.keep_last)
-    p.parallel.barrier()
+    par.barrier()
     return path
 
 
@@ -279,7 +331,7 @@ def run_train(cfg: Config, show_progress: bool = True, teacher: TeacherSignal | 
             metrics = trainer.run_step()
             every = cfg.train.save_every
             if (every and trainer.step % every == 0) or trainer.step == cfg.train.steps:
-                last_saved = save(trainer)
+                last_saved = save(trainer, final=trainer.step == cfg.train.steps)
     finally:
         trainer.close()  # rollouts sampled ahead finish before their engine stops
         trainer.p.close()

@@ -2,6 +2,10 @@
 
 It samples from a live transformers (or peft) model, so ``update_weights(model)`` only swaps the
 reference: the engine then samples from exactly the weights the trainer holds, at no copy cost.
+The one exception is a model sharded by FSDP2 (its parameters are DTensors spread over ranks):
+the engine then keeps its own plain copy, built on the first sync and refilled on each one from
+``rollouts.weights.iter_live_weights`` (one gathered layer at a time, LoRA merged), so sampling
+runs on one rank without collectives.
 
 Decoding is r1kit's own loop over the model's forward with its KV cache (``_decode``), not
 ``generate``: per token it runs one forward, takes the raw log-softmax of the last position, and
@@ -42,6 +46,12 @@ from rollouts.moe_routers import RoutingRecorder, moe_routers
 from rollouts.prompts import encode_prompt
 from rollouts.sharing import SHARED_PROMPT_MODELS, prompt_owners
 from rollouts.types import Completion, GenerationStats, Group, Sampling
+from rollouts.weights import iter_live_weights
+
+
+def _hf_config(model: Any) -> Any:
+    """The transformers config of ``model`` (a peft model's base model's)."""
+    return model.get_base_model().config if hasattr(model, "get_base_model") else model.config
 
 
 class HFEngine:
@@ -229,8 +239,32 @@ class HFEngine:
         return Completion(text, ids, logps[: len(ids)], finish)
 
     def update_weights(self, model: Any) -> None:
-        """Sample from ``model`` from now on (a reference, not a copy)."""
-        self.model = model
+        """Sample from ``model`` from now on: a reference, not a copy, unless ``model`` is
+        sharded by FSDP2 (then its gathered weights are copied into the engine's own model;
+        every rank must walk the weights at the same time, see ``rollouts.weights``)."""
+        if not any(type(p).__name__ == "DTensor" for p in model.parameters()):
+            self.model = model
+            return
+        own = self.model if getattr(self, "_owns_model", False) else None
+        slots: dict[str, torch.Tensor] = {}
+        loaded: set[str] = set()
+        for name, tensor in iter_live_weights(model):
+            if own is None:  # first sync: a plain model of the same config, dtype and device
+                from transformers import AutoModelForCausalLM
+
+                with torch.device(tensor.device):
+                    own = AutoModelForCausalLM.from_config(_hf_config(model), dtype=tensor.dtype)
+                own.eval().requires_grad_(False)
+            if not slots:
+                slots = own.state_dict(keep_vars=True)
+            slots[name].data.copy_(tensor)
+            loaded.add(name)
+        tied = {n for n, t in slots.items() if n not in loaded and any(
+            t.data_ptr() == slots[m].data_ptr() for m in loaded)}
+        missing = set(slots) - loaded - tied
+        if missing:
+            raise RuntimeError(f"the sharded model's weights did not cover {sorted(missing)[:5]}")
+        self.model, self._owns_model = own, True
 
     def sleep(self) -> None:
         """Nothing to release: the weights belong to the trainer."""

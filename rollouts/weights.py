@@ -29,6 +29,12 @@ What it guarantees:
 - Streaming: tensors are produced one transformer block at a time (the unit transformers' weight
   conversions act on), so at most one block's merged/split tensors exist at once, never a copy of
   the whole model. Tensors are detached and contiguous.
+- FSDP2: a submodule sharded with ``fully_shard`` (a decoder layer) is gathered
+  (``FSDPModule.unshard``) while it is walked and resharded after, its tensors copied out first,
+  so a rank holds one gathered layer at a time. Each gather is a collective: every rank must
+  walk the model in full and in the same order (a rank with no engine drains
+  ``iter_live_weights``). Parameters managed by an FSDP root above ``model`` must be gathered by
+  the caller (``grpo.parallel.Parallel.gathered``); a shard met outside any gather raises.
 
 What it does not do:
 
@@ -64,6 +70,13 @@ def iter_checkpoint_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tenso
             group.append((name, tensor))
         if group:
             yield from _to_checkpoint_layout(hf_model, group)
+
+
+def iter_live_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """``model``'s current weights under their in-memory (transformers) names, LoRA merged and
+    FSDP2 layers gathered: what a plain copy of the model loads with ``load_state_dict``."""
+    with torch.no_grad():
+        yield from _merged_tensors(_unwrap_peft(model))
 
 
 def _unwrap_peft(model: nn.Module) -> nn.Module:
@@ -109,7 +122,18 @@ def _walk(
     """
     from peft.tuners.lora import LoraLayer
     from peft.utils.other import ModulesToSaveWrapper
+    from torch.distributed.fsdp import FSDPModule
 
+    if isinstance(module, FSDPModule) and not getattr(module, "_r1kit_gathered", False):
+        module.unshard()  # a collective: every rank walks the same modules in the same order
+        module._r1kit_gathered = True
+        try:  # copies: resharding frees the gathered storage before the consumer is done
+            for name, value, source in _walk(module, prefix, deltas):
+                yield name, value.clone(), source
+        finally:
+            module._r1kit_gathered = False
+            module.reshard()
+        return
     if isinstance(module, ModulesToSaveWrapper):
         yield from _walk(_modules_to_save_target(module), prefix, deltas)
         return
@@ -120,6 +144,10 @@ def _walk(
         if param is None:
             continue
         value = param.detach()
+        if type(value).__name__ == "DTensor":
+            raise RuntimeError(f"{prefix}{pname} is an FSDP2 shard outside any gathered module: "
+                               "gather the FSDP root around the walk (grpo.parallel.Parallel."
+                               "gathered)")
         for delta in deltas.get(pname, ()):
             value = value + delta.to(value.dtype)
         yield prefix + pname, value, param

@@ -76,9 +76,9 @@ def _update(self, batch):  # update: after the first optimiser step of this upda
     return update(self, batch)
 
 save, saving = setup.save, []
-def _save(trainer):
+def _save(trainer, *args, **kwargs):
     saving[:] = [trainer.step]
-    return save(trainer)
+    return save(trainer, *args, **kwargs)
 
 rng_state = ck.rng_state
 def _rng_state():  # save: model/ is in the .tmp- folder, trainer.pt is not
