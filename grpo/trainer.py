@@ -35,6 +35,8 @@ With several ranks (``grpo.parallel``) rank 0 samples and scores and every rank 
 from __future__ import annotations
 
 import collections
+import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -52,7 +54,7 @@ from grpo.mhc import has_mhc, mhc_stats
 from grpo.observe import RunLog
 from grpo.parallel import Parallel, PeakExtra
 from grpo.problems import Problem
-from grpo.routing import update_router_stats
+from grpo.routing import replay_routing, update_router_stats
 from grpo.settings import AlgoConfig, TrainConfig
 from grpo.update import (
     NonFiniteError,
@@ -346,6 +348,10 @@ class GRPOTrainer:
         t, obj, sums = self.cfg.train, self.p.objective, Sums()
         model, opt, par = self.p.policy, self.p.optimizer, self.p.parallel
         model.train()
+        # Checkpointed layers run again in the backward pass: a replayed routing must still be
+        # in place then, or the recomputed experts differ from the forward's.
+        hold_replay = obj.routing_replay and any(
+            getattr(m, "gradient_checkpointing", False) for m in model.modules())
         grad_norms, losses, router = [], [], []
         for epoch in range(t.epochs):
             for rows in minibatch_order(batch.rows, t.minibatches, t.seed, self.step, epoch):
@@ -363,8 +369,12 @@ class GRPOTrainer:
                     pad = not mine or i >= len(mbs)  # this rank repeats one, its loss times 0
                     mb = mbs[min(i, len(mbs) - 1)]
                     rec = self.p.recorder_fn(model) if want and not pad else None
-                    with par.sync_context(last=i == count - 1):
-                        out = microbatch_loss(model, batch, mb, obj, norm,
+                    held, loss_mb = contextlib.nullcontext(), mb
+                    if hold_replay and mb.routed is not None:  # replayed here, not in the pass
+                        held = replay_routing(model, mb.routed, mb.routed_valid)
+                        loss_mb = dataclasses.replace(mb, routed=None)
+                    with par.sync_context(last=i == count - 1), held:
+                        out = microbatch_loss(model, batch, loss_mb, obj, norm,
                                               Sums() if pad else sums, rec, par.wrapped,
                                               0.0 if pad else float(par.world))
                         check_finite(self.step, "loss", out.loss.detach())

@@ -9,13 +9,15 @@ Kept from the recipe: the whole ``algo`` section (advantage, scaling, loss, aggr
 mismatch correction, dynamic sampling, routing replay), LoRA settings, rewards, prompt style,
 learning-rate schedule, minibatch structure. Changed, each printed:
 
-- ``train.steps=2``, ``train.device=cpu``, ``model.dtype=float32``, ``train.wandb=false``;
+- ``train.steps=2``, ``train.device=cpu``, ``model.dtype=float32``, ``train.wandb=false``,
+  ``train.offload=false``;
   ``log.out_dir`` a fresh temporary folder unless given as an override;
 - sizes that would take minutes on CPU, capped (``CAPS``); the soft overlong buffer scaled with
   ``rollout.max_tokens`` so it stays inside it;
 - data: the synthetic arithmetic family when the recipe's data file is not there;
 - ``rollout.engine=hf`` where vLLM cannot serve the recipe on CPU: routing replay needs each
-  token's routed experts, which vLLM reports only on GPU (``rollouts/vllm_engine.py``);
+  token's routed experts, which vLLM reports only on GPU (``rollouts/vllm_engine.py``); and for
+  the colocated vLLM engine under a multi-process launch, which ``r1kit train`` refuses;
 - the random LM head's EOS row scaled by ``EOS_SCALE``: a random policy would almost never end
   within ``rollout.max_tokens``, and with overlong filtering (``algo.mask_truncated``) an update
   of only truncated completions trains on no token at all;
@@ -23,12 +25,18 @@ learning-rate schedule, minibatch structure. Changed, each printed:
   every group would have zero reward variance, and no step would reach the update. The recipe's
   own rewards are still computed and logged.
 
+Under ``torchrun --nproc_per_node N`` (gloo on CPU) every rank runs the dry run: the recipe's
+``train.parallel`` (ddp or fsdp2) runs as on GPUs. Rank 0 builds the reduced checkpoint (the
+others wait on a file lock), prints and checks; the run folder is one temporary folder named
+after the launch (``TORCHELASTIC_RUN_ID``), so every rank writes into the same one.
+
 A recipe whose data file is not here trains on the synthetic arithmetic family, or, when it
 names ``data.columns: [tests]`` (the code reward), on synthetic stdin/stdout problems.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -79,8 +87,17 @@ def dry_run(recipe: str | None, overrides: list[str], show_progress: bool = Fals
         print(f"r1kit: dry run failed: {type(e).__name__}: {first}", file=sys.stderr)
         log.debug("dry run failure", exc_info=True)
         return 1
-    print(f"dry run: done in {time.perf_counter() - start:.1f} s; {result}")
+    if _rank() == 0:
+        print(f"dry run: done in {time.perf_counter() - start:.1f} s; {result}")
     return 0
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _run(recipe: str | None, overrides: list[str], show_progress: bool) -> str:
@@ -93,6 +110,10 @@ def _run(recipe: str | None, overrides: list[str], show_progress: bool) -> str:
     forced = [f"model.path={model_dir}", *(f"{k}={v}" for k, (_, v) in changes.items())]
     cfg = load_config(recipe, overrides + data_fix + forced)
     validate_training(cfg)
+    main = _rank() == 0
+    if not main:  # every rank trains; rank 0 prints the plan and checks the run
+        run_train(cfg, show_progress=False)
+        return ""
     print(f"dry run of {recipe or '<defaults>'}: {first.model.path} as {arch_line}")
     print(f"  checkpoint (random init, tiny tokenizer): {model_dir}")
     if routing_note:
@@ -170,8 +191,13 @@ def _reductions(cfg: Config, overrides: list[str]) -> dict[str, tuple[Any, Any]]
     put("train.device", "cpu")
     put("model.dtype", "float32")
     put("train.wandb", False)
+    put("train.offload", False)  # offload moves GPU shards to host memory: nothing to move here
     if not any(o.startswith("log.out_dir=") for o in overrides):
-        put("log.out_dir", tempfile.mkdtemp(prefix="r1kit-dryrun-"))
+        if _world() > 1:  # one folder for every rank of this launch
+            launch = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("MASTER_PORT", "0")
+            put("log.out_dir", str(Path(tempfile.gettempdir()) / f"r1kit-dryrun-{launch}"))
+        else:
+            put("log.out_dir", tempfile.mkdtemp(prefix="r1kit-dryrun-"))
     for key, cap in CAPS.items():
         section, name = key.split(".")
         put(key, min(getattr(getattr(cfg, section), name), cap))
@@ -181,6 +207,8 @@ def _reductions(cfg: Config, overrides: list[str]) -> dict[str, tuple[Any, Any]]
         put("reward.overlong_buffer", min(max(1, scaled), new_max - 1))
     if cfg.rollout.engine != "hf" and cfg.algo.routing_replay:
         put("rollout.engine", "hf")  # vLLM reports routed experts only on GPU
+    if cfg.rollout.engine == "vllm" and _world() > 1:
+        put("rollout.engine", "hf")  # r1kit train refuses the colocated engine on several ranks
     if TOY_REWARD not in cfg.reward.funcs:
         put("reward.funcs", json.dumps([*cfg.reward.funcs, TOY_REWARD]))
         put("reward.weights", json.dumps([*cfg.reward.weights, 1.0]))
@@ -218,12 +246,14 @@ def build_reduced(model_path: str, seed: int, routing_replay: bool) -> tuple[Pat
         if routing_replay:
             raise DryRunError(f"algo.routing_replay: {e}") from None
         note = f"off; not available: {e}" if full_moe else ""
-    if not (out / "model.safetensors").is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        meta = {"dry_run_of": model_path, "seed": seed, "build_version": BUILD_VERSION,
-                "parameters": sum(p.numel() for p in model.parameters())}
-        save_checkpoint(model, tokenizer, meta, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:  # ranks of one launch: one builds
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "model.safetensors").is_file():
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+            meta = {"dry_run_of": model_path, "seed": seed, "build_version": BUILD_VERSION,
+                    "parameters": sum(p.numel() for p in model.parameters())}
+            save_checkpoint(model, tokenizer, meta, out)
     params = sum(p.numel() for p in model.parameters())
     return out, f"{archs.describe(config)} ({params / 1e6:.2f}M parameters)", note

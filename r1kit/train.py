@@ -232,6 +232,9 @@ def check_layout(cfg: Config, parallel: Parallel) -> None:
                           "hang; use rollout.engine=vllm_server (its own process) or hf")
     if t.offload and t.parallel != "fsdp2":
         raise ConfigError("train.offload offloads FSDP2 shards: it needs train.parallel=fsdp2")
+    if t.offload and not parallel.sharded:
+        log.warning("train.offload applies to FSDP2 shards over several ranks; this run has one "
+                    "process and keeps its weights on %s", device_of(cfg))
     if t.offload and parallel.sharded and device_of(cfg).type != "cuda":
         raise ConfigError("train.offload moves FSDP2 shards from GPU to CPU memory; this run "
                           "trains on the CPU already: drop train.offload")

@@ -36,6 +36,35 @@ def test_dry_run_trains_two_steps(name, tiny_cache, tmp_path):
     assert (tmp_path / "metrics.jsonl").is_file()
 
 
+def test_flagship_recipe_dry_run_under_fsdp2_on_two_ranks(tiny_cache, tmp_path):
+    """The 30B MoE recipe as its real run would launch it: ``torchrun --nproc_per_node 2`` (gloo
+    here), ``train.parallel=fsdp2`` with activation checkpointing, routing replay, the KL
+    reference sharded, its reduced architecture; rank 0 prints and checks, rank 1 trains."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    recipe = "recipes/r1_zero_qwen3_30b_a3b.yaml"
+    from r1kit.config import load_config
+
+    cfg = load_config(str(REPO / recipe), ["data.source=arithmetic"])  # its data is not here
+    assert cfg.train.parallel == "fsdp2" and cfg.train.activation_checkpointing
+    assert cfg.algo.routing_replay and cfg.algo.beta > 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "R1KIT_CACHE": str(tiny_cache)}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node", "2", "-m", "r1kit.cli", "train", recipe,
+                        f"log.out_dir={tmp_path}", "--dry-run", "--no-progress"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("2 steps, 2 updates") == 1, r.stdout  # printed by rank 0 only
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2]
+    assert all("sync/peak_extra_mib" in row and "kl" in row for row in rows)
+    assert (tmp_path / "train.rank1.log").is_file()
+    assert (tmp_path / "checkpoints" / "step-000002" / "shards").is_dir()
+
+
 def test_code_recipe_dry_run_runs_the_code_reward_in_the_sandbox(tiny_cache, tmp_path):
     """The code recipe's data file is not here: the dry run stands in stdin/stdout problems with
     a `tests` column (data.columns), and the real code reward scores every sample."""

@@ -66,18 +66,25 @@ def comparable(line: dict) -> dict:
             if not k.startswith(("time/", "tokens_per_s/", "sync/", "gen/peak"))}
 
 
-@pytest.mark.parametrize("mode", ["full", "lora"])
+@pytest.mark.parametrize("mode", ["full", "lora", "kl+checkpointing+replay"])
 def test_two_fsdp2_ranks_train_as_one_process(tmp_path, tiny_qwen, tiny_cache, mode):
+    """``kl+checkpointing+replay``: the KL reference is sharded too, and the 2-rank run
+    recomputes each layer in the backward pass (with the replayed routing still in place)
+    while the one-process run keeps its activations: the same numbers either way."""
     extra = ["train.steps=2", "train.save_every=1"]
+    sharded = ["train.parallel=fsdp2"]
     if mode == "lora":
         extra.append("train.lora_rank=4")
+    if mode.startswith("kl"):
+        extra += ["algo.beta=0.04", "algo.routing_replay=true"]
+        sharded.append("train.activation_checkpointing=true")
     train(tmp_path / "one", 1, tiny_cache, *extra)
-    train(tmp_path / "two", 2, tiny_cache, *extra, "train.parallel=fsdp2")
+    train(tmp_path / "two", 2, tiny_cache, *extra, *sharded)
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert [m["step"] for m in two] == [1, 2]
     for a, b in zip(one, two):
         assert a["reward"] == b["reward"] and a["response_len"] == b["response_len"]
-        for key in ("loss", "grad_norm", "entropy"):
+        for key in ("loss", "grad_norm", "entropy") + (("kl",) if "kl" in mode else ()):
             assert b[key] == pytest.approx(a[key], rel=1e-5), key
         assert b["sync/peak_extra_mib"] >= 0 and "sync/peak_extra_mib" not in a
     assert one[-1]["grad_norm"] > 0
