@@ -131,20 +131,27 @@ class EvalConfig:
 
 @dataclass
 class PlanConfig:
-    """``r1kit plan``: the hardware a recipe is meant for. ``r1kit train`` runs data parallel
-    (DDP) under a multi-process launch, FSDP2 not yet (``train.parallel``); ``plan`` estimates what the recipe would need per
-    GPU on this hardware under this sharding, and how long a step would take."""
+    """``r1kit plan``: the hardware a recipe is meant for. How the trainer splits its state over
+    the GPUs is ``train.parallel`` (with ``train.activation_checkpointing`` and ``train.offload``),
+    the settings the trainer itself reads; ``plan`` estimates what one GPU would hold under them
+    on this hardware, how long a step would take, and the smallest change that makes it fit."""
 
     gpu: Literal["h100", "h200", "a100_80g", "a100_40g"] = "h100"
-    """GPU kind; its memory, peak FLOP/s and bandwidths are the table in ``r1kit/plan.py``."""
+    """GPU kind; its memory, peak FLOP/s and bandwidths are the table in ``r1kit/estimate.py``."""
     gpus: int = 1
-    """GPUs the run is meant for (one rank each under ``accelerate launch``); ``r1kit plan``
-    estimates what the recipe would need on this many, each GPU holding one rollout-engine
-    replica and training on its share of the sequences (data parallel)."""
-    sharding: Literal["none", "fsdp"] = "none"
-    """Planned sharding (``r1kit train`` does not shard yet): ``none``, every GPU holds full
-    weights, gradients and optimizer state (DDP); ``fsdp`` (FSDP / ZeRO-3), weights, gradients,
-    optimizer state and reference model are divided by ``plan.gpus``."""
+    """GPUs per node (one rank each under ``accelerate launch`` / ``torchrun``); the run has
+    ``plan.gpus x plan.nodes`` ranks. Every rank trains on its share of the sequences."""
+    nodes: int = 1
+    """Nodes of ``plan.gpus`` GPUs each. Across nodes, FSDP2's gathers run over the network
+    (``r1kit/estimate.py``: ``NETWORK_GB_S``), not NVLink."""
+    engine_tp: int = 1
+    """Tensor-parallel size of the vLLM engine (colocated or server) in the planned layout: one
+    engine replica per ``engine_tp`` GPUs of a node, each GPU holding ``1 / engine_tp`` of its
+    weights and of its KV heads, each replica sampling its share of the sequences. Planning
+    only: ``rollout`` has no tensor-parallel setting yet (a multi-GPU vLLM server comes with the
+    rollouts-at-scale work), and today rank 0's engine samples every sequence
+    (``grpo/parallel.py``). No effect with the HF engine, which samples with the trainer's
+    weights."""
     mfu: float = 0.4
     """Assumed model FLOP utilisation of compute-bound work (prefill, log-probs, update): the
     fraction of the GPU's peak FLOP/s achieved. 0.4 is a typical well-tuned training figure."""

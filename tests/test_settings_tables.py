@@ -14,7 +14,7 @@ import pytest
 
 from grpo import losses, routing
 from grpo.settings import AlgoConfig, TrainConfig
-from r1kit import eval_plan, plan
+from r1kit import estimate, eval_plan
 from r1kit.config import SECTIONS, EvalConfig, PlanConfig
 from rollouts import factory, prompts
 from rollouts.moe_routers import TOPK_ROUTERS
@@ -38,7 +38,7 @@ CASES = [
     (EvalConfig, "engine", {*factory.ENGINES, "replay"}),  # replay: eval.replay.ReplayEngine
     (EvalConfig, "preset", set(eval_plan.PRESETS)),
     (EvalConfig, "prompt_style", {*prompts.PROMPT_STYLES, "few_shot"}),  # few_shot: the suite's
-    (PlanConfig, "gpu", set(plan.GPUS)),
+    (PlanConfig, "gpu", set(estimate.GPUS)),
 ]
 
 
