@@ -13,8 +13,9 @@ Per rank it reports:
 
 - ``state``: the exact bytes of this rank's parameters, gradients and AdamW state after the step
   (the local shards of FSDP2's DTensors, ``to_local``), and ``state_between``: the same between
-  two micro-batches of one optimiser step, when ``grpo/parallel.py`` has not reduced the
-  gradients yet and FSDP2 holds them unsharded (read from FSDP2's parameter groups).
+  two micro-batches of one optimiser step (read from FSDP2's parameter groups: the shards a
+  rank accumulates, since ``grpo/parallel.py`` reduce-scatters after every micro-batch; any
+  gradient FSDP2 held unsharded would show here).
 - ``peak``: the peak resident memory of a step, one micro-batch per optimiser step (``micro1``)
   and two (``micro2``), over the RSS before the model loads (``/proc/self/status``): ``VmHWM``
   reset to the current RSS just before the step (``/proc/self/clear_refs``), minus the

@@ -17,7 +17,8 @@ How an update is split (``GRPOTrainer.update``):
   ranks' gradients, which is the one-process gradient, is what reaches the optimiser;
 * every rank runs the same number of micro-batches (``pad_count``; a rank short of work repeats
   one with its loss times 0), because FSDP2 gathers parameters in every forward pass and DDP
-  must reduce exactly once per optimiser step; gradients are reduced on the last one only.
+  must reduce exactly once per optimiser step; DDP reduces on the last one only, FSDP2 after
+  each (``sync_context``: its shards accumulate, never the whole gradient).
 
 Why r1kit wraps the model itself (torch's ``DistributedDataParallel`` and ``fully_shard``) rather
 than through ``Accelerator.prepare``: the wrapped module's ``forward`` must be the chunked
@@ -181,13 +182,13 @@ class Parallel:
         return int(t.item())
 
     def sync_context(self, last: bool):
-        """Gradients are reduced across ranks on a minibatch's last micro-batch only."""
-        if not self.active:
+        """DDP: gradients are all-reduced on a minibatch's last micro-batch only (each rank
+        holds the whole gradient anyway). FSDP2: reduce-scattered after every micro-batch, so a
+        rank accumulates only its shard; skipping the reduction would keep every layer's
+        gradient unsharded, in float32, until the last one (the whole model's, per rank)."""
+        if not self.active or self.strategy == "fsdp2":
             return contextlib.nullcontext()
-        if self.strategy == "ddp":
-            return contextlib.nullcontext() if last else self.wrapped.no_sync()
-        self.wrapped.set_requires_gradient_sync(last)
-        return contextlib.nullcontext()
+        return contextlib.nullcontext() if last else self.wrapped.no_sync()
 
     def full_norm(self, norm: Tensor) -> Tensor:
         """A gradient norm as a plain tensor (FSDP2's is a DTensor over the shards)."""

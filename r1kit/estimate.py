@@ -32,11 +32,11 @@ activations are freed, ``PHASES``, ``phase_bytes``):
   parameter-sized tensor: ``torch.optim.adamw._multi_tensor_adamw``'s ``exp_avg_sq_sqrt``); on
   CPU the step runs tensor by tensor (the largest one's worth).
 
-Gradients under FSDP2: ``Parallel.sync_context`` (``grpo/parallel.py``) reduce-scatters them on a
-minibatch's last micro-batch only. Until then FSDP2 keeps every layer's gradient unsharded, in
-the reduce dtype (``FSDPParam.to_accumulated_grad_if_needed``), so with more than one micro-batch
-per rank per optimiser step the pass holds the whole model's gradient, not ``1 / ranks`` of it
-(``FSDP2_REDUCES_EVERY_MICRO_BATCH``). Micro-batches per rank per optimiser step: the
+Gradients under FSDP2: ``Parallel.sync_context`` (``grpo/parallel.py``) reduce-scatters them after
+every micro-batch (``FSDP2_REDUCES_EVERY_MICRO_BATCH``), so a rank accumulates only its shard.
+Were the reduction skipped until a minibatch's last micro-batch, FSDP2 would keep every layer's
+gradient unsharded, in the reduce dtype (``FSDPParam.to_accumulated_grad_if_needed``): the whole
+model's gradient per rank; the model still counts that case (the constant False). Micro-batches per rank per optimiser step: the
 minibatch's rows (``prompts_per_step x n / minibatches``) divided over the ranks,
 ``token_budget // max_model_len`` full-length rows per micro-batch (``Layout``).
 
@@ -138,9 +138,9 @@ NETWORK_GB_S = 50  # per GPU across nodes: one 400 Gb/s InfiniBand NDR adapter p
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 LORA_BYTES = 4  # peft keeps adapters in float32 (autocast_adapter_dtype=True)
 ADAM_MOMENTS = 2  # exp_avg and exp_avg_sq, each the size and dtype of its parameter
-FSDP2_REDUCES_EVERY_MICRO_BATCH = False
-"""What ``grpo/parallel.py:Parallel.sync_context`` does under FSDP2: False, gradients are
-reduce-scattered on a minibatch's last micro-batch only (unsharded until then)."""
+FSDP2_REDUCES_EVERY_MICRO_BATCH = True
+"""What ``grpo/parallel.py:Parallel.sync_context`` does under FSDP2: True, gradients are
+reduce-scattered after every micro-batch (a rank accumulates only its shard)."""
 GATHERED_LAYERS = 2  # FSDP2: the layer computing and the one prefetched (forward and backward)
 # float32 (chunk, vocab) buffers alive at once in the chunked LM head (grpo/logprobs.py:_head_chunk):
 # logits, softmax and their product in the forward, and the logits' gradient in the backward.

@@ -162,18 +162,19 @@ def test_fsdp2_shards_weights_gradients_optimizer_and_reference_and_gathers_laye
     assert ddp["memory"]["weights"] == one["memory"]["weights"] and not ddp["sharded"]
 
 
-def test_fsdp2_accumulates_unsharded_gradients_between_reductions():
-    """grpo/parallel.py reduces FSDP2 gradients on a minibatch's last micro-batch only: with
-    several micro-batches per rank, the pass holds the whole model's gradient, in float32."""
+def test_fsdp2_accumulates_only_its_gradient_shard_between_micro_batches():
+    """grpo/parallel.py reduce-scatters FSDP2 gradients after every micro-batch: with several
+    micro-batches per rank a rank accumulates its shard of the float32 gradient, not the whole
+    model's (what skipping the reduction until the last micro-batch would hold)."""
     cfg = small_recipe()
     cfg.plan.gpus, cfg.train.parallel = 2, "fsdp2"
     res = plan(cfg, small())
     assert res["micro_batches"] == 1  # 8 rows of 1,024 tokens per rank fit 8,192 tokens
     cfg.train.token_budget = 2048
     res = plan(cfg, small())
-    assert res["micro_batches"] == 4 and res["memory"]["grad_accum"] == PARAMS * 4
+    assert res["micro_batches"] == 4 and res["memory"]["grad_accum"] == PARAMS * 4 / 2
     assert res["memory"]["gradients"] == PARAMS * 4 / 2
-    assert any("unsharded gradients" in n for n in res["notes"])
+    assert not any("unsharded gradients" in n for n in res["notes"])
 
 
 def test_checkpointing_keeps_layer_inputs_and_recomputes_the_forward():
