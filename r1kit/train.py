@@ -192,8 +192,11 @@ def build_trainer(cfg: Config, show_progress: bool = True, teacher: TeacherSigna
     tokenizer = AutoTokenizer.from_pretrained(base)
     check_prompt_lengths([build_prompt(p.question, r.prompt_style, tokenizer) for p in problems],
                          tokenizer, r.max_tokens, r.max_model_len)
-    # A sharded checkpoint's weights come from its shards, after the optimiser exists.
-    policy = load_policy(cfg, base, None if sharded_ckpt else ckpt, device)
+    # FSDP2: loaded into host memory and moved to the device layer by layer as fully_shard
+    # shards it, so no GPU ever holds the whole model. A sharded checkpoint's weights come from
+    # its shards, after the optimiser exists.
+    load_to = torch.device("cpu") if parallel.sharded else device
+    policy = load_policy(cfg, base, None if sharded_ckpt else ckpt, load_to)
     if t.activation_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if t.share_prompts:
@@ -203,8 +206,8 @@ def build_trainer(cfg: Config, show_progress: bool = True, teacher: TeacherSigna
     optimizer, scheduler = make_optimizer(cfg, policy)
     if sharded_ckpt:
         load_sharded_state(ckpt, policy, optimizer)
-    reference = make_reference(cfg, base, device)
-    parallel.wrap_frozen(reference)  # FSDP2: sharded like the policy
+    reference = make_reference(cfg, base, load_to)
+    parallel.wrap_frozen(reference)  # FSDP2: sharded like the policy, moved to the device
     if parallel.is_main:
         (out / "config.yaml").write_text(yaml.safe_dump(
             {k: v for k, v in asdict(cfg).items() if k != "source"}, sort_keys=False))
