@@ -112,3 +112,20 @@ def test_r1kit_train_on_two_processes_matches_one(tmp_path, tiny_cache):
         # lr 1e-2: float32 rounding leaves about 3e-5 here, a missing row or rank moves
         # weights by about lr. (AdamW is blind to a gradient's scale; grad_norm above is not.)
         assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-4
+
+
+def test_colocated_vllm_engine_on_two_ranks_is_refused_before_loading(tmp_path, tiny_cache):
+    """The colocated vLLM engine would build its own process group beside the trainers' and
+    hang (vLLM's init_distributed_environment calls new_group over every rank while only rank 0
+    builds an engine): r1kit train refuses it on several ranks, with one line, before any model
+    loads."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "R1KIT_CACHE": str(tiny_cache)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "r1kit.cli", "train", "--no-progress", str(REPO / "recipes/tiny_grpo_hf.yaml"),
+         "rollout.engine=vllm", f"log.out_dir={tmp_path}"],
+        env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("r1kit:")]
+    assert len(lines) == 2 and all("rollout.engine=vllm with 2 ranks" in ln for ln in lines)
+    assert not (tmp_path / "engine.log").exists() and not (tmp_path / "metrics.jsonl").exists()
