@@ -22,8 +22,13 @@ Stages, in order; the first that can decide does:
    element-wise in order (interval ends must match), sets, bare lists of
    several answers and unions compare order-free as multisets (same count, each
    element matched once), matrices row by row. A left-hand side on one side
-   only is dropped (on either side): ``x = 5``, ``BC = 9``, ``g(t) = 3t-4``,
-   ``(m,n) = (2,7)``, ``\angle A = 30``, ``2\cdot 21 = 42`` (no letters),
+   only is dropped (on either side) when it names the answer: ``x = 5``,
+   ``BC = 9``, ``g(t) = 3t-4``, ``(m,n) = (2,7)``, ``\angle A = 30``, labels
+   such as ``S_{MBCN}:S = 7:32``, ``|AB| = 1``, ``\frac{NO}{BO} = ...``, and
+   ``2\cdot 21 = 42`` (no letters on either side: a computation and its value).
+   A left-hand side with content is never dropped: ``7 = 11a+c`` is not
+   ``11a+c`` (nor ``7``); when in doubt the equation is kept whole, so the
+   error is a miss, never an accept,
    and a chain ``x = 2+3 = 5`` keeps its last right-hand side. In a list, the
    left-hand sides go only when the other list has none, so ``a=2, b=9`` is
    not ``a=9, b=2``. ``x > 3`` against an interval is ``(3, \infty)``.
@@ -70,15 +75,27 @@ _NAME = re.compile(
     r"|\([a-z](?:_\{?[0-9a-z]\}?)?(?:,[a-z](?:_\{?[0-9a-z]\}?)?)+\)"  # (m,n)
 )
 _COMMAND = re.compile(r"\\[a-zA-Z]+")
+_ATOM = r"[a-zA-Z]{1,4}(?:_\{?[a-zA-Z0-9]+\}?)?"  # S, AB, V_{1}, S_{MBCN}
+_LABEL = re.compile(  # names of the quantity asked for: a ratio, a length, a quotient
+    rf"{_ATOM}(?::{_ATOM})+|\|{_ATOM}\||\\frac\{{{_ATOM}\}}\{{{_ATOM}\}}"
+)
 ROUNDED_MIN_DIGITS = 3  # significant digits a rounded decimal must state (see stage 2)
 _DECIMAL = re.compile(r"-?(\d*)\.(\d+)")
 
 Verdict = tuple[bool, str]  # (equal, deciding stage or reason)
 
 
-def _is_lhs(text: str) -> bool:
-    """A left-hand side that names the answer rather than being part of it."""
-    return bool(_NAME.fullmatch(text)) or not re.search(r"[a-zA-Z]", _COMMAND.sub("", text))
+def _letters(text: str) -> bool:
+    return bool(re.search(r"[a-zA-Z]", _COMMAND.sub("", text)))
+
+
+def _is_lhs(lhs: str, rhs: str) -> bool:
+    """A left-hand side that names the answer (``x``, ``BC``, ``S_{ABC}:S``) rather than being
+    part of it, or a computation whose value is the right-hand side (``2\\cdot 21 = 42``: no
+    letters on either side). ``7 = 11a+c`` is an equation with content on both sides: kept."""
+    if _NAME.fullmatch(lhs) or _LABEL.fullmatch(lhs):
+        return True
+    return not (_letters(lhs) or _letters(rhs))
 
 
 def _as_interval(rel: Rel) -> Seq | None:
@@ -93,7 +110,7 @@ def _as_interval(rel: Rel) -> Seq | None:
 
 def _drop_assignment(node: Node, other: Node) -> Node:
     if isinstance(node, Rel) and not isinstance(other, Rel):
-        if node.op == "=" and _is_lhs(node.lhs):
+        if node.op == "=" and _is_lhs(node.lhs, node.rhs):
             return parse_structure(node.rhs)
         if node.op in ("<", "<=") and isinstance(other, Seq) and len(other.items) == 2:
             return _as_interval(node) or node

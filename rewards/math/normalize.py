@@ -7,7 +7,10 @@ answer to one string: ``$``, ``\left``/``\right``, spacing commands
 (``\!``, ``\,``, ``\;``, ``~``), ``\dfrac``/``\tfrac`` -> ``\frac``,
 ``\frac12`` and ``\frac1{2}`` -> ``\frac{1}{2}``, ``\sqrt2`` -> ``\sqrt{2}``, ``\text{}``/``\mbox{}``
 unwrapped, unit words dropped, degrees (``^\circ``), percent and dollar signs
-dropped, thousands separators (``1,000``, ``1{,}000``) removed, trailing
+dropped, thousands separators (``1,000``, ``1{,}000``, ``1,\\!000``) removed (a
+comma followed by a space separates answers: ``32, 349`` is the list of two,
+never 32349, so a list cannot pass for the number nor the number for the list; a
+number written ``32, 349`` is missed, the error on the safe side), trailing
 punctuation removed (not ``!``: ``6!`` is a factorial), ``\text{ or }`` and
 ``\text{ and }`` between answers made a comma (``y=1 \text{ or } y=6`` is the
 list ``y=1,y=6``), ``\ne`` and ``!=`` -> ``\neq``, ``\log_3 27`` ->
@@ -92,6 +95,7 @@ def normalize(ans: str) -> str:
     """
     s = ans.strip().replace("\u2212", "-").replace("\\%", "").replace("%", "")
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("{,}", ",")
+    s = s.replace(",\\!", ",")  # 12,\!000: a thousands separator, not "12, 000"
     s = _CONNECTIVE.sub(",", s)
     s = _DROP.sub(" ", s)
     s = _DEGREES.sub("", s)
@@ -106,9 +110,9 @@ def normalize(ans: str) -> str:
     s = s.replace("\\le ", "\\leq ").replace("\\ge ", "\\geq ")
     s = re.sub(r"\\(le|ge)(?![a-zA-Z])", r"\\\1q", s)
     s = re.sub(r"\s+", " ", s).strip().rstrip(".,;:").strip()
-    s = _SPACE_KEEP.sub("\\1\x00", s).replace(" ", "").replace("\x00", " ")
-    if _THOUSANDS.fullmatch(s):
+    if _THOUSANDS.fullmatch(s):  # before spaces go: "32, 349" is a list of two, not 32349
         s = s.replace(",", "")
+    s = _SPACE_KEEP.sub("\\1\x00", s).replace(" ", "").replace("\x00", " ")
     choice = _CHOICE.match(s)
     return choice.group(1) if choice else s
 
