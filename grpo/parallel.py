@@ -49,6 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from grpo.logprobs import completion_logprobs, split_model
+from rollouts.moe_routers import moe_routers
 
 
 class LogprobModule(nn.Module):
@@ -89,9 +90,11 @@ class Parallel:
 
     @staticmethod
     def from_environment(strategy: str = "ddp", *, param_dtype: torch.dtype | None = None,
-                         offload: bool = False) -> Parallel:
+                         offload: bool = False, timeout_s: float | None = None) -> Parallel:
         """One process, or the ranks a launcher (accelerate, torchrun) started. ``param_dtype``
-        (FSDP2's compute dtype under mixed precision) and ``offload`` apply to FSDP2 only."""
+        (FSDP2's compute dtype under mixed precision) and ``offload`` apply to FSDP2 only;
+        ``timeout_s``: how long a collective waits (``train.dist_timeout_s``)."""
+        import datetime
         import os
 
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -100,7 +103,8 @@ class Parallel:
         from accelerate import PartialState
 
         # starts the process group from the launcher's environment (gloo without a GPU)
-        state = PartialState(cpu=not torch.cuda.is_available())
+        kw = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
+        state = PartialState(cpu=not torch.cuda.is_available(), **kw)
         return Parallel(state.process_index, state.num_processes, strategy,  # type: ignore[arg-type]
                         param_dtype=param_dtype, offload=offload)
 
@@ -129,7 +133,9 @@ class Parallel:
             dev = next(policy.parameters()).device
             self.wrapped = DistributedDataParallel(
                 root, device_ids=[dev.index] if dev.type == "cuda" else None,
-                find_unused_parameters=True,  # MoE: experts no token of a rank was routed to
+                # MoE: experts no token of a rank was routed to get no gradient; searching for
+                # them costs a graph traversal per backward, so dense models skip it
+                find_unused_parameters=_is_moe(policy),
                 broadcast_buffers=False)  # no buffer changes during training (rotary caches)
         else:
             self.wrapped = self._shard(root, train=True)
@@ -225,6 +231,14 @@ class Parallel:
             out.merge(s)
         return out
 
+    def sum_over_ranks(self, t: Tensor) -> Tensor:
+        """``t`` summed over ranks, on ``t``'s device (rows each rank filled, zeros elsewhere)."""
+        if not self.active:
+            return t
+        x = t.to(self._comm_device())
+        torch.distributed.all_reduce(x)
+        return x.to(t.device)
+
     def total(self, value: float) -> float:
         """Sum over ranks (each rank's loss is its share of the global loss)."""
         if not self.active:
@@ -237,6 +251,15 @@ class Parallel:
         backend = torch.distributed.get_backend()
         return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" \
             else torch.device("cpu")
+
+
+def _is_moe(policy: nn.Module) -> bool:
+    """Whether ``policy`` routes tokens to experts (``rollouts.moe_routers`` finds routers)."""
+    try:
+        moe_routers(policy)
+    except ValueError:
+        return False
+    return True
 
 
 def _decoder_layers(policy: nn.Module) -> list[nn.Module]:

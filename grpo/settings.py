@@ -155,6 +155,11 @@ class TrainConfig:
     ``torch.distributed.checkpoint`` shards, ``train.export_every``). Either way an update
     equals the one-process update with the same global batch (``grpo/parallel.py``,
     ``tests/test_parallel.py``). Ignored on one process."""
+    dist_timeout_s: float = 7200.0
+    """Under several ranks: how long a collective may wait before the process group gives up
+    (``init_process_group(timeout=...)``). Ranks wait while rank 0 starts the engine, samples
+    the whole step and saves (minutes on a 7B model), so the default is two hours, not NCCL's
+    ten minutes."""
     activation_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward pass instead of keeping them
     (transformers' gradient checkpointing, non-reentrant): activation memory of one layer, not

@@ -60,10 +60,10 @@ from grpo.update import (
     NonFiniteError,
     Objective,
     Sums,
-    batch_logprobs,
     check_finite,
     check_grad_norm,
     check_params,
+    forward_logprobs,
     micro_batches,
     microbatch_loss,
     minibatch_order,
@@ -321,13 +321,27 @@ class GRPOTrainer:
 
     def _logprobs(self, model: nn.Module, batch: TrainBatch,
                   runner: nn.Module | None = None) -> torch.Tensor:
-        """Every row's log-probs under ``model`` (on every rank: ``runner``, the FSDP2 root
-        that gathers ``model``'s weights, when sharded)."""
-        t = self.cfg.train
-        return batch_logprobs(model, batch, t.token_budget, self._pad_id(), t.logprob_chunk,
-                              self.device, replay=self.p.objective.routing_replay,
-                              compute_dtype=self.p.objective.compute_dtype,
-                              share=self.p.objective.share_prompts, runner=runner)
+        """(N, C) log-probs of every row under ``model``, no gradients, on every rank: each
+        rank runs its share of the rows (``Parallel.shard``) and the shares are summed over
+        ranks (a row is one rank's, zeros elsewhere: the sum is exact). ``runner``: the FSDP2
+        root that gathers ``model``'s weights when sharded; every rank then runs as many
+        micro-batches (a rank short of rows repeats one and keeps nothing of it)."""
+        t, par, obj = self.cfg.train, self.p.parallel, self.p.objective
+        mine = par.shard(list(range(batch.rows)))
+        mbs = list(micro_batches(batch, mine or [0], t.token_budget, self._pad_id(),
+                                 self.device))
+        own = len(mbs) if mine else 0
+        count = par.pad_count(own) if par.sharded else own
+        out = torch.zeros_like(batch.sampler_logp)
+        with torch.no_grad():
+            for i in range(count):
+                mb = mbs[min(i, len(mbs) - 1)]
+                tl = forward_logprobs(model, mb, t.logprob_chunk, obj.routing_replay,
+                                      compute_dtype=obj.compute_dtype, share=obj.share_prompts,
+                                      runner=runner)
+                if i < own:
+                    out[mb.rows, : tl.logp.shape[1]] = tl.logp.cpu()
+        return par.sum_over_ranks(out)
 
     def _reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
         par = self.p.parallel

@@ -171,13 +171,17 @@ def build_trainer(cfg: Config, show_progress: bool = True, teacher: TeacherSigna
     t, r = cfg.train, cfg.rollout
     mp = compute_dtype(cfg)
     parallel = Parallel.from_environment(t.parallel, offload=t.offload,
-                                         param_dtype=getattr(torch, mp) if mp else None)
+                                         param_dtype=getattr(torch, mp) if mp else None,
+                                         timeout_s=t.dist_timeout_s)
     check_layout(cfg, parallel)
     out = Path(cfg.log.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     route_logs(out, cfg.log.level,
                "train.log" if parallel.is_main else f"train.rank{parallel.rank}.log")
     if t.deterministic:
+        # cuBLAS is deterministic only with a fixed workspace, which must be set before CUDA
+        # starts (it has not: nothing above touched a GPU); without it the first matmul raises.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     ckpt = find_resume(cfg)
     sharded_ckpt = ckpt is not None and is_sharded(ckpt)
@@ -254,6 +258,7 @@ def _start(parts: Parts, base: Path, ckpt: Path | None, out: Path, show_progress
                                           tokenizer=parts.tokenizer,
                                           record_routing=cfg.algo.routing_replay)
         parts.scorer = cfg.reward.scorer(r.max_tokens)
+    parts.parallel.barrier()  # the other ranks wait here, not inside the first rollout's broadcast
     trainer = GRPOTrainer(parts)
     par = parts.parallel
     if ckpt is not None:

@@ -300,9 +300,30 @@ def inverse_cdf_sample(probs: torch.Tensor) -> torch.Tensor:
     >>> inverse_cdf_sample(torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])).tolist()
     [1, 2]
     """
+    if probs.is_cuda:  # a float cumsum has no deterministic CUDA kernel (deterministic mode)
+        return fixed_point_sample(probs)
     c = probs.double().cumsum(dim=-1)  # (B, V)
     u = torch.rand(c.shape[0], 1, dtype=torch.float64, device=c.device) * c[:, -1:]
     return torch.searchsorted(c, u, right=True)[:, 0].clamp_(max=c.shape[1] - 1)
+
+
+def fixed_point_sample(probs: torch.Tensor) -> torch.Tensor:
+    """``inverse_cdf_sample``'s draw with the cumulative sum in integers: each row normalised,
+    then probabilities in units of 2**-52 (int64, so the sum is exact and the same on every
+    device and run, where a float cumsum on CUDA is not, and raises in deterministic mode).
+    The same uniform is drawn; the token differs from the float path's only when the uniform
+    falls within 2**-52 of a boundary. Tokens below 2**-52 (and filtered ones) are never drawn.
+
+    >>> _ = torch.manual_seed(0)
+    >>> fixed_point_sample(torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])).tolist()
+    [1, 2]
+    """
+    p = probs.double()
+    q = (p / p.sum(dim=-1, keepdim=True) * 2.0**52).floor_().long()  # (B, V), sum <= 2**52
+    c = q.cumsum(dim=-1)
+    u = torch.rand(c.shape[0], 1, dtype=torch.float64, device=c.device)
+    target = (u * c[:, -1:].double()).floor_().long()  # in [0, total)
+    return torch.searchsorted(c, target, right=True)[:, 0].clamp_(max=c.shape[1] - 1)
 
 
 def sampling_scores(logp: torch.Tensor, s: Sampling) -> torch.Tensor:

@@ -227,3 +227,26 @@ def test_a_repeated_prompt_is_prefilled_once_with_the_same_samples(tiny_cache, f
         for a, b in zip(g.completions, h.completions):
             assert a.token_ids == b.token_ids
             assert a.logprobs == pytest.approx(b.logprobs, abs=1e-9)
+
+
+def test_fixed_point_sampling_draws_what_the_float_path_draws():
+    """The HF engine samples on CUDA through integer cumulative sums (a float cumsum has no
+    deterministic CUDA kernel and raises under train.deterministic); from the same uniforms it
+    picks the float path's tokens, filtered tokens never. (The CUDA dispatch itself needs a
+    GPU; this checks the draw it dispatches to.)"""
+    import torch
+
+    from rollouts.hf import fixed_point_sample, inverse_cdf_sample
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4000, 50, generator=g) * 3
+    logits[:, ::7] = float("-inf")  # filtered tokens: probability 0
+    probs = logits.softmax(dim=-1)
+    torch.manual_seed(1)
+    floats = inverse_cdf_sample(probs)
+    torch.manual_seed(1)
+    ints = fixed_point_sample(probs)
+    assert torch.equal(floats, ints)
+    assert not bool((ints % 7 == 0).any())
+    counts = torch.bincount(ints, minlength=50).double() / len(ints)
+    assert float((counts - probs.mean(0)).abs().max()) < 0.02  # the right distribution

@@ -129,3 +129,37 @@ def test_colocated_vllm_engine_on_two_ranks_is_refused_before_loading(tmp_path, 
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("r1kit:")]
     assert len(lines) == 2 and all("rollout.engine=vllm with 2 ranks" in ln for ln in lines)
     assert not (tmp_path / "engine.log").exists() and not (tmp_path / "metrics.jsonl").exists()
+
+
+TIMEOUT_WORKER = """
+import sys, time
+import torch.distributed as dist
+from grpo.parallel import Parallel
+
+par = Parallel.from_environment("ddp", timeout_s=float(sys.argv[1]))
+if par.rank == 0:  # busy (starting an engine, sampling) for longer than the timeout
+    time.sleep(12)
+    sys.exit(0)
+t0 = time.monotonic()
+try:
+    dist.barrier()
+    print("waited", time.monotonic() - t0, "no error")
+except Exception as e:
+    print("waited", time.monotonic() - t0, type(e).__name__)
+"""
+
+
+def test_train_dist_timeout_reaches_the_process_group(tmp_path):
+    """``train.dist_timeout_s`` is the process group's: with 2 s, rank 1's barrier gives up
+    after about 2 s while rank 0 is busy for 12 s (with gloo's 30-minute default it waited
+    until rank 0 left; NCCL's default is 10 minutes, less than a 7B step's rollout)."""
+    script = tmp_path / "timeout_worker.py"
+    script.write_text(TIMEOUT_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", str(script), "2"], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    waited = [ln for ln in proc.stdout.splitlines() if ln.startswith("waited")]
+    assert len(waited) == 1, proc.stdout + proc.stderr[-2000:]
+    seconds, outcome = float(waited[0].split()[1]), waited[0].split()[2]
+    assert outcome != "no" and seconds < 8, waited[0]
