@@ -155,6 +155,10 @@ class TrainConfig:
     ``torch.distributed.checkpoint`` shards, ``train.export_every``). Either way an update
     equals the one-process update with the same global batch (``grpo/parallel.py``,
     ``tests/test_parallel.py``). Ignored on one process."""
+    check_fit: bool = True
+    """On GPUs: before loading anything, refuse a run that ``r1kit plan`` says cannot fit the
+    devices this launch sees (one line: the plan's figure and the smallest change that fits).
+    The plan is an estimate; false starts anyway."""
     dist_timeout_s: float = 7200.0
     """Under several ranks: how long a collective may wait before the process group gives up
     (``init_process_group(timeout=...)``). Ranks wait while rank 0 starts the engine, samples

@@ -34,6 +34,7 @@ from r1kit.estimate import (
     DTYPE_BYTES,
     FSDP2_REDUCES_EVERY_MICRO_BATCH,
     GIB,
+    GPUS,
     PHASES,
     memory_plan,
     step_time,
@@ -60,6 +61,24 @@ def check_plan(cfg: Config) -> None:
     if p.gpus % p.engine_tp:
         raise ConfigError(f"{cfg.source}: plan.engine_tp: {p.engine_tp} does not divide "
                           f"plan.gpus={p.gpus} (a replica's GPUs are on one node)")
+
+
+def launch_refusal(cfg: Config, gpus: int, nodes: int, gpu_bytes: float,
+                   device_name: str) -> str | None:
+    """For ``r1kit train`` on GPUs: None when the plan of ``cfg`` on the launch's own devices
+    (``nodes`` x ``gpus`` GPUs of ``gpu_bytes`` each; the GPU table's nearest kind for speeds)
+    fits, else one line with the plan's figure and the smallest change that fits."""
+    c = copy.deepcopy(cfg)
+    p = c.plan
+    p.gpu = min(GPUS, key=lambda k: abs(GPUS[k].memory_gib * GIB - gpu_bytes))
+    p.gpus, p.nodes = gpus, nodes
+    while p.gpus % p.engine_tp:  # the recipe's engine TP on fewer GPUs than it planned for
+        p.engine_tp //= 2
+    res = plan(c, arch_config(c.model))
+    if res["fits"] and res["total"] <= gpu_bytes:
+        return None
+    return (f"r1kit plan, for {nodes} x {gpus} {device_name} ({gpu_bytes / GIB:.1f} GiB each): "
+            f"{_fit_line(res)} (train.check_fit=false starts anyway)")
 
 
 def counts_of(cfg: Config, arch) -> Counts:

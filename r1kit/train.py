@@ -37,6 +37,7 @@ from grpo.trainer import GRPOTrainer, Parts, ProblemStream, TeacherSignal
 from grpo.update import Objective
 from r1kit.config import Config, ConfigError
 from r1kit.generate import check_prompt_lengths, load_problems, resolve_model_path
+from r1kit.plan import launch_refusal
 from rollouts.prompts import build_prompt
 
 log = logging.getLogger("r1kit.train")
@@ -174,6 +175,7 @@ def build_trainer(cfg: Config, show_progress: bool = True, teacher: TeacherSigna
                                          param_dtype=getattr(torch, mp) if mp else None,
                                          timeout_s=t.dist_timeout_s)
     check_layout(cfg, parallel)
+    check_fit(cfg, parallel)
     out = Path(cfg.log.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     route_logs(out, cfg.log.level,
@@ -228,6 +230,20 @@ def build_trainer(cfg: Config, show_progress: bool = True, teacher: TeacherSigna
     except BaseException:  # nothing left running: the scorer's workers, the engine
         parts.close()
         raise
+
+
+def check_fit(cfg: Config, parallel: Parallel) -> None:
+    """On GPUs (``train.check_fit``): refuse a run the plan says cannot fit this launch's
+    devices, before any model loads (``r1kit.plan.launch_refusal``)."""
+    device = device_of(cfg)
+    if not cfg.train.check_fit or device.type != "cuda":
+        return
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", parallel.world))
+    why = launch_refusal(cfg, local, max(1, parallel.world // local),
+                         torch.cuda.get_device_properties(device).total_memory,
+                         torch.cuda.get_device_name(device))
+    if why:
+        raise ConfigError(why)
 
 
 def check_layout(cfg: Config, parallel: Parallel) -> None:

@@ -395,3 +395,20 @@ def test_every_real_recipe_plans_without_infinity(recipe, capsys):
     assert main([str(REPO / "recipes" / recipe)]) == 0
     text = capsys.readouterr().out
     assert " inf" not in text and "nan" not in text
+
+
+def test_train_refuses_a_launch_the_plan_says_cannot_fit():
+    """``r1kit train`` on GPUs asks ``launch_refusal`` before loading anything (the call needs
+    CUDA; this is the decision it makes): the 7B recipe on one 80 GB GPU does not fit (float32
+    masters, gradients and AdamW state alone are 16 bytes a parameter), and the line says by how
+    much and what fits; on the 8 GPUs it names, it fits."""
+    from r1kit.config import load_config
+    from r1kit.plan import launch_refusal
+    from tests.conftest import REPO
+
+    cfg = load_config(str(REPO / "recipes/simplerl_qwen2.5_math_7b.yaml"), [],
+                      check_data=False)
+    why = launch_refusal(cfg, 1, 1, 80 * 2**30, "H100")
+    assert why is not None and "does not fit" in why and "GiB" in why
+    assert "Fits with:" in why and "train.check_fit=false" in why and "\n" not in why
+    assert launch_refusal(cfg, 8, 1, 80 * 2**30, "H100") is None
