@@ -81,6 +81,7 @@ _LABEL = re.compile(  # names of the quantity asked for: a ratio, a length, a qu
 )
 ROUNDED_MIN_DIGITS = 3  # significant digits a rounded decimal must state (see stage 2)
 _DECIMAL = re.compile(r"-?(\d*)\.(\d+)")
+_COMMA_NUMBER = re.compile(r"(-?\d+),(\d+)")
 
 Verdict = tuple[bool, str]  # (equal, deciding stage or reason)
 
@@ -221,6 +222,25 @@ def rounded_equal(pred: str, gold: Fraction) -> bool:
     return Fraction(pred.lstrip("-")) == rounded and (pred.startswith("-") == (gold < 0))
 
 
+def decimal_comma(comma: str, point: str) -> bool:
+    r"""True when ``comma`` is the number ``point`` written with a decimal comma, digit for digit.
+
+    Only ``d,d`` with no space and a comma group that cannot be a thousands group (not three
+    digits, unless the whole part is 0), against a decimal with the same digits: ``1,22`` is
+    ``1.22``, ``0,111`` is ``0.111``; ``1,222`` (thousands), ``1, 22`` (a list: the space) and
+    ``1,22`` against ``1.2`` or ``122`` are not. How it errs: a gold list of two integers
+    written without a space (``1,22``) accepts the decimal ``1.22``, which repeats the gold's
+    digits in order; lists are written ``1, 22`` (MATH, GSM8K, this grader's own output).
+
+    >>> decimal_comma("1,22", "1.22"), decimal_comma("1, 22", "1.22"), decimal_comma("1,222", "1.222")
+    (True, False, False)
+    """
+    m = _COMMA_NUMBER.fullmatch(comma.strip().strip("$").strip())
+    if m is None or (len(m.group(2)) == 3 and m.group(1).lstrip("-") != "0"):
+        return False
+    return point.strip().strip("$").strip() == f"{m.group(1)}.{m.group(2)}"
+
+
 def _quick(a: str, b: str) -> Verdict | None:
     """The in-process stages for two leaf strings (``a`` predicted, ``b`` gold), or None."""
     if a == b:
@@ -271,6 +291,8 @@ def answers_equal(pred: str, gold: str, *, timeout_s: float = 5.0) -> Verdict:
     quick = _quick(np_, ng)
     if quick is not None:
         return quick
+    if decimal_comma(pred, gold) or decimal_comma(gold, pred):
+        return True, "decimal comma"
     sp, sg = parse_structure(np_), parse_structure(ng)
     table: dict = {}
     _collect(sp, sg, table)

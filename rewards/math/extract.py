@@ -5,33 +5,46 @@ length of its input (plain scans and non-backtracking regular expressions),
 and returns the answer text untouched (normalisation happens later, in
 :mod:`rewards.math.normalize`).
 
+Doubled backslashes (``\\\\boxed{\\\\frac12}``, text escaped twice) are halved first
+when every command in the text has two (:func:`undouble`).
+
 Where it looks, first match wins:
 
 1. the last ``<answer>...</answer>`` block (R1 format); a ``\\boxed`` inside
    it is preferred to the whole block;
 2. the last ``\\boxed{...}`` or ``\\fbox{...}`` (nested braces, and the
-   brace-less form ``\\boxed 5``);
-3. the last answer phrase: "(final) answer is", "Answer:", a "### Answer" or
-   "**Final Answer**" heading (Minerva's "Final Answer: The final answer is
-   $X$. I hope it is correct." included); what follows it is the first math
-   span right after the phrase (``$...$``, ``$$...$$``, ``\\[...\\]``,
-   ``\\(...\\)``, even on the next line), else the rest of that line (or of
-   the next non-empty one);
+   brace-less form ``\\boxed 5``), unless a "final answer" phrase comes after
+   it (Minerva's "Final Answer: The final answer is $X$" after intermediate
+   boxes: the phrase wins);
+3. the last answer phrase: "(final) answer is", "Answer:", "Answer" right
+   before a math span, a "### Answer" or "**Final Answer**" heading
+   (Minerva's "Final Answer: The final answer is $X$. I hope it is correct."
+   included); what follows it is the first math span right after the phrase
+   (``$...$``, ``$$...$$``, ``\\[...\\]``, ``\\(...\\)``, even on the next
+   line; an inline ``$`` or ``\\(`` span never runs across lines), else the
+   rest of that line up to its first sentence end; when that is prose ("The
+   volume of $V$ is 120"), the text after its last "is" (its last math span,
+   or itself when it is no prose), else its last number, else its last math span;
 4. a GSM8K ``#### N`` line;
 5. the whole text when it is a bare answer: a single line of at most
    :data:`BARE_MAX_CHARS` characters without a (broken) ``\\boxed`` (so
-   ``grade("0.5", ...)`` works);
-6. the last number in the text, only with ``last_number=True`` (thousands
-   separators kept: ``2,500`` is one number, ``1,2`` is two).
+   ``grade("0.5", ...)`` works), read as in 3 when it is prose ("We find that
+   $x < 3$.");
+6. the last number in the text (``2/3``, ``-1.5``; thousands separators kept:
+   ``2,500`` is one number, ``1,2`` is two), only with ``last_number=True``
+   and only when the text has no answer marker at all (a broken ``\\boxed``
+   or an answer phrase with nothing readable after it is no answer, not an
+   invitation to guess). :func:`rewards.math.grade.grade_one` turns it on
+   when the gold is a single number (see there).
 
 :func:`boxed_answers` lists the last few distinct boxes, for
 :mod:`rewards.math.grade`, which reads several boxes as several answers when
 the gold has that many.
 
-The last-number fallback is off by default: a completion that never marks its
-answer gets no reward, rather than being graded on whatever number it happened
-to write last (which teaches a policy to stop marking answers and rewards
-intermediate results by accident). Turn it on for unformatted reference data.
+Why the fallback is off in :func:`extract_answer` by default: a completion that
+never marks its answer is graded on whatever number it happened to write last,
+which can reward an intermediate result by accident; the grader allows it only
+where a number is the whole answer.
 
 Does not: judge whether a completion is well formed (e.g. several different
 boxed answers: the last one is extracted), nor repair truncated LaTeX (an unclosed
@@ -49,13 +62,21 @@ BOXED_TRIES = 4  # unclosed markers tried from the end, so 100 kB of "\\boxed{" 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _BOX_CMD = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 _PHRASE = re.compile(
-    r"\banswer\s+is\b|\banswer\s*:|^[ \t]*(?:#+|\*\*)[ \t]*(?:final[ \t]+)?answer\b",
+    r"\banswer\s+is\b|\banswer\s*:|^[ \t]*(?:#+|\*\*)[ \t]*(?:final[ \t]+)?answer\b"
+    r"|\banswer(?=[ \t]*\n?[ \t]*(?:\$|\\\[|\\\())",  # "Answer $9$", "Answer \[ 9 \]"
     re.IGNORECASE | re.MULTILINE,
 )
+_FINAL = re.compile(r"\bfinal\s+answer\b", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"\.(?:\s|$)|\bI hope it is correct|<\|")
+_WORDS = re.compile(r"[a-zA-Z]{3,}[ \t,]+[a-zA-Z]{2,}")  # two words in a row: prose
+_IS = re.compile(r"\b(?:is|are|equals|was)\s+")
+_DOUBLED = re.compile(r"(?<!\\)\\\\[a-zA-Z]")
+_SINGLE = re.compile(r"(?<!\\)\\[a-zA-Z]")
+_INLINE = re.compile(r"(?<!\\)\$([^$]+?)(?<!\\)\$")
 _SPAN_CLOSE = {"$$": "$$", "$": "$", "\\[": "\\]", "\\(": "\\)"}
 SPAN_MAX_CHARS = 2000  # a math span longer than this is not an answer
 _GSM = re.compile(r"^####\s*([^\n]+)", re.MULTILINE)
-_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?|-?\.\d+")
+_NUMBER = re.compile(r"-?\d+/\d+(?![\d.,])|-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?|-?\.\d+")
 
 
 def braced(text: str, start: int) -> tuple[str, int] | None:
@@ -120,22 +141,68 @@ def boxed_answers(text: str, most: int = 8) -> list[str]:
     return out
 
 
-def _answer_phrase(text: str) -> str | None:
+def undouble(text: str) -> str:
+    r"""Halve doubled backslashes when every command in ``text`` has two (``\\frac`` as JSON
+    escaped twice writes it); text with any single-backslash command is left alone.
+
+    >>> undouble(r"\\boxed{\\frac{1}{2}}"), undouble(r"\frac{1}{2} \\ 3")
+    ('\\boxed{\\frac{1}{2}}', '\\frac{1}{2} \\\\ 3')
+    """
+    if _DOUBLED.search(text) and not _SINGLE.search(text):
+        return text.replace("\\\\", "\\")
+    return text
+
+
+def _span_end(rest: str, opener: str) -> int:
+    """Index of the closer of the math span opening ``rest`` (an escaped ``\\$`` is no closer)."""
+    close, i = _SPAN_CLOSE[opener], len(opener)
+    while True:
+        end = rest.find(close, i, SPAN_MAX_CHARS)
+        if end > 0 and opener in ("$", "\\(") and "\n" in rest[:end]:
+            return -1  # inline math does not run across lines
+        if end <= 0 or close != "$" or rest[end - 1] != "\\":
+            return end
+        i = end + 1
+
+
+def _from_sentence(line: str) -> str:
+    """The answer in one line of prose after an answer phrase (see rule 3 of the module)."""
+    line = _SENTENCE_END.split(line, 1)[0].strip()
+    if not _WORDS.search(_INLINE.sub(" ", re.sub(r"\\text\{[^{}]*\}", " ", line))):
+        return line  # not prose: the line is the answer
+    tail = _IS.split(line)[-1]  # "the volume of $V$ is 120" -> "120"
+    spans = _INLINE.findall(tail)
+    if spans:
+        return spans[-1]
+    if not _WORDS.search(tail):
+        return tail
+    nums = _NUMBER.findall(tail)
+    if nums:
+        return nums[-1].rstrip(",")
+    spans = _INLINE.findall(line)  # "Therefore $x > 5$ is the solution."
+    return spans[-1] if spans else line
+
+
+def _answer_phrase(text: str) -> tuple[str | None, int, bool]:
+    """(answer after the last answer phrase or None, where the phrase starts, is it "final")."""
     found = None
     for found in _PHRASE.finditer(text):
         pass
     if found is None:
-        return None
+        return None, -1, False
+    final = bool(_FINAL.search(text, max(0, found.start() - 6), found.end()))
     rest = text[found.end() :].lstrip(" \t*:\n")
     for opener in ("$$", "$", "\\[", "\\("):
         if rest.startswith(opener):
-            end = rest.find(_SPAN_CLOSE[opener], len(opener), SPAN_MAX_CHARS)
+            end = _span_end(rest, opener)
             if end > 0:
-                return rest[len(opener) : end].strip() or None
+                return rest[len(opener) : end].strip() or None, found.start(), final
             break
-    ans = rest.split("\n", 1)[0].strip()
+    ans = _from_sentence(rest.split("\n", 1)[0].strip())
     ans = re.sub(r"^\$+|\$+\.?$", "", ans).strip().rstrip(".")
-    return None if not ans or _BOX_CMD.search(ans) else ans  # a broken \boxed is no answer
+    if not ans or _BOX_CMD.search(ans):  # a broken \boxed is no answer
+        return None, found.start(), final
+    return ans, found.start(), final
 
 
 def extract_answer(text: str, *, last_number: bool = False) -> str | None:
@@ -162,22 +229,25 @@ def extract_answer(text: str, *, last_number: bool = False) -> str | None:
     """
     if not isinstance(text, str):
         return None
+    text = undouble(text)
     tags = _ANSWER_TAG.findall(text)
     if tags:
         inner = tags[-1]
         return last_boxed(inner) or inner.strip() or None
-    for finder in (last_boxed, _answer_phrase):
-        ans = finder(text)
-        if ans:
-            return ans
+    boxed = last_boxed(text)
+    phrase, at, final = _answer_phrase(text)
+    if phrase and final and boxed and at > text.rfind("\\boxed"):
+        return phrase  # "Final Answer: The final answer is X" after intermediate boxes
+    if boxed or phrase:
+        return boxed or phrase
     gsm = _GSM.findall(text)
     if gsm:
         return gsm[-1].strip()
     stripped = text.strip()
     bare = len(stripped) <= BARE_MAX_CHARS and "\n" not in stripped
     if stripped and bare and not _BOX_CMD.search(stripped):  # a broken \boxed is no answer
-        return stripped
-    if last_number:
+        return _from_sentence(stripped)
+    if last_number and at < 0 and not _BOX_CMD.search(text):  # a broken marker is no answer
         nums = _NUMBER.findall(text)
         if nums:
             return nums[-1].rstrip(",")

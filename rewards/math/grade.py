@@ -13,6 +13,17 @@ answer; the last-number fallback is off). The gold goes through it too, and
 is used whole when it has no marker, so both a bare MATH answer and a GSM8K
 solution ending in ``#### 72`` work as gold.
 
+The last-number fallback (``last_number``): when the prediction marks no
+answer at all, its last number (``2/3``, ``12,000`` included) is taken only
+when the gold is a single number (``last_number=None``, the default;
+``True`` always, ``False`` never). Why it cannot hedge: one number is read,
+the last; why only a numeric gold: against a tuple, set or expression the
+last number is a fragment, and a fragment that happens to match (the ``3``
+of ``x^3``) would be a false accept. How it errs: an unmarked completion
+whose last number equals the gold by accident (an intermediate result
+written last) earns the reward; ``last_number=False`` rewards marked answers
+only.
+
 Several boxes as several answers: when the last box does not match and the
 gold is a list or set of k > 1 answers, the last k distinct boxes (each a
 single answer) are compared as that list, so ``\boxed{5}`` and
@@ -29,7 +40,7 @@ from dataclasses import dataclass
 
 from rewards.math.equiv import answers_equal
 from rewards.math.extract import boxed_answers, extract_answer, last_boxed
-from rewards.math.normalize import normalize
+from rewards.math.normalize import normalize, parse_rational
 from rewards.math.structure import MAX_ITEMS, Seq, parse_structure
 
 
@@ -43,7 +54,7 @@ class Verdict:
 
 
 def grade_one(
-    pred: str, gold: str, *, timeout_s: float = 5.0, last_number: bool = False
+    pred: str, gold: str, *, timeout_s: float = 5.0, last_number: bool | None = None
 ) -> Verdict:
     r"""Grade one prediction and say why.
 
@@ -56,10 +67,12 @@ def grade_one(
     """
     if not isinstance(pred, str) or not isinstance(gold, str):
         return Verdict(False, None, "not a string")
-    extracted = extract_answer(pred, last_number=last_number)
+    gold_answer = extract_answer(gold) or gold.strip()
+    extracted = extract_answer(pred)
+    if extracted is None and (last_number or last_number is None and _numeric(gold_answer)):
+        extracted = extract_answer(pred, last_number=True)
     if extracted is None:
         return Verdict(False, None, "no answer found")
-    gold_answer = extract_answer(gold) or gold.strip()
     start = time.monotonic()
     correct, reason = answers_equal(extracted, gold_answer, timeout_s=timeout_s)
     left = timeout_s - (time.monotonic() - start)  # both comparisons share the bound
@@ -68,6 +81,11 @@ def grade_one(
         if several is not None and answers_equal(several, gold_answer, timeout_s=left)[0]:
             return Verdict(True, several, "several boxes")
     return Verdict(correct, extracted, reason)
+
+
+def _numeric(gold: str) -> bool:
+    """The gold is one number (integer, decimal, fraction): the last-number fallback's domain."""
+    return parse_rational(normalize(gold)) is not None
 
 
 def _several_boxes(pred: str, gold: str) -> str | None:

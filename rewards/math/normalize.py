@@ -35,14 +35,17 @@ UNITS = (
     "units?|square units?|sq units?|cm|centimeters?|m|meters?|km|kilometers?|mm|inch(?:es)?|"
     "feet|foot|ft|yards?|miles?|mph|seconds?|sec|s|minutes?|min|hours?|hrs?|days?|weeks?|"
     "months?|years?|dollars?|cents?|degrees?|radians?|pounds?|lbs?|ounces?|oz|grams?|g|kg|"
-    "liters?|ml|gallons?|points?|people|students?|ways?|percent|cups?|pages?|boxes|marbles"
+    "liters?|ml|gallons?|points?|people|students?|ways?|percent(?:age)?|pct|cups?|pages?|boxes|"
+    "marbles"
 )
 _UNIT_TEXT = re.compile(
-    r"\\(?:text|mbox|mathrm|textbf|textrm)\s*\{\s*(?:" + UNITS + r")\s*\}(?:\^\{?[23]\}?)?$"
+    r"\\(?:text|textnormal|mbox|mathrm|textbf|textrm)\s*\{\s*(?:"
+    + UNITS
+    + r")\s*\}(?:\^\{?[23]\}?)?$"
 )
 _UNIT_WORD = re.compile(r"(?<=[\d}\s])\s*(?:" + UNITS + r")(?:\^\{?[23]\}?)?$")
 _TEXT_CMD = re.compile(
-    r"\\(?:text|mbox|mathrm|textbf|textrm|textit|mathbf|operatorname)\s*\{([^{}]*)\}"
+    r"\\(?:text|textnormal|mbox|mathrm|textbf|textrm|textit|mathbf|operatorname)\s*\{([^{}]*)\}"
 )
 _DROP = re.compile(
     r"(?<!\\)\\(?:left|right|bigl|bigr|Bigl|Bigr|big|Big|displaystyle|textstyle"
@@ -54,7 +57,7 @@ _FRAC_SHORT = re.compile(r"\\frac\s*(\d)\s*(\d)")
 _FRAC_HALF = re.compile(r"\\frac\s*(\{[^{}]*\})\s*(\d)")
 _FRAC_DIGIT = re.compile(r"\\frac\s*(\d)\s*(?=\{)")  # \frac4{4}
 _SQRT_SHORT = re.compile(r"\\sqrt\s*(\d|[a-zA-Z](?![a-zA-Z]))")
-_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_THOUSANDS = re.compile(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")  # 0,111 is not 111
 _SPACE_KEEP = re.compile(r"(\\[a-zA-Z]+) (?=[a-zA-Z])")
 _CHOICE = re.compile(r"^\(([A-E])\)$")
 _CONNECTIVE = re.compile(
@@ -95,7 +98,8 @@ def normalize(ans: str) -> str:
     """
     s = ans.strip().replace("\u2212", "-").replace("\\%", "").replace("%", "")
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("{,}", ",")
-    s = s.replace(",\\!", ",")  # 12,\!000: a thousands separator, not "12, 000"
+    s = re.sub(r",\\!\s*", ",", s)  # 12,\! 000: a thousands separator, not "12, 000"
+    s = s.replace("€", "").replace("£", "")
     s = _CONNECTIVE.sub(",", s)
     s = _DROP.sub(" ", s)
     s = _DEGREES.sub("", s)
