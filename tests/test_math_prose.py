@@ -88,3 +88,32 @@ def test_last_number_can_be_turned_off_and_on():
 def test_decimal_comma_rule():
     assert decimal_comma("-3,5", "-3.5") and decimal_comma("0,111", "0.111")
     assert not decimal_comma("3,500", "3.5") and not decimal_comma("3,5", "3.50")
+
+
+LISTS = [  # (completion, gold, a wrong completion in the same form)
+    # braces as a set: order-free against a set or list, in order against a tuple
+    ("${2,9}$", "$(2,9)$", "${9,2}$"),
+    (r"$\boxed{\{5, -4\}}$", "$-4;5$", r"$\boxed{\{5, 4\}}$"),
+    ("${-8, 8}$", r"$\pm 8$", "${-8, 9}$"),
+    # semicolons between answers and between coordinates
+    (r"$\boxed{(1, 2, 3), (0, 0, 1)}$", "$(0;0;1),(1;2;3)$", r"$\boxed{(1, 2, 3), (0, 1, 0)}$"),
+    (r"$\boxed{(3, 1), (5, 1)}$", "$a=3,b=1;a=5,b=1$", r"$\boxed{(3, 1), (1, 5)}$"),
+    # "or" / "and" between answers
+    (r"$\boxed{(2,5), (5,2)}$", "$(5,2)or(2,5)$", r"$\boxed{(2,5), (2,5)}$"),
+    ("$8, 15, and 17$", "$8, 15, 17$", "$8, 15, and 18$"),
+    ("$\\boxed{4, 6}$", "$4$ and $6$", "$\\boxed{4, 7}$"),
+    # several boxes, tuples included, and a gold written as several boxes
+    (r"$\boxed{(0, 1)}$ and $\boxed{(1, 0)}$", "(1, 0), (0, 1)", r"$\boxed{(0, 1)}$"),
+    (r"$\boxed{-5, 2}$", r"\(\boxed{2}\) or \(\boxed{-5}\)", r"$\boxed{-5, 3}$"),
+]
+
+
+@pytest.mark.parametrize(("pred", "gold", "wrong"), LISTS)
+def test_lists_and_sets(pred, gold, wrong):
+    assert grade_one(pred, gold, timeout_s=10).correct, grade_one(pred, gold, timeout_s=10)
+    assert not grade(wrong, gold, timeout_s=10)
+
+
+def test_gold_boxes_far_apart_are_not_one_list():
+    gold = r"first \boxed{2}, which we check at length over many lines of text, then \boxed{7}"
+    assert grade(r"$\boxed{7}$", gold) and not grade(r"$\boxed{2, 7}$", gold)

@@ -70,6 +70,8 @@ _FINAL = re.compile(r"\bfinal\s+answer\b", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"\.(?:\s|$)|\bI hope it is correct|<\|")
 _WORDS = re.compile(r"[a-zA-Z]{3,}[ \t,]+[a-zA-Z]{2,}")  # two words in a row: prose
 _IS = re.compile(r"\b(?:is|are|equals|was)\s+")
+_CONNECTIVES = re.compile(r"[\s,;]*(?:(?:and|or)[\s,;]+)*")
+BOX_GAP_WORDS = 3  # more words than this between two boxes of a gold: not one list
 _DOUBLED = re.compile(r"(?<!\\)\\\\[a-zA-Z]")
 _SINGLE = re.compile(r"(?<!\\)\\[a-zA-Z]")
 _INLINE = re.compile(r"(?<!\\)\$([^$]+?)(?<!\\)\$")
@@ -168,6 +170,8 @@ def _span_end(rest: str, opener: str) -> int:
 def _from_sentence(line: str) -> str:
     """The answer in one line of prose after an answer phrase (see rule 3 of the module)."""
     line = _SENTENCE_END.split(line, 1)[0].strip()
+    if _CONNECTIVES.fullmatch(_INLINE.sub(" ", line)):  # "$1$ and $2$": a list, not prose
+        return _INLINE.sub(r"\1", line)
     if not _WORDS.search(_INLINE.sub(" ", re.sub(r"\\text\{[^{}]*\}", " ", line))):
         return line  # not prose: the line is the answer
     tail = _IS.split(line)[-1]  # "the volume of $V$ is 120" -> "120"
@@ -181,6 +185,29 @@ def _from_sentence(line: str) -> str:
         return nums[-1].rstrip(",")
     spans = _INLINE.findall(line)  # "Therefore $x > 5$ is the solution."
     return spans[-1] if spans else line
+
+
+def box_run(text: str) -> list[str]:
+    r"""Contents of the last run of boxes in ``text`` that stand close together (at most
+    :data:`BOX_GAP_WORDS` words between neighbours), in order, repeats dropped.
+
+    >>> box_run(r"$\boxed{1}$ and $\boxed{2}$"), box_run(r"\boxed{1} no no no no \boxed{2}")
+    (['1', '2'], ['2'])
+    """
+    run: list[str] = []
+    end = -1
+    for m in list(_BOX_CMD.finditer(text))[-4 * BOXED_TRIES :]:
+        i = m.end()
+        found = braced(text, i) if i < len(text) and text[i] == "{" else None
+        if found is None:
+            continue
+        gap = text[end : m.start()] if end >= 0 else ""
+        if end < 0 or len(re.findall(r"[a-zA-Z]+", gap)) > BOX_GAP_WORDS:
+            run = []
+        if found[0].strip() not in run:
+            run.append(found[0].strip())
+        end = found[1]
+    return run
 
 
 def _answer_phrase(text: str) -> tuple[str | None, int, bool]:

@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 
 from rewards.math.equiv import answers_equal
-from rewards.math.extract import boxed_answers, extract_answer, last_boxed
+from rewards.math.extract import box_run, boxed_answers, extract_answer, last_boxed
 from rewards.math.normalize import normalize, parse_rational
 from rewards.math.structure import MAX_ITEMS, Seq, parse_structure
 
@@ -67,7 +67,10 @@ def grade_one(
     """
     if not isinstance(pred, str) or not isinstance(gold, str):
         return Verdict(False, None, "not a string")
-    gold_answer = extract_answer(gold) or gold.strip()
+    gold_boxes = box_run(gold)
+    gold_answer = (
+        ", ".join(reversed(gold_boxes)) if len(gold_boxes) > 1 else extract_answer(gold)
+    ) or gold.strip()
     extracted = extract_answer(pred)
     if extracted is None and (last_number or last_number is None and _numeric(gold_answer)):
         extracted = extract_answer(pred, last_number=True)
@@ -88,15 +91,18 @@ def _numeric(gold: str) -> bool:
     return parse_rational(normalize(gold)) is not None
 
 
+def _several(node: object) -> bool:
+    """A box that holds several answers (a list, set or union), not one (a tuple is one)."""
+    return isinstance(node, Seq) and node.kind in ("list", "set", "union")
+
+
 def _several_boxes(pred: str, gold: str) -> str | None:
     """The last k distinct single-answer boxes of ``pred`` joined, k the gold's answer count."""
     g = parse_structure(normalize(gold))
     if not (isinstance(g, Seq) and g.kind in ("list", "set") and 1 < len(g.items) <= MAX_ITEMS):
         return None
     boxes = boxed_answers(pred, most=len(g.items))
-    if len(boxes) < len(g.items) or any(
-        isinstance(parse_structure(normalize(b)), Seq) for b in boxes
-    ):
+    if len(boxes) < len(g.items) or any(_several(parse_structure(normalize(b))) for b in boxes):
         return None
     return ", ".join(reversed(boxes))
 

@@ -61,7 +61,7 @@ _THOUSANDS = re.compile(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")  # 0,111 is not 
 _SPACE_KEEP = re.compile(r"(\\[a-zA-Z]+) (?=[a-zA-Z])")
 _CHOICE = re.compile(r"^\(([A-E])\)$")
 _CONNECTIVE = re.compile(
-    r"\\(?:text|mbox|mathrm|textrm)\s*\{\s*(?:or|and)\s*\}|(?<=[\s$])or(?=[\s$])"
+    r"\\(?:text|mbox|mathrm|textrm)\s*\{\s*(?:or|and)\s*\}|(?<=[\s$)])(?:or|and)(?=[\s$(])"
 )
 _LOG_BASE = re.compile(r"\\log_\s*([0-9a-zA-Z])\s+(?=[0-9a-zA-Z(\\{])")
 _NOT_EQUAL = re.compile(r"\\ne(?![a-zA-Z])|(?<=[a-zA-Z\s])!=")
@@ -100,7 +100,7 @@ def normalize(ans: str) -> str:
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("{,}", ",")
     s = re.sub(r",\\!\s*", ",", s)  # 12,\! 000: a thousands separator, not "12, 000"
     s = s.replace("€", "").replace("£", "")
-    s = _CONNECTIVE.sub(",", s)
+    s = re.sub(r",(?:\s*,)+", ",", _CONNECTIVE.sub(",", s))  # "19, 46, and 82": one comma
     s = _DROP.sub(" ", s)
     s = _DEGREES.sub("", s)
     s = _LOG_BASE.sub(r"\\log_{\1}", s)

@@ -10,7 +10,13 @@ Rules (how :mod:`rewards.math.equiv` reads the kinds):
 * ``(a, b)`` is an ordered ``tuple`` (also an open interval: both compare the
   same way); ``[a, b]``, ``[a, b)``, ``(a, b]`` are ``interval``s whose ends
   (open or closed) must match.
-* ``\{a, b\}`` is a ``set``: order-free.
+* ``\{a, b\}`` is a ``set``: order-free. ``{a, b}`` (LaTeX group braces, as
+  models write sets) is a ``list``: order-free against a set or a list, but in
+  order against a tuple, so ``{3, 1}`` does not pass for ``(1, 3)`` (writing
+  braces gains no freedom of order).
+* ``;`` at top level separates answers like ``,`` (``-12;-11``; ``p=5,q=2;p=7,q=2``
+  is two answers of two parts each); inside brackets with no comma it separates
+  coordinates (``(0;-2;6)``, ``[0;1]``).
 * a bare ``a, b`` is a ``list`` of several answers (e.g. the solutions of an
   equation): order-free, and the count must match.
 * ``A \cup B`` is a ``union``: order-free.
@@ -160,8 +166,12 @@ def _relation(s: str) -> Rel | Seq | None:
 def _brackets(s: str) -> Node | None:
     if s.startswith("\\{") and s.endswith("\\}") and _wraps(s[1:]):
         return Seq("set", tuple(parse_structure(p) for p in split_top(s[2:-2], ",")))
+    if s[:1] == "{" and s[-1:] == "}" and _wraps(s) and len(split_top(s[1:-1], ",")) > 1:
+        return Seq("list", tuple(parse_structure(p) for p in split_top(s[1:-1], ",")))
     if s[:1] in "([" and s[-1:] in ")]" and _wraps(s):
         parts = split_top(s[1:-1], ",")
+        if len(parts) == 1:
+            parts = split_top(s[1:-1], ";")  # (0;-2;6): a semicolon between coordinates
         if len(parts) == 1:
             return parse_structure(parts[0])
         items = tuple(parse_structure(p) for p in parts)
@@ -190,7 +200,7 @@ def parse_structure(s: str) -> Node:
     s = s.strip()
     if len(s) > 2000 or not s:
         return Leaf(s)
-    for sep, kind in (("\\cup", "union"), (",", "list")):
+    for sep, kind in (("\\cup", "union"), (";", "list"), (",", "list")):
         parts = split_top(s, sep)
         if 1 < len(parts) <= MAX_ITEMS:
             return Seq(kind, tuple(parse_structure(p) for p in parts))
