@@ -185,6 +185,8 @@ def build_trainer(cfg: Config, show_progress: bool = True, teacher: TeacherSigna
         # starts (it has not: nothing above touched a GPU); without it the first matmul raises.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
+    if device_of(cfg).type == "cuda":  # TF32 for the float32 matmuls autocast leaves
+        torch.set_float32_matmul_precision("high")
     ckpt = find_resume(cfg)
     sharded_ckpt = ckpt is not None and is_sharded(ckpt)
     if ckpt is not None and parallel.sharded and not sharded_ckpt:

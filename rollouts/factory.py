@@ -67,9 +67,12 @@ def make_engine(
 
         from rollouts.hf import HFEngine
 
-        if model is not None:
+        if model is not None:  # the trainer's policy: float32 masters under mixed precision
+            held = next(model.parameters()).dtype
+            want = getattr(torch, dtype)
             return HFEngine(model, tokenizer, batch_size=batch_size, max_model_len=max_model_len,
-                            record_routing=record_routing)
+                            record_routing=record_routing,
+                            compute_dtype=want if want != held else None)
         return HFEngine(model_path, dtype=getattr(torch, dtype), batch_size=batch_size,
                         max_model_len=max_model_len, record_routing=record_routing)
     if kind in ("vllm", "vllm_server"):

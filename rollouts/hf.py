@@ -66,12 +66,15 @@ class HFEngine:
         max_model_len: int | None = None,
         record_routing: bool = False,
         share_prompts: bool = True,
+        compute_dtype: torch.dtype | None = None,
     ):
         """``model`` is a live model or a checkpoint folder; ``batch_size`` counts sequences
         (prompt x completion) per forward batch; ``record_routing`` fills
         ``Completion.routed_experts`` (MoE models only, see ``grpo.routing``);
         ``share_prompts``: a prompt repeated in a batch (a group's samples) is prefilled once
-        (``_prefill``)."""
+        (``_prefill``); ``compute_dtype``: decode under autocast in this dtype (a policy with
+        float32 master weights trained in mixed precision samples in the dtype its training
+        passes compute in, not in float32)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if isinstance(model, (str, Path)):
@@ -89,6 +92,7 @@ class HFEngine:
         self.max_model_len = max_model_len or model.config.max_position_embeddings
         self.record_routing = record_routing
         self.share_prompts = share_prompts
+        self.compute_dtype = compute_dtype
         # DeepSeek-V4's compressed attention pools fixed windows of tensor positions, so a
         # left-padded row would pool padding: such models batch only prompts of one length.
         self.equal_length_batches = getattr(model.config, "model_type", "") == "deepseek_v4"
@@ -120,7 +124,7 @@ class HFEngine:
         self.model.eval()
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         try:
-            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            with torch.no_grad(), torch.random.fork_rng(devices=devices), self._autocast():
                 if sampling.seed is not None:
                     torch.manual_seed(sampling.seed)
                 for batch in self._batches(rows):
@@ -136,6 +140,11 @@ class HFEngine:
             peak_memory_bytes=peak_memory_bytes(self.device),
         )
         return groups
+
+    def _autocast(self):
+        if self.compute_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype)
 
     def _batches(self, rows: list[tuple[int, list[int]]]) -> list[list[tuple[int, list[int]]]]:
         """Forward batches of at most ``batch_size`` rows, in order; with

@@ -250,3 +250,31 @@ def test_fixed_point_sampling_draws_what_the_float_path_draws():
     assert not bool((ints % 7 == 0).any())
     counts = torch.bincount(ints, minlength=50).double() / len(ints)
     assert float((counts - probs.mean(0)).abs().max()) < 0.02  # the right distribution
+
+
+def test_a_float32_master_policy_samples_in_the_recipes_compute_dtype(tiny_qwen):
+    """Under mixed precision the trainer's policy holds float32 master weights while its
+    forward passes compute in ``model.dtype``; the engine the factory builds on it decodes under
+    autocast in that dtype (not in float32), seen from inside the model's layers."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rollouts.factory import make_engine
+    from rollouts.types import Sampling
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(tiny_qwen)
+    seen = []
+    layer = model.model.layers[0].self_attn.q_proj
+    handle = layer.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    try:
+        for dtype, want in (("bfloat16", torch.bfloat16), ("float32", torch.float32)):
+            seen.clear()
+            engine = make_engine("hf", tiny_qwen, dtype=dtype, max_model_len=64, seed=0,
+                                 gpu_memory_utilization=0.5, batch_size=4, model=model,
+                                 tokenizer=tok)
+            engine.generate(["1 + 1 ="], 2, Sampling(max_tokens=4, seed=0))
+            assert seen and set(seen) == {want}, (dtype, set(seen))
+    finally:
+        handle.remove()
+    assert next(model.parameters()).dtype == torch.float32  # the masters are untouched
