@@ -212,6 +212,8 @@ class GRPOTrainer:
             rate = max(len(kept) / len(every), 0.25) if every else 1.0
             problems = self.p.data.take(math.ceil((want - len(kept)) / rate))
             sampling = r.sampling(seed=r.seed + 7919 * step + 104729 * attempt)
+            if not r.seeds_training(self.device.type == "cuda"):
+                sampling = dataclasses.replace(sampling, seed=None)
             g0 = time.perf_counter()
             groups = self._generate([self.p.prompt_fn(q.question) for q in problems], sampling,
                                     step)

@@ -34,6 +34,12 @@ class RolloutConfig:
     must learn when to stop; benchmarks set it to force equal lengths on every engine."""
     seed: int = 0
     """Sampling seed; the same seed reproduces the same completions on the same engine."""
+    seeded: Literal["auto", "always", "never"] = "auto"
+    """Whether training rollouts carry a seed (``rollout.seed`` + step): ``always``
+    (reproducible runs and bit-identical resumes), ``never``, or ``auto``: seeded, except with a
+    vLLM engine on a GPU, where a per-request seed sends vLLM's sampler through its per-request
+    generator loop and turns FlashInfer sampling off (``vllm/v1/sample/ops/
+    topk_topp_sampler.py``). Evaluation and ``r1kit generate`` always seed."""
     prompt_style: Literal["r1_zero", "chat"] = "r1_zero"
     """``r1_zero``: plain-text template ending in ``<think>``; ``chat``: the tokenizer's chat
     template."""
@@ -55,6 +61,18 @@ class RolloutConfig:
         return Sampling(max_tokens=self.max_tokens, temperature=self.temperature,
                         top_p=self.top_p, top_k=self.top_k, min_tokens=self.min_tokens,
                         seed=self.seed if seed is None else seed)
+
+    def seeds_training(self, on_gpu: bool) -> bool:
+        """Whether a training rollout's ``Sampling`` carries a seed (``seeded``).
+
+        >>> [RolloutConfig(engine=e).seeds_training(g) for e in ("hf", "vllm") for g in (0, 1)]
+        [True, True, True, False]
+        >>> RolloutConfig(engine="vllm_server", seeded="always").seeds_training(True)
+        True
+        """
+        if self.seeded != "auto":
+            return self.seeded == "always"
+        return not (on_gpu and self.engine in ("vllm", "vllm_server"))
 
     def start_engine(self, model_path: str | Path, dtype: str, *, kind: str | None = None,
                      max_model_len: int | None = None, seed: int | None = None,
