@@ -20,12 +20,25 @@ decide which grader is right where they disagree: ``disagreements`` lists them.
 :func:`real_output_rows` reads the hand-labelled real-output set
 (``tests/data/math_real_outputs.jsonl``: completions as models and RL data
 sets write them, half right, half wrong), benchmarked with ``--real``.
+
+:func:`fetch_math_verify_suite` downloads math-verify's sdist with pip (once,
+into ``~/.cache/r1kit``) and keeps its ``tests/test_*.py``;
+:func:`math_verify_suite_rows` reads their ``parametrize`` tables with
+:mod:`ast` (never importing them): 275 graded pairs in 0.9.0;
+:func:`bench_math_verify_suite` grades them, benchmarked with
+``--math-verify-suite``. Nothing of math-verify's is kept in this repository.
 """
 
 from __future__ import annotations
 
+import ast
 import json
+import math
+import re
+import subprocess
 import sys
+import tarfile
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -81,6 +94,10 @@ def bench_math(pairs: list[tuple[str, str]], expected: list[bool] | None = None)
             "seconds": seconds,
             "pairs_per_s": len(pairs) / seconds if seconds > 0 else float("inf"),
             "accuracy": right / len(pairs),
+            "correct": right,
+            "false_accepts": [  # indices of pairs graded equal that are not
+                i for i, (v, e) in enumerate(zip(verdicts[name], expected)) if v and not e
+            ],
         }
     both = list(zip(verdicts["r1kit"], verdicts["math_verify"]))
     result["agreement"] = sum(a == b for a, b in both) / len(pairs)
@@ -118,10 +135,134 @@ def bench_real(path: Path = REAL_DATA) -> dict:
     return result
 
 
+# math-verify's own test suite, fetched from its sdist at bench time (never vendored).
+MATH_VERIFY_VERSION = "0.9.0"
+SUITE_CACHE = Path.home() / ".cache" / "r1kit" / f"math-verify-{MATH_VERIFY_VERSION}-tests"
+_SAFE_NODES = (
+    ast.Expression,
+    ast.Constant,
+    ast.Tuple,
+    ast.List,
+    ast.JoinedStr,
+    ast.FormattedValue,
+    ast.UnaryOp,
+    ast.USub,
+    ast.Load,
+    ast.Call,
+    ast.Attribute,
+    ast.Name,
+)
+
+
+def fetch_math_verify_suite(cache: Path = SUITE_CACHE) -> Path:
+    """The ``tests/`` folder of math-verify's sdist, downloaded with pip once into ``cache``.
+
+    Only ``tests/test_*.py`` files are taken out of the archive (by name, no links, no paths
+    that leave ``cache``); they are read with :func:`math_verify_suite_rows`, never imported.
+    """
+    tests = cache / "tests"
+    if any(tests.glob("test_*.py")):
+        return tests
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                f"math-verify=={MATH_VERIFY_VERSION}",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--quiet",
+                "-d",
+                tmp,
+            ],
+            check=True,
+            timeout=300,
+        )
+        (sdist,) = Path(tmp).glob("*.tar.gz")
+        tests.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(sdist) as tar:
+            for member in tar.getmembers():
+                parts = Path(member.name).parts
+                wanted = len(parts) == 3 and parts[1] == "tests"
+                if member.isfile() and wanted and re.fullmatch(r"test_\w+\.py", parts[2]):
+                    (tests / parts[2]).write_bytes(tar.extractfile(member).read())
+    return tests
+
+
+def _literal(node: ast.AST) -> object:
+    """A parametrize table's value: literals, and f-strings over ``math.sqrt`` (one case)."""
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        pass
+    for n in ast.walk(node):
+        if not isinstance(n, _SAFE_NODES) or isinstance(n, ast.Name) and n.id != "math":
+            raise ValueError(f"not a literal: {ast.dump(n)[:80]}")
+        if isinstance(n, ast.Call) and ast.unparse(n.func) != "math.sqrt":
+            raise ValueError(f"not a literal: {ast.unparse(n)[:80]}")
+    code = compile(ast.Expression(node), "<suite>", "eval")
+    return eval(code, {"__builtins__": {}, "math": math})  # only the nodes checked above
+
+
+def math_verify_suite_rows(tests: Path) -> list[dict]:
+    """Every ``(gold, pred, expected)`` row of the ``pytest.mark.parametrize`` tables in
+    ``tests/test_*.py``, with its test name and any option the test passes
+    (``precision``, ``strict``, ``allow_set_relation_comp``); read with :mod:`ast`."""
+    rows = []
+    for path in sorted(tests.glob("test_*.py")):
+        for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(fn, ast.FunctionDef):
+                continue
+            for dec in fn.decorator_list:
+                if not (
+                    isinstance(dec, ast.Call) and getattr(dec.func, "attr", "") == "parametrize"
+                ):
+                    continue
+                names = [n.strip() for n in ast.literal_eval(dec.args[0]).split(",")]
+                if "gold" not in names or "pred" not in names:
+                    continue
+                for values in _literal(dec.args[1]):
+                    row = dict(zip(names, values))
+                    options = {
+                        k: row[k] for k in names if k not in ("gold", "pred", "expected", "result")
+                    }
+                    rows.append(
+                        {
+                            "test": f"{path.name}::{fn.name}",
+                            "gold": row["gold"],
+                            "pred": row["pred"],
+                            "expected": bool(row.get("expected", row.get("result"))),
+                            "options": options,
+                        }
+                    )
+    return rows
+
+
+def bench_math_verify_suite(tests: Path) -> dict:
+    """:func:`bench_math` on math-verify's own rows; a gold without ``$`` is wrapped in
+    ``$...$`` for both graders, as its tests write most golds. Adds each grader's false
+    accepts and the rows whose verdict depends on a math-verify option."""
+    rows = math_verify_suite_rows(tests)
+    pairs = [(r["pred"], r["gold"] if "$" in r["gold"] else f"${r['gold']}$") for r in rows]
+    result = bench_math(pairs, [r["expected"] for r in rows])
+    result["option_rows"] = [
+        {"index": i, "test": r["test"], "options": r["options"], "expected": r["expected"]}
+        for i, r in enumerate(rows)
+        if r["options"]
+    ]
+    return result
+
+
 def _print(result: dict) -> None:
     for name in ("r1kit", "math_verify"):
         r = result[name]
-        print(f"{name:12} {r['pairs_per_s']:10.1f} pairs/s  accuracy {r['accuracy']:.4f}")
+        print(
+            f"{name:12} {r['pairs_per_s']:10.1f} pairs/s  accuracy {r['accuracy']:.4f} "
+            f"({r['correct']}/{result['pairs']}), false accepts {len(r['false_accepts'])}"
+        )
     print(f"speedup {result['speedup']:.1f}x  agreement {result['agreement']:.4f}")
 
 
@@ -131,8 +272,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MATH-500 test.jsonl")
     ap.add_argument("--negatives", action="store_true", help="also grade row i against answer i+1")
     ap.add_argument("--real", action="store_true", help="the hand-labelled real-output set instead")
+    ap.add_argument(
+        "--math-verify-suite",
+        action="store_true",
+        help=f"math-verify {MATH_VERIFY_VERSION}'s own test rows instead (fetched with pip)",
+    )
     args = ap.parse_args(argv)
-    if args.real:
+    if args.math_verify_suite:
+        result = bench_math_verify_suite(fetch_math_verify_suite())
+    elif args.real:
         result = bench_real()
     else:
         pairs = math500_pairs(args.data)

@@ -3,15 +3,18 @@
 Three parts, each a measurement, never an assertion:
 
 1. Math grading, r1kit against Math-Verify (``bench.math_grader.bench_math``): pairs/s,
-   accuracy, agreement, on three sets, each pair graded once: MATH-500 (solution, answer)
-   pairs (every pair should grade as equal); the negatives, each solution against the
+   accuracy, false accepts, agreement, on four sets, each pair graded once: MATH-500
+   (solution, answer) pairs (every pair should grade as equal); the negatives, each solution against the
    next row's answer (every pair should grade as unequal; rows 22, 186 and 403 share
    their answer with the next, so 0.994 is the best score there); and the hand-labelled
    real-output set (``bench.math_grader.bench_real``: Minerva endings, several boxes,
    relations, ..., half right and half wrong), always whole (``--limit`` does not cut
-   it). MATH-500 pairs are graded in slices so progress can be shown; each slice warms
-   both graders before timing, as ``bench_math`` does. "all pairs" pools the three:
-   total pairs over total seconds, per grader.
+   it); and math-verify's own test suite (``bench.math_grader.bench_math_verify_suite``:
+   the 275 graded pairs of its sdist's ``tests/``, fetched with pip into ``~/.cache/r1kit``
+   at bench time, never kept in this repository; skipped with ``--math-verify-suite off``
+   or when the fetch fails). MATH-500 pairs are graded in slices so progress can be
+   shown; each slice warms both graders before timing, as ``bench_math`` does. "all
+   pairs" pools the sets: total pairs over total seconds, per grader.
 2. The code sandbox on HumanEval canonical solutions and their tests
    (``bench.sandbox.bench_sandbox``): runs/s and p50/p99 latency, sandboxed and as
    plain unsandboxed subprocesses.
@@ -31,13 +34,21 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
 from bench.harness import Stopwatch, parser, table, timed, write_result
-from bench.math_grader import REAL_DATA, bench_math, bench_real
+from bench.math_grader import (
+    MATH_VERIFY_VERSION,
+    REAL_DATA,
+    bench_math,
+    bench_math_verify_suite,
+    bench_real,
+    fetch_math_verify_suite,
+)
 from bench.sandbox import bench_sandbox
 from rewards.code import load_humaneval
 from rewards.registry import RewardSpec, build, combine
@@ -48,6 +59,7 @@ MATH_SETS = [  # (report key, table label)
     ("math", "math MATH-500"),
     ("math_negatives", "math negatives"),
     ("math_real", "math real"),
+    ("math_mv_suite", "math math-verify suite"),
 ]
 SCORER_SPECS = [
     RewardSpec("accuracy", 1.0),
@@ -95,6 +107,10 @@ def pool_math(parts: list[dict]) -> dict:
             "seconds": seconds,
             "pairs_per_s": total / seconds,
             "accuracy": right / total,
+            "false_accept_count": sum(
+                p[name].get("false_accept_count", len(p[name].get("false_accepts", [])))
+                for p in parts
+            ),
         }
     out["agreement"] = sum(p["agreement"] * p["pairs"] for p in parts) / total
     out["speedup"] = out["r1kit"]["pairs_per_s"] / out["math_verify"]["pairs_per_s"]
@@ -184,11 +200,12 @@ def _table(report: dict) -> str:
         if m is None:
             continue
         for name in ("r1kit", "math_verify"):
+            wrong = m[name].get("false_accept_count", len(m[name].get("false_accepts", [])))
             rows.append(
                 (
                     part,
-                    f"{name} pairs/s / accuracy",
-                    f"{m[name]['pairs_per_s']:.1f} / {m[name]['accuracy']:.4f}",
+                    f"{name} pairs/s / accuracy / false accepts",
+                    f"{m[name]['pairs_per_s']:.1f} / {m[name]['accuracy']:.4f} / {wrong}",
                 )
             )
         target = " (target >= 5x)" if key == "math_all" else ""
@@ -252,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=256, help="scorer batch size")
     ap.add_argument("--batches", type=int, default=3, help="scorer batches to time")
     ap.add_argument("--workers", type=int, default=2, help="scorer worker processes")
+    ap.add_argument(
+        "--math-verify-suite",
+        choices=("fetch", "off"),
+        default="fetch",
+        help=f"grade math-verify {MATH_VERIFY_VERSION}'s own test rows (fetched with pip once)",
+    )
     args = ap.parse_args(argv)
 
     math_rows = _read_jsonl(args.data_dir / "math500" / "test.jsonl", args.limit)
@@ -268,6 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.real_data.is_file():
         print(f"math: real-output set {args.real_data} ...", file=sys.stderr)
         report["math_real"] = bench_real(args.real_data)
+    if args.math_verify_suite == "fetch":
+        try:
+            suite = fetch_math_verify_suite()
+        except (OSError, subprocess.SubprocessError, ValueError) as err:
+            print(f"math: math-verify suite skipped, fetch failed: {err}", file=sys.stderr)
+        else:
+            print(f"math: math-verify's own suite {suite} ...", file=sys.stderr)
+            report["math_mv_suite"] = bench_math_verify_suite(suite)
     print(f"sandbox: {len(problems)} HumanEval programs, sandboxed and plain ...", file=sys.stderr)
     report["sandbox"] = bench_sandbox(problems)
     report["scorer"] = bench_scorer(math_rows, args.batch_size, args.batches, args.workers)

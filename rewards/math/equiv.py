@@ -232,8 +232,10 @@ def decimal_comma(comma: str, point: str) -> bool:
     written without a space (``1,22``) accepts the decimal ``1.22``, which repeats the gold's
     digits in order; lists are written ``1, 22`` (MATH, GSM8K, this grader's own output).
 
-    >>> decimal_comma("1,22", "1.22"), decimal_comma("1, 22", "1.22"), decimal_comma("1,222", "1.222")
-    (True, False, False)
+    >>> decimal_comma("1,22", "1.22"), decimal_comma("1, 22", "1.22")
+    (True, False)
+    >>> decimal_comma("1,222", "1.222")
+    False
     """
     m = _COMMA_NUMBER.fullmatch(comma.strip().strip("$").strip())
     if m is None or (len(m.group(2)) == 3 and m.group(1).lstrip("-") != "0"):
