@@ -175,9 +175,9 @@ class TrainConfig:
     do not fit beside the engine. Slower: every layer is copied to the GPU in each pass."""
     export_every: int = 0
     """``fsdp2``: a checkpoint holds each rank's shards, which only r1kit resumes from; every
-    k steps (and always at the end) it also holds the gathered ``model/`` folder that
-    transformers and vLLM open. 0: at the end only. (``ddp`` and one process write ``model/``
-    in every checkpoint.)"""
+    k steps (a checkpoint is then written whatever ``save_every`` says) and always at the end it
+    also holds the gathered ``model/`` folder that transformers and vLLM open. 0: at the end
+    only. (``ddp`` and one process write ``model/`` in every checkpoint.)"""
     save_every: int = 10
     """Checkpoint every k steps (and at the end); 0 saves only at the end."""
     keep_last: int = 2

@@ -460,10 +460,14 @@ class GRPOTrainer:
         Under FSDP2 they are gathered one layer at a time on every rank (``grpo.parallel``);
         the extra memory of that is ``sync_peak_bytes``."""
         par = self.p.parallel
+        if not par.sharded:
+            if self.p.engine is not None:
+                self.p.engine.update_weights(self.p.policy)
+            return
         with par.gathered(), PeakExtra(self.device) as peak:
             if self.p.engine is not None:
                 self.p.engine.update_weights(self.p.policy)
-            elif par.sharded:  # the gathers are collectives: walk as rank 0's engine does
+            else:  # the gathers are collectives: walk as rank 0's engine does
                 for _ in iter_live_weights(self.p.policy):
                     pass
         self.sync_peak_bytes = peak.bytes

@@ -358,8 +358,9 @@ def run_train(cfg: Config, show_progress: bool = True, teacher: TeacherSignal | 
     try:
         while trainer.step < cfg.train.steps:
             metrics = trainer.run_step()
-            every = cfg.train.save_every
-            if (every and trainer.step % every == 0) or trainer.step == cfg.train.steps:
+            every, export = cfg.train.save_every, cfg.train.export_every
+            if ((every and trainer.step % every == 0) or trainer.step == cfg.train.steps
+                    or (export and trainer.p.parallel.sharded and trainer.step % export == 0)):
                 last_saved = save(trainer, final=trainer.step == cfg.train.steps)
     finally:
         trainer.close()  # rollouts sampled ahead finish before their engine stops
