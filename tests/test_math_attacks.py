@@ -51,3 +51,16 @@ HONEST = [  # (completion, gold): the loosened rules still accept these
 @pytest.mark.parametrize(("pred", "gold"), HONEST)
 def test_honest_twin_is_accepted(pred, gold):
     assert grade(pred, gold, timeout_s=10)
+
+
+@pytest.mark.parametrize(
+    ("pred", "gold"),
+    [
+        ("2, 3", "2, 2, 3"),  # the gold's double root is not shortened
+        ("2, 2", "2, 3"),  # a repeat does not stand for a missing answer
+        (r"$\boxed{\{1, 1\}}$", "1, 2"),
+        ("${5, 2}$", "$(2, 5)$"),  # braces gain no freedom of order against a tuple
+    ],
+)
+def test_repeats_and_braces_gain_nothing(pred, gold):
+    assert not grade(pred, gold, timeout_s=10)

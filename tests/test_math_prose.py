@@ -33,9 +33,10 @@ CASES = [  # (completion, gold, a wrong completion in the same form)
     # a short sentence: its last math span, or what follows "is"
     ("Hence $y \\leq 4$ holds.", "y \\leq 4", "Hence $y \\leq 3$ holds."),
     ("so the total is 2,500.50 dollars", "2500.5", "so the total is 2,500.55 dollars"),
+    ("the floor area is 2,400.5m²", "2400.5", "the floor area is 2,400.25m²"),
     # the last number, only for a numeric gold, only when nothing is marked
     (
-        "We subtract 9 from 16 and the chance is 7/16 overall.\nThat settles the question.",
+        "We subtract 9 from 16 and the chance is 7/16.\nThat settles the question.",
         r"\frac{7}{16}",
         "We subtract 9 from 16 and the chance is 9/16 overall.\nThat settles the question.",
     ),
@@ -102,6 +103,9 @@ LISTS = [  # (completion, gold, a wrong completion in the same form)
     (r"$\boxed{(2,5), (5,2)}$", "$(5,2)or(2,5)$", r"$\boxed{(2,5), (2,5)}$"),
     ("$8, 15, and 17$", "$8, 15, 17$", "$8, 15, and 18$"),
     ("$\\boxed{4, 6}$", "$4$ and $6$", "$\\boxed{4, 7}$"),
+    # a repeated element counts once; a range written as a chain is an interval
+    (r"$\boxed{(1, 4), (4, 1), (1, 4)}$", "(4, 1), (1, 4)", r"$\boxed{(1, 4), (1, 4)}$"),
+    ("$(-1, 1)$", "$-1<g(t)<1$", "$[-1, 1)$"),
     # several boxes, tuples included, and a gold written as several boxes
     (r"$\boxed{(0, 1)}$ and $\boxed{(1, 0)}$", "(1, 0), (0, 1)", r"$\boxed{(0, 1)}$"),
     (r"$\boxed{-5, 2}$", r"\(\boxed{2}\) or \(\boxed{-5}\)", r"$\boxed{-5, 3}$"),

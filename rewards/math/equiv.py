@@ -21,7 +21,11 @@ Stages, in order; the first that can decide does:
 3. structure (:mod:`rewards.math.structure`): tuples and intervals compare
    element-wise in order (interval ends must match), sets, bare lists of
    several answers and unions compare order-free as multisets (same count, each
-   element matched once), matrices row by row. A left-hand side on one side
+   element matched once), matrices row by row. When the counts of two sets or
+   lists differ, an item the prediction repeats (same normalised text) counts
+   once: ``(3,7), (1,2), (3,7)`` is the two-pair gold (a repeat adds no
+   answer). The gold is never shortened: a gold ``2, 2, 3`` (a double root)
+   still needs three items, so the error is a miss, never an accept. A left-hand side on one side
    only is dropped (on either side) when it names the answer: ``x = 5``,
    ``BC = 9``, ``g(t) = 3t-4``, ``(m,n) = (2,7)``, ``\angle A = 30``, labels
    such as ``S_{MBCN}:S = 7:32``, ``|AB| = 1``, ``\frac{NO}{BO} = ...``, and
@@ -132,9 +136,11 @@ def _plan(p: Node, g: Node) -> tuple[str, object]:
         return "mismatch", "structure mismatch"
     if not isinstance(p, Seq):
         return "leaf", (p, g)
+    kinds = {p.kind, g.kind}
+    if len(p.items) > len(g.items) and kinds <= {"set", "list"}:  # a repeat adds no answer
+        p = Seq(p.kind, tuple(dict.fromkeys(p.items)))
     if len(p.items) != len(g.items):
         return "mismatch", f"{g.kind}: {len(p.items)} items, expected {len(g.items)}"
-    kinds = {p.kind, g.kind}
     if kinds <= UNORDERED and ("union" not in kinds or kinds == {"union"}):
         return "unordered", (p.items, g.items)
     if kinds == {"interval"} and p.closed != g.closed:

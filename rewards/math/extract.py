@@ -78,7 +78,9 @@ _INLINE = re.compile(r"(?<!\\)\$([^$]+?)(?<!\\)\$")
 _SPAN_CLOSE = {"$$": "$$", "$": "$", "\\[": "\\]", "\\(": "\\)"}
 SPAN_MAX_CHARS = 2000  # a math span longer than this is not an answer
 _GSM = re.compile(r"^####\s*([^\n]+)", re.MULTILINE)
-_NUMBER = re.compile(r"-?\d+/\d+(?![\d.,])|-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?|-?\.\d+")
+_NUMBER = re.compile(
+    r"-?\d+/\d+(?!\d|[.,]\d)|-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?|-?\.\d+"
+)
 
 
 def braced(text: str, start: int) -> tuple[str, int] | None:

@@ -99,7 +99,7 @@ def normalize(ans: str) -> str:
     s = ans.strip().replace("\u2212", "-").replace("\\%", "").replace("%", "")
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("{,}", ",")
     s = re.sub(r",\\!\s*", ",", s)  # 12,\! 000: a thousands separator, not "12, 000"
-    s = s.replace("€", "").replace("£", "")
+    s = s.replace("€", "").replace("£", "").replace("²", "^2").replace("³", "^3")
     s = re.sub(r",(?:\s*,)+", ",", _CONNECTIVE.sub(",", s))  # "19, 46, and 82": one comma
     s = _DROP.sub(" ", s)
     s = _DEGREES.sub("", s)

@@ -18,7 +18,8 @@ Rules (how :mod:`rewards.math.equiv` reads the kinds):
   is two answers of two parts each); inside brackets with no comma it separates
   coordinates (``(0;-2;6)``, ``[0;1]``).
 * a bare ``a, b`` is a ``list`` of several answers (e.g. the solutions of an
-  equation): order-free, and the count must match.
+  equation): order-free, and the count must match (see
+  :mod:`rewards.math.equiv` for repeated items).
 * ``A \cup B`` is a ``union``: order-free.
 * ``\begin{pmatrix}...\end{pmatrix}`` (and ``bmatrix``, ``matrix``) is a
   ``matrix`` of ``row``s, ordered.
@@ -29,8 +30,8 @@ Rules (how :mod:`rewards.math.equiv` reads the kinds):
   interval ``[-2, 7]``.
 * an equation chain ``x = 2+3 = 5`` is the :class:`Rel` ``x = 5`` (first
   left-hand side, last right-hand side: the last one is the result).
-* a chained inequality ``2 \leq t < 9`` (same direction, a single letter in
-  the middle) is the ``interval`` ``[2, 9)``.
+* a chained inequality ``2 \leq t < 9`` (same direction, a single letter,
+  maybe ``f(x)``, in the middle) is the ``interval`` ``[2, 9)``.
 
 Does not: read other chains (``1 < x > 0``, ``a = b < c``): they stay one
 leaf. ``x > 2`` against the interval ``(2, \infty)`` is
@@ -87,7 +88,7 @@ _REL_OP = {
     "\\neq": "!=",
     "\\ne": "!=",
 }
-_MIDDLE = re.compile(r"[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?")
+_MIDDLE = re.compile(r"[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?(?:\([a-z]\))?")  # x, a_1, f(x)
 _MEMBER = re.compile(r"[a-zA-Z]\\in(?![a-zA-Z])(.+)", re.DOTALL)
 _MATRIX = re.compile(r"\\begin\{([pbBvV]?matrix)\}(.*)\\end\{\1\}", re.DOTALL)
 
