@@ -49,6 +49,12 @@ CASES = [  # (completion, gold, a wrong completion in the same form)
     ("$\\boxed{0.125}$", "0,125", "$\\boxed{125}$"),
     # doubled backslashes
     (r"so \\boxed{\\frac{2}{7}}", r"\frac{2}{7}", r"so \\boxed{\\frac{7}{2}}"),
+    # a matrix written as an array
+    (
+        r"$\left[\begin{array}{cc}1 & 0 \\ 2 & 5\end{array}\right]$",
+        r"\begin{pmatrix}1&0\\2&5\end{pmatrix}",
+        r"$\left[\begin{array}{cc}1 & 0 \\ 5 & 2\end{array}\right]$",
+    ),
     # percent as a word, units inside the box
     (r"$\boxed{35 pct}$", r"35\%", r"$\boxed{53 pct}$"),
     (r"$\boxed{64\textnormal{ feet}}$", "64", r"$\boxed{46\textnormal{ feet}}$"),

@@ -14,7 +14,8 @@ number written ``32, 349`` is missed, the error on the safe side), trailing
 punctuation removed (not ``!``: ``6!`` is a factorial), ``\text{ or }`` and
 ``\text{ and }`` between answers made a comma (``y=1 \text{ or } y=6`` is the
 list ``y=1,y=6``), ``\ne`` and ``!=`` -> ``\neq``, ``\log_3 27`` ->
-``\log_{3}27`` (the space is the only thing that ends the base).
+``\log_{3}27`` (the space is the only thing that ends the base),
+``\begin{array}{cc}`` -> ``\begin{matrix}``.
 
 Does not: decide equality beyond the string (see :mod:`rewards.math.equiv`),
 nor keep the meaning of units or percent: ``50\%`` normalises to ``50`` (not
@@ -57,6 +58,7 @@ _FRAC_SHORT = re.compile(r"\\frac\s*(\d)\s*(\d)")
 _FRAC_HALF = re.compile(r"\\frac\s*(\{[^{}]*\})\s*(\d)")
 _FRAC_DIGIT = re.compile(r"\\frac\s*(\d)\s*(?=\{)")  # \frac4{4}
 _SQRT_SHORT = re.compile(r"\\sqrt\s*(\d|[a-zA-Z](?![a-zA-Z]))")
+_ARRAY = re.compile(r"\\begin\s*\{array\}\s*\{[lcr| ]*\}")  # a matrix written as an array
 _THOUSANDS = re.compile(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")  # 0,111 is not 111
 _SPACE_KEEP = re.compile(r"(\\[a-zA-Z]+) (?=[a-zA-Z])")
 _CHOICE = re.compile(r"^\(([A-E])\)$")
@@ -111,6 +113,7 @@ def normalize(ans: str) -> str:
     s = _FRAC_HALF.sub(r"\\frac\1{\2}", s)
     s = _FRAC_DIGIT.sub(r"\\frac{\1}", s)
     s = _SQRT_SHORT.sub(r"\\sqrt{\1}", s)
+    s = _ARRAY.sub(r"\\begin{matrix}", s).replace("\\end{array}", "\\end{matrix}")
     s = s.replace("\\le ", "\\leq ").replace("\\ge ", "\\geq ")
     s = re.sub(r"\\(le|ge)(?![a-zA-Z])", r"\\\1q", s)
     s = re.sub(r"\s+", " ", s).strip().rstrip(".,;:").strip()
