@@ -49,6 +49,7 @@ CASES = [  # (completion, gold, a wrong completion in the same form)
     ("$\\boxed{0.125}$", "0,125", "$\\boxed{125}$"),
     # doubled backslashes
     (r"so \\boxed{\\frac{2}{7}}", r"\frac{2}{7}", r"so \\boxed{\\frac{7}{2}}"),
+    (r"$\boxed{\cfrac{2}{9}}$", "2/9", r"$\boxed{\cfrac{9}{2}}$"),
     # a matrix written as an array
     (
         r"$\left[\begin{array}{cc}1 & 0 \\ 2 & 5\end{array}\right]$",

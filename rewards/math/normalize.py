@@ -4,7 +4,7 @@ Guarantees: every function here is pure, never raises on a ``str`` input and
 runs in time linear in its input (regular expressions without nested
 quantifiers, brace scans). :func:`normalize` maps surface variants of the same
 answer to one string: ``$``, ``\left``/``\right``, spacing commands
-(``\!``, ``\,``, ``\;``, ``~``), ``\dfrac``/``\tfrac`` -> ``\frac``,
+(``\!``, ``\,``, ``\;``, ``~``), ``\dfrac``/``\tfrac``/``\cfrac`` -> ``\frac``,
 ``\frac12`` and ``\frac1{2}`` -> ``\frac{1}{2}``, ``\sqrt2`` -> ``\sqrt{2}``, ``\text{}``/``\mbox{}``
 unwrapped, unit words dropped, degrees (``^\circ``), percent and dollar signs
 dropped, thousands separators (``1,000``, ``1{,}000``, ``1,\\!000``) removed (a
@@ -100,6 +100,7 @@ def normalize(ans: str) -> str:
     """
     s = ans.strip().replace("\u2212", "-").replace("\\%", "").replace("%", "")
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("{,}", ",")
+    s = s.replace("\\cfrac", "\\frac")
     s = re.sub(r",\\!\s*", ",", s)  # 12,\! 000: a thousands separator, not "12, 000"
     s = s.replace("€", "").replace("£", "").replace("²", "^2").replace("³", "^3")
     s = re.sub(r",(?:\s*,)+", ",", _CONNECTIVE.sub(",", s))  # "19, 46, and 82": one comma
