@@ -373,7 +373,7 @@ class GRPOTrainer:
             for rows in minibatch_order(batch.rows, t.minibatches, t.seed, self.step, epoch):
                 norm = Norm.of(batch.mask[rows], obj.max_tokens)  # of the whole minibatch
                 opt.zero_grad(set_to_none=True)
-                total = 0.0
+                total = None
                 # Router statistics from the last epoch: drift from the rollout's routing shows
                 # there when epochs > 1; the aux loss needs the router logits every pass.
                 want = self.p.recorder_fn and (obj.aux_loss_coef or epoch == t.epochs - 1)
@@ -393,11 +393,17 @@ class GRPOTrainer:
                         out = microbatch_loss(model, batch, loss_mb, obj, norm,
                                               Sums() if pad else sums, rec, par.wrapped,
                                               0.0 if pad else float(par.world))
-                        check_finite(self.step, "loss", out.loss.detach())
                         out.loss.backward()
-                    total += float(out.loss.detach()) / par.world
+                    # kept on the device (one read per minibatch, not one per micro-batch), in
+                    # float64: the micro-batches' losses cancel to far below each of them
+                    piece = out.loss.detach().double()
+                    total = piece if total is None else total + piece
                     if rec is not None and epoch == t.epochs - 1:
                         router.append((rec, mb))
+                # Summed over ranks first, so that every rank stops on a non-finite loss (a
+                # rank stopping alone would leave the others in the next collective).
+                summed = par.total(float(total) / par.world)
+                check_finite(self.step, "loss", torch.tensor(summed))
                 params = [p for p in model.parameters() if p.grad is not None]
                 gn = par.full_norm(torch.nn.utils.get_total_norm([p.grad for p in params]))
                 check_grad_norm(self.step, model, gn)  # before clipping rescales anything
@@ -407,7 +413,7 @@ class GRPOTrainer:
                 check_params(self.step, model)
                 self.p.scheduler.step()
                 grad_norms.append(float(gn))
-                losses.append(par.total(total))
+                losses.append(summed)
         return self._update_stats(par.merge_sums(sums), losses, grad_norms, router)
 
     def _update_stats(self, sums: Sums, losses, grad_norms, router) -> dict[str, float]:

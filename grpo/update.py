@@ -262,9 +262,17 @@ def check_grad_norm(step: int, model: nn.Module, norm: Tensor) -> None:
 
 
 def check_params(step: int, model: nn.Module) -> None:
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            check_finite(step, f"parameter {name}", p.detach(), updated=True)
+    """Every trainable parameter finite after the step: one device read for all of them (per
+    device), and a search for the first bad one only when one is not."""
+    trained = [(n, p.detach()) for n, p in model.named_parameters() if p.requires_grad]
+    by_device: dict[torch.device, list[Tensor]] = {}
+    for _, p in trained:
+        local = p.to_local() if hasattr(p, "to_local") else p  # an FSDP2 shard
+        by_device.setdefault(local.device, []).append(torch.isfinite(local).all())
+    if all(bool(torch.stack(flags).all()) for flags in by_device.values()):
+        return
+    for name, p in trained:
+        check_finite(step, f"parameter {name}", p, updated=True)
 
 
 def micro_batches(batch: TrainBatch, rows: list[int], budget: int, pad_id: int, device: Any):
