@@ -36,12 +36,17 @@ RewardFn = Callable[..., list[float]]
 def accuracy_reward(
     completions: list[str], answer: list[str], *, timeout_s: float = 5.0, **row: list
 ) -> list[float]:
-    """1.0 where the completion's final answer equals the gold ``answer`` (``rewards.math``).
+    """1.0 where the completion's marked final answer equals the gold ``answer``
+    (``rewards.math``). Marked only: the grader's last-number fallback is off here, so an
+    unmarked completion whose last number happens to equal the gold (an intermediate result
+    written last) earns nothing; a policy must state its answer. (``r1kit eval`` keeps the
+    fallback for numeric golds, as GSM8K-style evaluation does.)
 
     >>> accuracy_reward(["so \\\\boxed{\\\\frac{1}{2}}", "so \\\\boxed{3}"], answer=["0.5", "4"])
     [1.0, 0.0]
     """
-    verdicts = grade_batch(list(completions), list(answer), timeout_s=timeout_s)
+    verdicts = grade_batch(list(completions), list(answer), timeout_s=timeout_s,
+                           last_number=False)
     return [1.0 if v.correct else 0.0 for v in verdicts]
 
 

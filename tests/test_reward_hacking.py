@@ -265,3 +265,16 @@ def test_fake_timeout_cannot_pass_a_test_that_expects_an_exception():
     for cheat in ("    import os\n    os._exit(0)\n", "    import os\n    os.kill(os.getpid(), 9)\n",
                   "    while True:\n        pass\n"):
         assert run_function_tests(prompt, cheat, test, "root", timeout_s=1.0).passed == 0
+
+
+def test_the_rl_accuracy_reward_pays_only_a_marked_answer():
+    """The grader may read an unmarked completion's last number for a numeric gold (evaluation
+    does); the RL reward does not: an intermediate result written last would be paid, and the
+    policy would learn to stop marking answers."""
+    from rewards.math import grade_one
+    from rewards.registry import accuracy_reward
+
+    unmarked = "First 3 * 4 = 12, then 12 + 5 = 17, and 17 - 5 = 12"
+    assert grade_one(unmarked, "12")  # the evaluation grader's fallback reads the last number
+    assert accuracy_reward([unmarked], answer=["12"]) == [0.0]
+    assert accuracy_reward([unmarked + "\nThe answer is $\\boxed{12}$."], answer=["12"]) == [1.0]

@@ -120,12 +120,15 @@ def grade(completion_or_answer: str, gold: str, *, timeout_s: float = 5.0) -> bo
     return grade_one(completion_or_answer, gold, timeout_s=timeout_s).correct
 
 
-def grade_batch(preds: list[str], golds: list[str], *, timeout_s: float = 5.0) -> list[Verdict]:
-    r"""Grade ``preds[i]`` against ``golds[i]`` for every i; ``timeout_s`` bounds each pair.
+def grade_batch(preds: list[str], golds: list[str], *, timeout_s: float = 5.0,
+                last_number: bool | None = None) -> list[Verdict]:
+    r"""Grade ``preds[i]`` against ``golds[i]`` for every i; ``timeout_s`` bounds each pair,
+    ``last_number`` is ``grade_one``'s.
 
     >>> [v.reason for v in grade_batch(["#### 1,000", "7"], ["1000", "8"])]
     ['string', 'rational']
     """
     if len(preds) != len(golds):
         raise ValueError(f"{len(preds)} predictions but {len(golds)} golds")
-    return [grade_one(p, g, timeout_s=timeout_s) for p, g in zip(preds, golds)]
+    return [grade_one(p, g, timeout_s=timeout_s, last_number=last_number)
+            for p, g in zip(preds, golds)]
