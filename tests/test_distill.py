@@ -219,7 +219,7 @@ def test_rejection_sampling_keeps_exactly_the_verified_traces():
         "p0": [" 2 + 3 = 5, and I check it again: 5.</think> <answer>5</answer>",  # 1.5, long
                " 2 + 3 = 5.</think> <answer>5</answer>",  # 1.5, short: the one kept
                " 2 + 3 = 6.</think> <answer>6</answer>",  # 0.5: wrong
-               " 2 + 3 = 5, so the result is 5."],  # 0: no answer tags
+               " 2 + 3 = 5, then I check it once more."],  # 0: no tags, no answer stated
         "p1": [" 4 * 2 = 9.</think> <answer>9</answer>",  # 0.5
                " 4 * 2 = 8.</think> 8"],  # 0: untagged
     }

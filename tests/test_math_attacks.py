@@ -64,3 +64,19 @@ def test_honest_twin_is_accepted(pred, gold):
 )
 def test_repeats_and_braces_gain_nothing(pred, gold):
     assert not grade(pred, gold, timeout_s=10)
+
+
+def test_a_completion_without_a_marker_is_read_at_its_end_not_its_start():
+    """A short completion with no box, tag or answer phrase is read from its last sentence:
+    its first sentence is an intermediate result, and reading it paid "5" for a completion
+    that ends on 10 (and let a hedge that states the gold first win)."""
+    from rewards.math import grade_one
+    from rewards.registry import accuracy_reward
+
+    for text, ends_on in (("First we get 5. Then we double it to get 10.", None),
+                          ("The sum is 5. Doubled, the result is 10.", "10"),
+                          ("The sum is 5. The result is 7. The result is 9.", "9")):
+        assert not grade_one(text, "5").correct, text
+        assert accuracy_reward([text], answer=["5"]) == [0.0]
+        if ends_on:  # a last sentence stating its result ("... is 10") still counts
+            assert grade_one(text, ends_on).correct, text

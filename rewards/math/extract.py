@@ -29,7 +29,9 @@ Where it looks, first match wins:
 5. the whole text when it is a bare answer: a single line of at most
    :data:`BARE_MAX_CHARS` characters without a (broken) ``\\boxed`` (so
    ``grade("0.5", ...)`` works), read as in 3 when it is prose ("We find that
-   $x < 3$.");
+   $x < 3$."), but from its last sentence (the first may be an intermediate
+   result: "The sum is 5. Doubled, the result is 10.") and without a last
+   number unless ``last_number`` is on;
 6. the last number in the text (``2/3``, ``-1.5``; thousands separators kept:
    ``2,500`` is one number, ``1,2`` is two), only with ``last_number=True``
    and only when the text has no answer marker at all (a broken ``\\boxed``
@@ -169,9 +171,14 @@ def _span_end(rest: str, opener: str) -> int:
         i = end + 1
 
 
-def _from_sentence(line: str) -> str:
-    """The answer in one line of prose after an answer phrase (see rule 3 of the module)."""
-    line = _SENTENCE_END.split(line, 1)[0].strip()
+def _from_sentence(line: str, *, whole: bool = False, numbers: bool = True) -> str:
+    """The answer in one line of prose after an answer phrase (see rule 3 of the module): its
+    first sentence. ``whole``: the line is the whole completion, no phrase marks the answer
+    (rule 5), so its last sentence is read (what it ends on; the first sentence of "The sum is
+    5. Doubled, the result is 10." is an intermediate result), and a last number is taken only
+    with ``numbers`` (the last-number fallback's switch)."""
+    parts = [p.strip() for p in _SENTENCE_END.split(line) if p and p.strip()]
+    line = (parts[-1] if whole else parts[0]) if parts else line.strip()
     if _CONNECTIVES.fullmatch(_INLINE.sub(" ", line)):  # "$1$ and $2$": a list, not prose
         return _INLINE.sub(r"\1", line)
     if not _WORDS.search(_INLINE.sub(" ", re.sub(r"\\text\{[^{}]*\}", " ", line))):
@@ -183,7 +190,7 @@ def _from_sentence(line: str) -> str:
     if not _WORDS.search(tail):
         return tail
     nums = _NUMBER.findall(tail)
-    if nums:
+    if nums and numbers:
         return nums[-1].rstrip(",")
     spans = _INLINE.findall(line)  # "Therefore $x > 5$ is the solution."
     return spans[-1] if spans else line
@@ -275,7 +282,7 @@ def extract_answer(text: str, *, last_number: bool = False) -> str | None:
     stripped = text.strip()
     bare = len(stripped) <= BARE_MAX_CHARS and "\n" not in stripped
     if stripped and bare and not _BOX_CMD.search(stripped):  # a broken \boxed is no answer
-        return _from_sentence(stripped)
+        return _from_sentence(stripped, whole=True, numbers=bool(last_number))
     if last_number and at < 0 and not _BOX_CMD.search(text):  # a broken marker is no answer
         nums = _NUMBER.findall(text)
         if nums:
