@@ -121,6 +121,12 @@ class Parallel:
         """Whether parameters are FSDP2 shards (several ranks under ``fsdp2``)."""
         return (self.active or self.shard_one) and self.strategy == "fsdp2"
 
+    @property
+    def sharded_root(self) -> nn.Module | None:
+        """The FSDP2 root a pass outside the update must run through (it gathers the root's
+        own parameters), or None: the policy is called directly."""
+        return self.wrapped if self.sharded else None
+
     def wrap(self, policy: nn.Module) -> nn.Module:
         """The module the update calls: the policy itself on one process, else a DDP or FSDP2
         ``LogprobModule`` around it (FSDP2 shards each decoder layer, then the root)."""

@@ -60,10 +60,10 @@ from grpo.update import (
     NonFiniteError,
     Objective,
     Sums,
+    batch_logprobs,
     check_finite,
     check_grad_norm,
     check_params,
-    forward_logprobs,
     micro_batches,
     microbatch_loss,
     minibatch_order,
@@ -316,41 +316,29 @@ class GRPOTrainer:
             self.p.teacher.prepare(batch, t.token_budget, self._pad_id(), t.logprob_chunk,
                                    self.device, share=t.share_prompts)
         if t.epochs > 1 or t.minibatches > 1:
-            par = self.p.parallel
-            batch.old_logp = self._logprobs(self.p.policy, batch,
-                                            par.wrapped if par.sharded else None)
+            batch.old_logp = self._logprobs(self.p.policy, batch, self.p.parallel.sharded_root)
         return batch
 
     def _logprobs(self, model: nn.Module, batch: TrainBatch,
                   runner: nn.Module | None = None) -> torch.Tensor:
-        """(N, C) log-probs of every row under ``model``, no gradients, on every rank: each
-        rank runs its share of the rows (``Parallel.shard``) and the shares are summed over
-        ranks (a row is one rank's, zeros elsewhere: the sum is exact). ``runner``: the FSDP2
-        root that gathers ``model``'s weights when sharded; every rank then runs as many
-        micro-batches (a rank short of rows repeats one and keeps nothing of it)."""
+        """(N, C) log-probs of every row under ``model`` on every rank: each rank runs its
+        share of the rows (``Parallel.shard``) and the shares are summed over ranks (a row is
+        one rank's, zeros elsewhere: the sum is exact). ``runner``: the FSDP2 root that
+        gathers ``model``'s weights when sharded; every rank then runs as many passes."""
         t, par, obj = self.cfg.train, self.p.parallel, self.p.objective
-        mine = par.shard(list(range(batch.rows)))
-        mbs = list(micro_batches(batch, mine or [0], t.token_budget, self._pad_id(),
-                                 self.device))
-        own = len(mbs) if mine else 0
-        count = par.pad_count(own) if par.sharded else own
-        out = torch.zeros_like(batch.sampler_logp)
-        with torch.no_grad():
-            for i in range(count):
-                mb = mbs[min(i, len(mbs) - 1)]
-                tl = forward_logprobs(model, mb, t.logprob_chunk, obj.routing_replay,
-                                      compute_dtype=obj.compute_dtype, share=obj.share_prompts,
-                                      runner=runner)
-                if i < own:
-                    out[mb.rows, : tl.logp.shape[1]] = tl.logp.cpu()
-        return par.sum_over_ranks(out)
+        mine = batch_logprobs(model, batch, t.token_budget, self._pad_id(), t.logprob_chunk,
+                              self.device, replay=obj.routing_replay,
+                              compute_dtype=obj.compute_dtype, share=obj.share_prompts,
+                              runner=runner, rows=par.shard(list(range(batch.rows))),
+                              pad_count=par.pad_count if par.sharded else None)
+        return par.sum_over_ranks(mine)
 
     def _reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
         par = self.p.parallel
         if self.p.reference is not None:
             return self._logprobs(self.p.reference, batch, par.frozen)
         with self.p.policy.disable_adapter():  # LoRA: the reference is the adapter switched off
-            return self._logprobs(self.p.policy, batch, par.wrapped if par.sharded else None)
+            return self._logprobs(self.p.policy, batch, par.sharded_root)
 
     def _pad_id(self) -> int:
         tok = self.p.tokenizer

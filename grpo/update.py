@@ -14,6 +14,7 @@ reaches the weights.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -284,14 +285,24 @@ def micro_batches(batch: TrainBatch, rows: list[int], budget: int, pad_id: int, 
 @torch.no_grad()
 def batch_logprobs(model: nn.Module, batch: TrainBatch, budget: int, pad_id: int, chunk: int,
                    device: Any, replay: bool = False, compute_dtype: str | None = None,
-                   share: bool = False, runner: nn.Module | None = None) -> Tensor:
-    """(N, C) log-probs of every completion token under ``model``, no gradients; ``runner``:
-    the FSDP2 root that runs ``model`` (``grpo.parallel``), else None."""
+                   share: bool = False, runner: nn.Module | None = None,
+                   rows: list[int] | None = None,
+                   pad_count: Callable[[int], int] | None = None) -> Tensor:
+    """(N, C) log-probs of the completion tokens of ``rows`` (default: every row) under
+    ``model``, no gradients; zeros in the other rows. ``runner``: the FSDP2 root that runs
+    ``model`` (``grpo.parallel``), else None. ``pad_count``: the number of passes every rank
+    runs given this one's (``Parallel.pad_count``: FSDP2 gathers weights in each pass); a rank
+    with fewer repeats its last micro-batch and keeps nothing of it."""
+    rows = list(range(batch.rows)) if rows is None else rows
+    mbs = list(micro_batches(batch, rows or [0], budget, pad_id, device))
+    own = len(mbs) if rows else 0
     out = torch.zeros_like(batch.sampler_logp)
-    for mb in micro_batches(batch, list(range(batch.rows)), budget, pad_id, device):
+    for i in range(pad_count(own) if pad_count else own):
+        mb = mbs[min(i, len(mbs) - 1)]
         tl = forward_logprobs(model, mb, chunk, replay, compute_dtype=compute_dtype, share=share,
                               runner=runner)
-        out[mb.rows, : tl.logp.shape[1]] = tl.logp.cpu()
+        if i < own:
+            out[mb.rows, : tl.logp.shape[1]] = tl.logp.cpu()
     return out
 
 

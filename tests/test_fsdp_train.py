@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import REPO
+from tests.test_resume import complete_lines, kill_when
 
 pytestmark = pytest.mark.slow
 
@@ -104,25 +103,6 @@ def test_two_fsdp2_ranks_train_as_one_process(tmp_path, tiny_qwen, tiny_cache, m
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
 
 
-def complete_lines(out: Path) -> int:
-    path = out / "metrics.jsonl"
-    return path.read_text().count("\n") if path.exists() else 0
-
-
-def kill_group_when(proc: subprocess.Popen, ready, what: str) -> None:
-    """SIGKILL ``proc``'s whole process group (torchrun and its ranks) once ``ready()``."""
-    deadline = time.monotonic() + TIMEOUT
-    while not ready():
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (rc {proc.returncode}) before {what}")
-        if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.001)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-
-
 def dcp_state(ckpt: Path, tmp: Path) -> dict:
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
@@ -159,13 +139,14 @@ def test_fsdp2_kill_then_resume_is_bit_identical(reference, tiny_cache, tmp_path
         # First kill: while step 2's shards are being written (its .tmp- folder exists).
         proc = subprocess.Popen(cmd, env=env(tiny_cache), cwd=REPO, stdout=log, stderr=log,
                                 start_new_session=True)
-        kill_group_when(proc, lambda: ckdir.is_dir() and any(ckdir.glob(".tmp-step-000002-*")),
-                        "the step-2 save")
+        kill_when(proc, lambda: ckdir.is_dir() and any(ckdir.glob(".tmp-step-000002-*")),
+                  "the step-2 save", group=True)
         assert not (ckdir / "step-000002").exists()
         # Second kill: the moment step 3's metrics line is written (after step 2's checkpoint).
         proc = subprocess.Popen(cmd, env=env(tiny_cache), cwd=REPO, stdout=log, stderr=log,
                                 start_new_session=True)
-        kill_group_when(proc, lambda: complete_lines(out) >= 3, "step 3's metrics line")
+        kill_when(proc, lambda: len(complete_lines(out)) >= 3, "step 3's metrics line",
+                  group=True)
     assert (ckdir / "step-000002").is_dir() and not (ckdir / "step-000004").exists()
     assert not (ckdir / "step-000002" / "model").exists()  # export_every 0: the last step only
     train(out, 2, tiny_cache, "train.steps=4", "train.save_every=2", "train.parallel=fsdp2")

@@ -109,17 +109,21 @@ def train(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=TIMEOUT)
 
 
-def kill_when(proc: subprocess.Popen, ready, what: str) -> None:
-    """SIGKILL ``proc`` as soon as ``ready()`` is true (polled every millisecond)."""
+def kill_when(proc: subprocess.Popen, ready, what: str, group: bool = False) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()`` is true (polled every millisecond); with
+    ``group``, its whole process group (a launcher and its ranks, started in a new session)."""
+    def kill() -> None:
+        os.killpg(proc.pid, signal.SIGKILL) if group else proc.send_signal(signal.SIGKILL)
+
     deadline = time.monotonic() + TIMEOUT
     while not ready():
         if proc.poll() is not None:
             pytest.fail(f"the run ended (rc {proc.returncode}) before {what}")
         if time.monotonic() > deadline:
-            proc.kill()
+            kill()
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.001)
-    proc.send_signal(signal.SIGKILL)
+    kill()
     assert proc.wait(timeout=30) == -signal.SIGKILL
 
 
