@@ -36,8 +36,12 @@ gathers the root's own parameters (embeddings, final norm, LM head) for the sync
 order, since each gather is a collective), so a rank's extra memory is one layer, never the
 model. Checkpoints are ``torch.distributed.checkpoint`` shards (``grpo.checkpoint``).
 
-What is not here yet: the rollout on several ranks' colocated engines (rank 0's engine samples
-and the batch is broadcast), multi-GPU vLLM server rollouts.
+Rollouts (``GRPOTrainer.rollout``): with the HF engine every rank samples and scores its
+contiguous ``block`` of a step's prompts (whole groups, so advantages need no communication;
+seeded per completion, ``Sampling.first_prompt``) and the pieces are ``gather``-ed, so every
+rank holds the whole rollout, equal to the one-rank one. A vLLM server is one sampler driven by
+rank 0 (``share`` broadcasts its rollout); the colocated vLLM engine is refused on several ranks
+(it would start its own process group beside the trainers').
 """
 
 from __future__ import annotations
@@ -188,6 +192,25 @@ class Parallel:
         """This rank's rows of a minibatch."""
         return rows[self.rank :: self.world]
 
+    def block(self, count: int) -> slice:
+        """This rank's contiguous share of ``count`` items (a rollout's prompts), sizes within
+        one of each other, in rank order.
+
+        >>> [Parallel(r, 3).block(7) for r in range(3)]
+        [slice(0, 3, None), slice(3, 5, None), slice(5, 7, None)]
+        """
+        base, extra = divmod(count, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (self.rank < extra))
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+        if not self.active:
+            return [obj]
+        every: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(every, obj)
+        return every
+
     def pad_count(self, count: int) -> int:
         """The most micro-batches any rank has for this minibatch (every rank runs that many)."""
         if not self.active:
@@ -230,8 +253,7 @@ class Parallel:
         """Statistics summed (max, min) over every rank's micro-batches."""
         if not self.active:
             return sums
-        every: list[Any] = [None] * self.world
-        torch.distributed.all_gather_object(every, sums)
+        every = self.gather(sums)
         out = every[0]
         for s in every[1:]:
             out.merge(s)

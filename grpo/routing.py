@@ -49,6 +49,7 @@ import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -152,6 +153,66 @@ def replay_routing(model: nn.Module, experts: Tensor, valid: Tensor) -> Iterator
                 r.forward = fwd
 
 
+@dataclass
+class RouterCounts:
+    """What ``router_stats`` is computed from, as sums: they add over micro-batches and ranks
+    (``merge``), so statistics over a sharded update equal the one-process ones."""
+
+    load: Tensor
+    """(L, E) float64: valid token-slots routed to each expert, per MoE layer."""
+    changed: Tensor | None
+    """(L,) float64: valid tokens whose top-k set differs from the reference, or None."""
+    tokens: float
+    """Valid tokens counted."""
+    kinds: list[str] | None = None
+
+    @staticmethod
+    def of(topk_per_layer: list[Tensor], num_experts: int, valid: Tensor,
+           reference: list[Tensor] | None = None, kinds: list[str] | None = None
+           ) -> RouterCounts:
+        load, changed = [], []
+        for layer, idx in enumerate(topk_per_layer):
+            v = valid.to(idx.device, torch.bool)
+            load.append(torch.bincount(idx[v].reshape(-1), minlength=num_experts).double().cpu())
+            if reference is not None:
+                ref = reference[layer].to(idx.device)
+                diff = (idx.sort(-1).values != ref.sort(-1).values).any(-1)  # (tokens,)
+                changed.append(diff[v].double().sum().cpu())
+        return RouterCounts(torch.stack(load), torch.stack(changed) if changed else None,
+                            float(valid.sum()), kinds)
+
+    def merge(self, other: RouterCounts) -> RouterCounts:
+        both = self.changed is not None and other.changed is not None
+        return RouterCounts(self.load + other.load,
+                            self.changed + other.changed if both else None,
+                            self.tokens + other.tokens, self.kinds)
+
+    def stats(self) -> dict[str, float]:
+        """See ``router_stats``."""
+        out: dict[str, float] = {}
+        num_experts = self.load.shape[1]
+        for layer, counts in enumerate(self.load):
+            load = counts / counts.sum()  # (E,)
+            ent = -(load * load.clamp_min(1e-300).log()).sum() / math.log(num_experts)
+            stats = {"load_entropy": ent, "max_load": load.max(), "min_load": load.min()}
+            if self.changed is not None:
+                stats["topk_changed"] = self.changed[layer] / self.tokens
+            for name, value in stats.items():
+                out[f"router/layer{layer}/{name}"] = float(value)
+        names = ("load_entropy", "max_load", "min_load", "topk_changed")
+        groups = {"": range(len(self.load))}
+        kinds = self.kinds
+        if kinds is not None and len(set(kinds)) > 1:
+            groups.update({f"{kind}/": [i for i, k in enumerate(kinds) if k == kind]
+                           for kind in sorted(set(kinds))})
+        for prefix, layers in groups.items():
+            for name in names:
+                values = [out[key] for i in layers if (key := f"router/layer{i}/{name}") in out]
+                if values:
+                    out[f"router/{prefix}{name}"] = sum(values) / len(values)
+        return out
+
+
 def router_stats(
     topk_per_layer: list[Tensor],
     num_experts: int,
@@ -169,34 +230,11 @@ def router_stats(
     With ``kinds`` (``router_kinds``) that hold both kinds, also the means over each kind's layers,
     ``router/hash/<name>`` and ``router/topk/<name>``.
     """
-    out: dict[str, float] = {}
-    for layer, idx in enumerate(topk_per_layer):
-        v = valid.to(idx.device, torch.bool)
-        counts = torch.bincount(idx[v].reshape(-1), minlength=num_experts).double()
-        load = counts / counts.sum()  # (E,)
-        ent = -(load * load.clamp_min(1e-300).log()).sum() / math.log(num_experts)
-        stats = {"load_entropy": ent, "max_load": load.max(), "min_load": load.min()}
-        if reference is not None:
-            ref = reference[layer].to(idx.device)
-            changed = (idx.sort(-1).values != ref.sort(-1).values).any(-1)  # (tokens,)
-            stats["topk_changed"] = changed[v].double().mean()
-        for name, value in stats.items():
-            out[f"router/layer{layer}/{name}"] = float(value)
-    names = ("load_entropy", "max_load", "min_load", "topk_changed")
-    groups = {"": range(len(topk_per_layer))}
-    if kinds is not None and len(set(kinds)) > 1:
-        groups.update({f"{kind}/": [i for i, k in enumerate(kinds) if k == kind]
-                       for kind in sorted(set(kinds))})
-    for prefix, layers in groups.items():
-        for name in names:
-            values = [out[key] for i in layers if (key := f"router/layer{i}/{name}") in out]
-            if values:
-                out[f"router/{prefix}{name}"] = sum(values) / len(values)
-    return out
+    return RouterCounts.of(topk_per_layer, num_experts, valid, reference, kinds).stats()
 
 
-def update_router_stats(recorded: list) -> dict[str, float]:
-    """``router_stats`` over one update pass: ``recorded`` holds a (``RoutingRecorder``,
+def update_router_counts(recorded: list) -> RouterCounts:
+    """``RouterCounts`` over one update pass: ``recorded`` holds a (``RoutingRecorder``,
     ``grpo.batch.MicroBatch``) pair per micro-batch. The reference is the sampler's routing
     (``mb.routed``) when every micro-batch carries it; only positions it covers are compared."""
     num_experts = recorded[0][0].routers[0].num_experts
@@ -208,7 +246,8 @@ def update_router_stats(recorded: list) -> dict[str, float]:
         reference = [torch.cat([mb.routed[:, :, i].reshape(-1, mb.routed.shape[-1]).cpu()
                                 for _, mb in recorded]) for i in range(layers)]
         valid = valid & torch.cat([mb.routed_valid.flatten().cpu() for _, mb in recorded])
-    return router_stats(topk, num_experts, valid, reference, router_kinds(recorded[0][0].routers))
+    return RouterCounts.of(topk, num_experts, valid, reference,
+                           router_kinds(recorded[0][0].routers))
 
 
 def load_balancing_loss(model: nn.Module, recorded: RoutingRecorder, valid: Tensor) -> Tensor:

@@ -29,7 +29,9 @@ they are sampled while it trains; ``sync`` waits for them before the engine's we
 Each ``Rollout`` carries the version that sampled it (``staleness`` = policy version minus it,
 at most k, logged), and the mismatch correction weights each sample by its sampler's log-probs.
 The rollouts sampled ahead are part of ``state_dict``, so a resume trains on exactly them.
-With several ranks (``grpo.parallel``) rank 0 samples and scores and every rank gets the rollout.
+With several ranks (``grpo.parallel``) every rank holds the same rollout: with the HF engine each
+samples and scores its share of the prompts and the shares are gathered; a vLLM server is driven
+by rank 0, which broadcasts the rollout.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -54,7 +57,7 @@ from grpo.mhc import has_mhc, mhc_stats
 from grpo.observe import RunLog
 from grpo.parallel import Parallel, PeakExtra
 from grpo.problems import Problem
-from grpo.routing import replay_routing, update_router_stats
+from grpo.routing import RouterCounts, replay_routing, update_router_counts
 from grpo.settings import AlgoConfig, TrainConfig
 from grpo.update import (
     NonFiniteError,
@@ -214,11 +217,9 @@ class GRPOTrainer:
             sampling = r.sampling(seed=r.seed + 7919 * step + 104729 * attempt)
             if not r.seeds_training(self.device.type == "cuda"):
                 sampling = dataclasses.replace(sampling, seed=None)
-            g0 = time.perf_counter()
-            groups = self._generate([self.p.prompt_fn(q.question) for q in problems], sampling,
-                                    step)
-            gen_s += time.perf_counter() - g0
-            totals, pers = self._score(problems, groups, failures, step)
+            groups, totals, pers, seconds = self._sample_and_score(problems, sampling, failures,
+                                                                   step)
+            gen_s += seconds
             for prob, grp, tot, per in zip(problems, groups, totals, pers):
                 every.append((tot, grp, per))
                 if not a.filter_zero_variance or max(tot) > min(tot):
@@ -236,6 +237,61 @@ class GRPOTrainer:
                         for name in (kept[0][3] if kept else {})},
             version=self.version, stats=stats)
 
+    def _sample_and_score(self, problems: list[Problem], sampling: Sampling,
+                          failures: dict[str, int], step: int):
+        """Groups, totals, per-reward scores of ``problems`` and the generation wall time.
+        With ``rollout.every_rank_samples``, each rank samples and scores its ``block`` of the
+        problems (seeded as in one call: ``Sampling.first_prompt``) and the pieces are gathered
+        in order; an error on any rank is raised on every rank."""
+        par = self.p.parallel
+        if not self.cfg.rollout.every_rank_samples(par.world):
+            return self._sample_piece(problems, sampling, step, failures)
+        share = par.block(len(problems))
+        mine = problems[share]
+        try:
+            piece: Any = self._sample_piece(
+                mine, dataclasses.replace(sampling, first_prompt=share.start), step)
+        except Exception as e:  # noqa: BLE001  (raised below, on every rank)
+            piece = _portable(e, par.rank)
+        pieces = par.gather(piece)
+        for p in pieces:
+            if isinstance(p, BaseException):
+                raise p
+        groups = [g for p in pieces for g in p[0]]
+        totals = [t for p in pieces for t in p[1]]
+        pers = [x for p in pieces for x in p[2]]
+        res = [p[4] for p in pieces if p[4] is not None]
+        broken = set.intersection(*(set(r.failed_everywhere()) for r in res)) if res else set()
+        if broken:
+            raise RewardFailure(f"step {step}: reward {', '.join(sorted(broken))} failed on all "
+                                f"{len(totals) * self.cfg.rollout.n} samples (see train.log "
+                                "for the first error)")
+        for r in res:
+            for label, count in r.failure_counts().items():
+                failures[label] = failures.get(label, 0) + count
+        return groups, totals, pers, max(p[3] for p in pieces)  # the ranks sample at once
+
+    def _sample_piece(self, problems: list[Problem], sampling: Sampling, step: int,
+                      failures: dict[str, int] | None = None):
+        """(groups, totals, per-reward, generation seconds, ``ScoreResult``) of ``problems``.
+        With ``failures`` (one sampler) the reward failures are checked and counted here."""
+        if not problems:
+            return [], [], [], 0.0, None
+        g0 = time.perf_counter()
+        groups = self._generate([self.p.prompt_fn(q.question) for q in problems], sampling,
+                                step)
+        seconds = time.perf_counter() - g0
+        totals, pers, res = self._score(problems, groups)
+        if failures is None:
+            return groups, totals, pers, seconds, res
+        broken = res.failed_everywhere()
+        if broken:
+            raise RewardFailure(f"step {step}: reward {', '.join(broken)} failed on all "
+                                f"{len(res.total)} samples (see train.log for the first error)")
+        for label, count in res.failure_counts().items():
+            failures[label] = failures.get(label, 0) + count
+        return groups, totals, pers, seconds
+
     def _generate(self, prompts: list[str], sampling: Sampling, step: int):
         try:
             return self.p.engine.generate(prompts, self.cfg.rollout.n, sampling)
@@ -246,8 +302,8 @@ class GRPOTrainer:
                 f"step {step}: the policy's sampling probabilities are not finite ({e}); the "
                 "weights diverged in the last update; the last checkpoint is intact") from e
 
-    def _score(self, problems, groups, failures: dict[str, int], step: int):
-        """Totals and per-reward scores per group; adds each reward's failures to ``failures``."""
+    def _score(self, problems, groups):
+        """Totals and per-reward scores per group, and the ``ScoreResult`` (its failures)."""
         n = self.cfg.rollout.n
         texts = [c.text for g in groups for c in g.completions]
         columns = {c: [p.columns[c] for p in problems for _ in range(n)]
@@ -256,16 +312,10 @@ class GRPOTrainer:
             texts, answer=[p.answer for p in problems for _ in range(n)],
             completion_lengths=[len(c.token_ids) for g in groups for c in g.completions],
             **columns)
-        broken = res.failed_everywhere()
-        if broken:
-            raise RewardFailure(f"step {step}: reward {', '.join(broken)} failed on all "
-                              f"{len(texts)} samples (see train.log for the first error)")
-        for label, count in res.failure_counts().items():
-            failures[label] = failures.get(label, 0) + count
         totals = [res.total[i * n:(i + 1) * n] for i in range(len(groups))]
         per = [{k: v[i * n:(i + 1) * n] for k, v in res.per_reward.items()}
                for i in range(len(groups))]
-        return totals, per
+        return totals, per, res
 
     def _rollout_stats(self, every, kept, refills, failures, gen_s, total_s) -> dict[str, float]:
         rewards = [x for tot, _, _ in every for x in tot]
@@ -425,8 +475,11 @@ class GRPOTrainer:
             stats["kl"] = s.kl / tok
         if s.distill_forward_kl is not None:  # per token, averaged over the update's passes
             stats["distill/forward_kl"] = s.distill_forward_kl / tok
-        if router:
-            stats.update(update_router_stats(router))
+        if self.p.recorder_fn is not None:  # summed over ranks: every rank has a recorder
+            counts = [c for c in self.p.parallel.gather(
+                update_router_counts(router) if router else None) if c is not None]
+            if counts:
+                stats.update(functools.reduce(RouterCounts.merge, counts).stats())
         return stats
 
     def _mhc_stats(self, batch: TrainBatch) -> dict[str, float]:
@@ -469,8 +522,12 @@ class GRPOTrainer:
     def run_step(self) -> dict[str, float]:
         t0 = time.perf_counter()
         par = self.p.parallel
-        # Sampled and scored once (rank 0), the same rollout on every rank.
-        ro = par.share(self._next_rollout() if par.is_main else None)
+        # The same rollout on every rank: sampled by each rank in shares and gathered, or by
+        # rank 0 and broadcast.
+        if self.cfg.rollout.every_rank_samples(par.world):
+            ro = self._next_rollout()
+        else:
+            ro = par.share(self._next_rollout() if par.is_main else None)
         metrics: dict[str, Any] = {**ro.stats, "staleness": self.version - ro.version,
                                    "time/wait_rollout": time.perf_counter() - t0}
         if ro.groups:
@@ -544,6 +601,17 @@ class GRPOTrainer:
         if s["optimizer"] is not None:  # else loaded from the checkpoint's shards
             self.p.optimizer.load_state_dict(s["optimizer"])
         self.p.scheduler.load_state_dict(s["scheduler"])
+
+
+def _portable(e: Exception, rank: int) -> Exception:
+    """``e`` as it can travel to the other ranks (pickled), or a ``RuntimeError`` naming it."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:  # noqa: BLE001  (an exception type that does not pickle)
+        return RuntimeError(f"rank {rank}: {type(e).__name__}: {e}")
 
 
 __all__ = ["GRPOTrainer", "NonFiniteError", "Parts", "ProblemStream"]

@@ -269,16 +269,16 @@ def _start(parts: Parts, base: Path, ckpt: Path | None, out: Path, show_progress
     """Engine, scorer, resumed state, first weight sync, run log."""
 
     cfg, t, r = parts.cfg, parts.cfg.train, parts.cfg.rollout
-    main = parts.parallel.is_main  # rank 0 samples, scores, logs and saves; every rank updates
-    if main:
-        with output_to(out / "engine.log"):
+    par = parts.parallel
+    main = par.is_main  # rank 0 logs and saves; every rank updates
+    if main or r.every_rank_samples(par.world):  # and samples and scores: rank 0, or every rank
+        with output_to(out / ("engine.log" if main else f"engine.rank{par.rank}.log")):
             parts.engine = r.start_engine(base, cfg.model.dtype, model=parts.policy,
                                           tokenizer=parts.tokenizer,
                                           record_routing=cfg.algo.routing_replay)
         parts.scorer = cfg.reward.scorer(r.max_tokens)
-    parts.parallel.barrier()  # the other ranks wait here, not inside the first rollout's broadcast
+    par.barrier()  # the other ranks wait here, not inside the first rollout's broadcast
     trainer = GRPOTrainer(parts)
-    par = parts.parallel
     if ckpt is not None:
         state = load_trainer_state(ckpt, par.rank, par.world)
         if state.get("world", 1) != par.world and state.get("sharded"):

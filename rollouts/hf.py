@@ -27,8 +27,14 @@ as transformers' ``TopKLogitsWarper`` and ``TopPLogitsWarper`` do (ties at the k
 the top-p set is the smallest whose mass reaches ``top_p``). ``sleep``/``wake`` do nothing here:
 the weights are the trainer's own.
 
-Seeded sampling (``Sampling.seed``) reproduces exactly for the same prompts, ``n`` and batch size,
-without touching the caller's global RNG state.
+Randomness is counter-based (``row_uniforms``): the uniform behind token ``t`` of completion ``c``
+is a hash of (seed, ``c``, ``t``), with ``c = (Sampling.first_prompt + i) * n + j`` for sample
+``j`` of prompt ``i``, computed in integer arithmetic that gives the same bits on every device.
+So a seeded draw does not depend on which rows share a forward batch, on ``batch_size``, or on
+how a batch is split over calls or ranks (the trainer's every-rank rollout relies on it); the
+tokens can differ only where the logits themselves differ in rounding, by a uniform within that
+rounding of a token boundary. Unseeded sampling takes a fresh seed from torch's global
+generator (which advances it); seeded sampling leaves the caller's RNG state alone.
 """
 
 from __future__ import annotations
@@ -117,18 +123,22 @@ class HFEngine:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         start = time.perf_counter()
-        # One row per (prompt, sample), prompt-major, so a group's samples are contiguous.
-        rows = [(i, ids) for i, ids in enumerate(prompt_ids) for _ in range(n)]
+        # One row per (prompt, sample), prompt-major, so a group's samples are contiguous; each
+        # with its completion index (the key of its random stream, ``row_uniforms``).
+        rows = list(enumerate((i, ids) for i, ids in enumerate(prompt_ids) for _ in range(n)))
         groups = [Group(p, ids, []) for p, ids in zip(prompts, prompt_ids)]
         was_training = self.model.training
         self.model.eval()
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        seed = sampling.seed
+        if seed is None:  # fresh randomness: a seed from (and advancing) the global generator
+            seed = int(torch.randint(0, 2**62, ()))
+        first = sampling.first_prompt * n
         try:
-            with torch.no_grad(), torch.random.fork_rng(devices=devices), self._autocast():
-                if sampling.seed is not None:
-                    torch.manual_seed(sampling.seed)
+            with torch.no_grad(), self._autocast():
                 for batch in self._batches(rows):
-                    for (i, _), c in zip(batch, self._sample([r[1] for r in batch], sampling)):
+                    ids = [r[1][1] for r in batch]
+                    keys = row_keys(seed, [first + k for k, _ in batch], self.device)
+                    for (_, (i, _)), c in zip(batch, self._sample(ids, sampling, keys)):
                         groups[i].completions.append(c)
         finally:
             self.model.train(was_training)
@@ -146,16 +156,20 @@ class HFEngine:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.compute_dtype)
 
-    def _batches(self, rows: list[tuple[int, list[int]]]) -> list[list[tuple[int, list[int]]]]:
-        """Forward batches of at most ``batch_size`` rows, in order; with
-        ``equal_length_batches`` only rows whose prompts have one length share a batch."""
-        buckets: dict[int, list[tuple[int, list[int]]]] = {}
+    def _batches(self, rows: list[tuple[int, tuple[int, list[int]]]]
+                 ) -> list[list[tuple[int, tuple[int, list[int]]]]]:
+        """Forward batches of at most ``batch_size`` rows ``(completion, (prompt, ids))``, in
+        order; with ``equal_length_batches`` only rows whose prompts have one length share a
+        batch."""
+        buckets: dict[int, list[tuple[int, tuple[int, list[int]]]]] = {}
         for row in rows:
-            buckets.setdefault(len(row[1]) if self.equal_length_batches else 0, []).append(row)
+            buckets.setdefault(len(row[1][1]) if self.equal_length_batches else 0,
+                               []).append(row)
         return [rs[b : b + self.batch_size] for rs in buckets.values()
                 for b in range(0, len(rs), self.batch_size)]
 
-    def _sample(self, prompt_ids: list[list[int]], s: Sampling) -> list[Completion]:
+    def _sample(self, prompt_ids: list[list[int]], s: Sampling,
+                keys: torch.Tensor) -> list[Completion]:
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         width = max(len(ids) for ids in prompt_ids)
@@ -164,7 +178,8 @@ class HFEngine:
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in prompt_ids])
         recorder = self._recorder()
         with recorder:
-            new, logp = self._decode(input_ids.to(self.device), mask.to(self.device), s, pad)
+            new, logp = self._decode(input_ids.to(self.device), mask.to(self.device), s, pad,
+                                     keys)
         done = [self._completion(new[r].tolist(), logp[r].tolist(), s) for r in range(len(new))]
         if self.record_routing:
             routed = _routed_experts(recorder, len(new), width + new.shape[1] - 1)  # (B, W, L, k)
@@ -174,10 +189,11 @@ class HFEngine:
         return done
 
     def _decode(self, input_ids: torch.Tensor, mask: torch.Tensor, s: Sampling,
-                pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+                pad: int, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample up to ``s.max_tokens`` tokens per row: (B, S) token ids (``pad`` after a row
-        ended) and (B, S) their raw log-probs. One prefill forward, then one forward per token
-        fed back; none after the last token (``_routed_experts`` relies on this count)."""
+        ended) and (B, S) their raw log-probs; ``keys`` (B,): each row's random stream
+        (``row_keys``). One prefill forward, then one forward per token fed back; none after
+        the last token (``_routed_experts`` relies on this count)."""
         b, width = input_ids.shape
         eos = self.tokenizer.eos_token_id
         full_mask = torch.cat([mask, mask.new_ones(b, s.max_tokens)], dim=1)  # (B, T + S)
@@ -194,7 +210,7 @@ class HFEngine:
                 logp_pick[:, eos] = float("-inf")
             else:
                 logp_pick = logp
-            token = _pick(logp_pick, s)  # (B,)
+            token = _pick(logp_pick, s, row_uniforms(keys, t))  # (B,)
             token = torch.where(running, token, torch.full_like(token, pad))
             tokens.append(token)
             chosen = logp.gather(-1, token[:, None])[:, 0]  # (B,)
@@ -291,32 +307,76 @@ class HFEngine:
         self.close()
 
 
-def _pick(logp: torch.Tensor, s: Sampling) -> torch.Tensor:
-    """(B,) tokens drawn from (B, V) raw log-probs under ``s``'s temperature, top-k and top-p."""
+def _pick(logp: torch.Tensor, s: Sampling, u: torch.Tensor) -> torch.Tensor:
+    """(B,) tokens drawn from (B, V) raw log-probs under ``s``'s temperature, top-k and top-p,
+    with (B, 1) uniforms ``u``."""
     if s.temperature == 0:
         return logp.argmax(dim=-1)
-    return inverse_cdf_sample(sampling_scores(logp, s).softmax(dim=-1))
+    return inverse_cdf_sample(sampling_scores(logp, s).softmax(dim=-1), u)
 
 
-def inverse_cdf_sample(probs: torch.Tensor) -> torch.Tensor:
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor | int, c: int) -> torch.Tensor | int:
+    """``x * c mod 2**32`` for ``x`` in [0, 2**32), without int64 overflow (16-bit halves)."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _M32
+
+
+def _mix32(x: torch.Tensor | int) -> torch.Tensor | int:
+    """A 32-bit integer hash with full avalanche ("lowbias32", Chris Wellons' hash-prospector),
+    on ints or int64 tensors holding values in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def row_keys(seed: int, completions: Sequence[int], device: torch.device) -> torch.Tensor:
+    """(B,) int64 keys of the random streams of ``completions`` (indices) under ``seed``."""
+    s = _mix32((seed & _M32) ^ _mix32((seed >> 32) & _M32 ^ 0x9E3779B9))
+    idx = torch.tensor(completions, dtype=torch.int64, device=device) & _M32
+    return _mix32(idx ^ s)
+
+
+def row_uniforms(keys: torch.Tensor, t: int) -> torch.Tensor:
+    """(B, 1) float64 uniforms in [0, 1), 53 bits each, for step ``t`` of the streams ``keys``
+    (``row_keys``): two hashes of (key, t) in integer arithmetic, so the same bits on every
+    device, independent of batch composition.
+
+    >>> keys = row_keys(7, [0, 1, 2], torch.device("cpu"))
+    >>> u = row_uniforms(keys, 0)
+    >>> u.shape, bool(((u >= 0) & (u < 1)).all()), torch.equal(u, row_uniforms(keys, 0))
+    (torch.Size([3, 1]), True, True)
+    >>> bool((row_uniforms(keys, 1) != u).all())
+    True
+    """
+    h1 = _mix32(keys ^ _mix32((t & _M32) ^ 0x85EBCA6B))
+    h2 = _mix32(h1 ^ 0x68E31DA4)
+    return ((h1 << 21) + (h2 >> 11)).double().mul_(2.0**-53)[:, None]
+
+
+def inverse_cdf_sample(probs: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
     """(B,) one draw per row of (B, V) probabilities: the first token whose cumulative
-    probability (float64) exceeds a uniform draw scaled to the row's total. A token of
-    probability 0 (filtered) is never drawn. One uniform per row from torch's global generator,
-    so a seeded engine is deterministic; 16x cheaper than ``torch.multinomial`` on CPU at
-    (32, 844), which was a fifth of a decode step.
+    probability (float64) exceeds the row's uniform ``u`` (B, 1) scaled to the row's total
+    (``u`` defaults to torch's global generator). A token of probability 0 (filtered) is never
+    drawn. 16x cheaper than ``torch.multinomial`` on CPU at (32, 844), which was a fifth of a
+    decode step.
 
     >>> _ = torch.manual_seed(0)
     >>> inverse_cdf_sample(torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])).tolist()
     [1, 2]
     """
+    if u is None:
+        u = torch.rand(probs.shape[0], 1, dtype=torch.float64, device=probs.device)
     if probs.is_cuda:  # a float cumsum has no deterministic CUDA kernel (deterministic mode)
-        return fixed_point_sample(probs)
+        return fixed_point_sample(probs, u)
     c = probs.double().cumsum(dim=-1)  # (B, V)
-    u = torch.rand(c.shape[0], 1, dtype=torch.float64, device=c.device) * c[:, -1:]
-    return torch.searchsorted(c, u, right=True)[:, 0].clamp_(max=c.shape[1] - 1)
+    return torch.searchsorted(c, u * c[:, -1:], right=True)[:, 0].clamp_(max=c.shape[1] - 1)
 
 
-def fixed_point_sample(probs: torch.Tensor) -> torch.Tensor:
+def fixed_point_sample(probs: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
     """``inverse_cdf_sample``'s draw with the cumulative sum in integers: each row normalised,
     then probabilities in units of 2**-52 (int64, so the sum is exact and the same on every
     device and run, where a float cumsum on CUDA is not, and raises in deterministic mode).
@@ -330,7 +390,8 @@ def fixed_point_sample(probs: torch.Tensor) -> torch.Tensor:
     p = probs.double()
     q = (p / p.sum(dim=-1, keepdim=True) * 2.0**52).floor_().long()  # (B, V), sum <= 2**52
     c = q.cumsum(dim=-1)
-    u = torch.rand(c.shape[0], 1, dtype=torch.float64, device=c.device)
+    if u is None:
+        u = torch.rand(c.shape[0], 1, dtype=torch.float64, device=c.device)
     target = (u * c[:, -1:].double()).floor_().long()  # in [0, total)
     return torch.searchsorted(c, target, right=True)[:, 0].clamp_(max=c.shape[1] - 1)
 

@@ -47,6 +47,11 @@ class RolloutConfig:
     """Context length the engine reserves (prompt + completion)."""
     gpu_memory_utilization: float = 0.5
     """Fraction of GPU memory vLLM may take (ignored on CPU)."""
+    sample_on: Literal["every_rank", "rank0"] = "every_rank"
+    """With several trainer ranks and the HF engine: ``every_rank`` samples and scores each
+    rank's share of a step's prompts on its own engine (whole groups, seeded per prompt, so the
+    rollout is the one-rank rollout) and gathers the pieces; ``rank0`` samples everything on
+    rank 0 and broadcasts it. A ``vllm_server`` is one sampler: rank 0 drives it."""
     batch_size: int = 16
     """Rows per forward batch in the HF engine: prompts x ``n`` completions are sampled
     ``batch_size`` rows at a time (``r1kit generate`` also hands the engine ``batch_size``
@@ -55,8 +60,9 @@ class RolloutConfig:
     def sampling(self, seed: int | None = None) -> Sampling:
         """The ``Sampling`` of this section; ``seed`` (default ``self.seed``) is the draw's.
 
-        >>> RolloutConfig(max_tokens=8, min_tokens=2).sampling(seed=5)
-        Sampling(max_tokens=8, temperature=1.0, top_p=1.0, top_k=-1, seed=5, stop=(), min_tokens=2)
+        >>> s = RolloutConfig(max_tokens=8, min_tokens=2).sampling(seed=5)
+        >>> s.max_tokens, s.temperature, s.seed, s.min_tokens, s.first_prompt
+        (8, 1.0, 5, 2, 0)
         """
         return Sampling(max_tokens=self.max_tokens, temperature=self.temperature,
                         top_p=self.top_p, top_k=self.top_k, min_tokens=self.min_tokens,
@@ -73,6 +79,16 @@ class RolloutConfig:
         if self.seeded != "auto":
             return self.seeded == "always"
         return not (on_gpu and self.engine in ("vllm", "vllm_server"))
+
+    def every_rank_samples(self, world: int) -> bool:
+        """Whether each of ``world`` trainer ranks samples its share of a rollout.
+
+        >>> RolloutConfig().every_rank_samples(2), RolloutConfig().every_rank_samples(1)
+        (True, False)
+        >>> RolloutConfig(engine="vllm_server").every_rank_samples(2)
+        False
+        """
+        return world > 1 and self.sample_on == "every_rank" and self.engine == "hf"
 
     def start_engine(self, model_path: str | Path, dtype: str, *, kind: str | None = None,
                      max_model_len: int | None = None, seed: int | None = None,

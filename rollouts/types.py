@@ -32,6 +32,10 @@ class Sampling:
     """Keep the k most likely tokens; -1 keeps all."""
     seed: int | None = None
     """Seed for reproducible sampling; None draws fresh randomness."""
+    first_prompt: int = 0
+    """Where this call's prompts start in a larger batch it is a share of: completion ``j`` of
+    prompt ``i`` draws from the seeded stream of completion ``(first_prompt + i) * n + j``, so
+    a batch split over several calls (or several ranks' engines) samples what one call would."""
     stop: tuple[str, ...] = ()
     """Strings that end a completion (not included in its text)."""
     min_tokens: int = 0
@@ -46,6 +50,8 @@ class Sampling:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.first_prompt < 0:
+            raise ValueError(f"first_prompt must be >= 0, got {self.first_prompt}")
         if not 0 <= self.min_tokens <= self.max_tokens:
             raise ValueError(f"min_tokens must be in [0, max_tokens={self.max_tokens}], "
                              f"got {self.min_tokens}")

@@ -16,7 +16,8 @@ What it guarantees:
   fresh vLLM load of them would (fused MoE experts split, LoRA merged, the CPU MoE repack and a
   tied lm_head's CPU repack redone: see ``rollouts.vllm_worker``); the prefix cache is reset. ``last_sync_seconds`` is its duration.
 - Each of the ``n`` completions of a prompt is its own vLLM request; with ``Sampling(seed=s)``
-  completion ``j`` of prompt ``i`` gets seed ``s + i * n + j``: reproducible and distinct.
+  completion ``j`` of prompt ``i`` gets seed ``s + (first_prompt + i) * n + j``: reproducible and
+  distinct (``Sampling.first_prompt`` places a share of a larger batch).
 - Building the engine leaves the caller's global RNG where it was: vLLM seeds Python's ``random``,
   numpy and torch (CPU and every CUDA device) with ``seed`` when it starts (it logs "The global
   random seed is set to ..."); ``_caller_rng_kept`` saves those states and puts them back, so a
@@ -182,7 +183,8 @@ class VLLMEngine:
         requests, params = [], []
         for i, ids in enumerate(prompt_ids):
             for j in range(n):
-                seed = None if sampling.seed is None else sampling.seed + i * n + j
+                seed = (None if sampling.seed is None
+                        else sampling.seed + (sampling.first_prompt + i) * n + j)
                 requests.append({"prompt_token_ids": ids})
                 params.append(self._sampling_params(sampling, seed))
         start = time.perf_counter()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -278,3 +280,46 @@ def test_a_float32_master_policy_samples_in_the_recipes_compute_dtype(tiny_qwen)
     finally:
         handle.remove()
     assert next(model.parameters()).dtype == torch.float32  # the masters are untouched
+
+
+def test_a_split_batch_samples_what_one_call_samples(tiny_qwen):
+    """Counter-based randomness: the same completions whether the prompts come in one call or
+    in shares placed by ``Sampling.first_prompt`` (the trainer's every-rank rollout), with any
+    forward batch size; another seed draws other completions."""
+    tok = AutoTokenizer.from_pretrained(tiny_qwen)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen)
+    s = Sampling(max_tokens=10, seed=11)
+    whole = HFEngine(model, tok, batch_size=16).generate(PROMPTS, 3, s)
+    parts = HFEngine(model, tok, batch_size=2)
+    split = (parts.generate(PROMPTS[:1], 3, s)
+             + parts.generate(PROMPTS[1:], 3, dataclasses.replace(s, first_prompt=1)))
+    assert [[c.token_ids for c in g.completions] for g in whole] == \
+        [[c.token_ids for c in g.completions] for g in split]
+    other = HFEngine(model, tok, batch_size=16).generate(
+        PROMPTS, 3, dataclasses.replace(s, seed=12))
+    assert [c.token_ids for g in whole for c in g.completions] != \
+        [c.token_ids for g in other for c in g.completions]
+    # unseeded: a fresh seed each call (a forked generator restored after each call repeated)
+    fresh = [[c.token_ids for g in parts.generate(PROMPTS, 3, dataclasses.replace(s, seed=None))
+              for c in g.completions] for _ in range(2)]
+    assert fresh[0] != fresh[1]
+
+
+def test_row_uniforms_are_uniform_and_independent():
+    """The hash behind the HF engine's draws: 200 streams x 500 steps are uniform on [0, 1)
+    (mean, variance, Kolmogorov-Smirnov distance) with no correlation between neighbouring
+    streams or steps."""
+    from rollouts.hf import row_keys, row_uniforms
+
+    keys = row_keys(3, list(range(200)), torch.device("cpu"))
+    u = torch.cat([row_uniforms(keys, t) for t in range(500)], dim=1)  # (200, 500)
+    flat = u.flatten().sort().values
+    n = flat.numel()
+    assert abs(float(flat.mean()) - 0.5) < 4 * (1 / 12 / n) ** 0.5
+    assert abs(float(flat.var()) - 1 / 12) < 0.002
+    ks = float((flat - torch.arange(n, dtype=torch.float64) / n).abs().max())
+    assert ks < 1.63 / n**0.5  # the 1% critical value
+    for a, b in ((u[:-1], u[1:]), (u[:, :-1], u[:, 1:])):  # neighbouring streams, steps
+        r = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]
+        assert abs(float(r)) < 4 / a.numel() ** 0.5
+    assert not torch.equal(row_uniforms(row_keys(4, list(range(200)), keys.device), 0), u[:, :1])

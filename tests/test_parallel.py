@@ -74,9 +74,48 @@ def test_two_processes_give_the_one_process_update(moe, tmp_path, mode):
 
 
 @pytest.mark.slow
+def test_every_rank_samples_the_one_rank_rollout(tmp_path, tiny_cache):
+    """Under torchrun with 2 ranks each rank's HF engine samples and scores its share of the
+    prompts (5 prompts: 3 and 2) and the shares are gathered: both ranks hold the one-process
+    rollout token for token, with its rewards and the sampler's log-probs (to float32
+    rounding: the rows share forward batches with other rows than on one process). The
+    even-answer groups score 0 everywhere, so a DAPO refill round runs too."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "R1KIT_CACHE": str(tiny_cache),
+           "PYTHONPATH": str(REPO)}
+    args = ["-m", "bench.ranks", "--worker"]  # saves each rank's step-0 rollout
+    common = [str(REPO / "recipes/tiny_grpo_hf.yaml"),
+              "reward.funcs=[rewards.toy:digit_share_odd_only]",
+              "reward.weights=[1.0]", "rollout.max_tokens=12", "rollout.n=3",
+              "train.prompts_per_step=5", "rollout.batch_size=4", "rollout.max_model_len=128",
+              "train.deterministic=true", "reward.workers=1", "algo.filter_zero_variance=true",
+              "algo.max_refills=1", "train.tensorboard=false"]
+    got = {}
+    for procs in (1, 2):
+        out = tmp_path / f"p{procs}"
+        out.mkdir()
+        launch = [] if procs == 1 else ["-m", "torch.distributed.run", "--standalone",
+                                        "--nproc_per_node", "2"]
+        proc = subprocess.run([sys.executable, *launch, *args, str(out), "0", *common,
+                               f"log.out_dir={out}"], env=env, capture_output=True, text=True,
+                              timeout=600, check=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        got[procs] = [torch.load(out / f"rank{r}.pt") for r in range(procs)]
+    one = got[1][0]
+    assert one["stats"]["refills"] == 1 and one["stats"]["groups_sampled"] > 5
+    for two in got[2]:
+        assert two["questions"] == one["questions"] and two["tokens"] == one["tokens"]
+        assert torch.equal(two["rewards"], one["rewards"])
+        assert two["stats"]["groups_sampled"] == one["stats"]["groups_sampled"]
+        assert two["stats"]["refills"] == one["stats"]["refills"]
+        for a, b in zip(one["logprobs"], two["logprobs"]):
+            torch.testing.assert_close(torch.tensor(b), torch.tensor(a), atol=1e-5, rtol=0)
+    assert (tmp_path / "p2" / "engine.rank1.log").is_file()  # rank 1 ran its own engine
+
+
+@pytest.mark.slow
 def test_r1kit_train_on_two_processes_matches_one(tmp_path, tiny_cache):
-    """``r1kit train`` under torchrun with 2 ranks (DDP): rank 0 samples and scores, both
-    update. Two steps with the HF engine give the one-process run's rewards and losses, and its
+    """``r1kit train`` under torchrun with 2 ranks (DDP): each rank samples and scores its
+    share of the prompts, both update. Two steps with the HF engine give the one-process run's rewards and losses, and its
     weights to float32 rounding: AdamW's first step divides each gradient by its own size, so
     a 1e-10 difference in a 1e-9 gradient moves a weight by up to about 1e-3 x lr."""
     import json
