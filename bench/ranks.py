@@ -3,7 +3,8 @@
 The rollout of ``r1kit train`` (``GRPOTrainer.rollout``: sample with the HF engine, score) of
 ``recipes/tiny_grpo_hf.yaml`` on ``bench.shard``'s 27M-parameter Qwen3-MoE (random init, the
 embedded tokenizer; ``--model tiny`` keeps the recipe's 1M-parameter one, whose decode steps
-cost mostly per-call overhead, which two ranks do not split), ``--prompts`` prompts x ``--n`` completions of exactly ``--tokens`` tokens
+cost mostly per-call overhead, which two ranks do not split), ``--prompts`` prompts x ``--n``
+completions of exactly ``--tokens`` tokens
 (``rollout.min_tokens`` = ``max_tokens``: both modes do the same work), the ``digit_share`` toy
 reward, one thread per rank. Two contenders, each one ``torchrun --nproc_per_node 2`` launch,
 taking turns for ``--rounds`` rounds (``bench.harness.interleaved``):

@@ -207,7 +207,7 @@ class GRPOTrainer:
         a, r, want = self.cfg.algo, self.cfg.rollout, self.cfg.train.prompts_per_step
         kept: list[tuple[Any, Any, list[float], dict[str, list[float]]]] = []
         every: list[tuple[list[float], Any, dict[str, list[float]]]] = []
-        t0, gen_s, refills = time.perf_counter(), 0.0, 0
+        t0, gen_s, score_s, refills = time.perf_counter(), 0.0, 0.0, 0
         failures: dict[str, int] = {}  # reward label -> samples it failed on, every round
         for attempt in range(1 + a.max_refills):
             # A refill asks for the shortfall divided by the keep rate so far (at least 1/4), as
@@ -219,7 +219,8 @@ class GRPOTrainer:
                 sampling = dataclasses.replace(sampling, seed=None)
             groups, totals, pers, seconds = self._sample_and_score(problems, sampling, failures,
                                                                    step)
-            gen_s += seconds
+            gen_s += seconds[0]
+            score_s += seconds[1]
             for prob, grp, tot, per in zip(problems, groups, totals, pers):
                 every.append((tot, grp, per))
                 if not a.filter_zero_variance or max(tot) > min(tot):
@@ -228,7 +229,7 @@ class GRPOTrainer:
             if len(kept) >= want:
                 break
         kept = kept[:want]
-        stats = self._rollout_stats(every, len(kept), refills, failures, gen_s,
+        stats = self._rollout_stats(every, len(kept), refills, failures, gen_s, score_s,
                                     time.perf_counter() - t0)
         return Rollout(
             problems=[k[0] for k in kept], groups=[k[1] for k in kept],
@@ -239,7 +240,8 @@ class GRPOTrainer:
 
     def _sample_and_score(self, problems: list[Problem], sampling: Sampling,
                           failures: dict[str, int], step: int):
-        """Groups, totals, per-reward scores of ``problems`` and the generation wall time.
+        """Groups, totals, per-reward scores of ``problems`` and the wall times of generation
+        and scoring.
         With ``rollout.every_rank_samples``, each rank samples and scores its ``block`` of the
         problems (seeded as in one call: ``Sampling.first_prompt``) and the pieces are gathered
         in order; an error on any rank is raised on every rank."""
@@ -269,19 +271,22 @@ class GRPOTrainer:
         for r in res:
             for label, count in r.failure_counts().items():
                 failures[label] = failures.get(label, 0) + count
-        return groups, totals, pers, max(p[3] for p in pieces)  # the ranks sample at once
+        # the ranks sample (and score) at the same time
+        return groups, totals, pers, tuple(max(p[3][i] for p in pieces) for i in (0, 1))
 
     def _sample_piece(self, problems: list[Problem], sampling: Sampling, step: int,
                       failures: dict[str, int] | None = None):
-        """(groups, totals, per-reward, generation seconds, ``ScoreResult``) of ``problems``.
+        """(groups, totals, per-reward, (generation, scoring) seconds, ``ScoreResult``) of
+        ``problems``.
         With ``failures`` (one sampler) the reward failures are checked and counted here."""
         if not problems:
-            return [], [], [], 0.0, None
+            return [], [], [], (0.0, 0.0), None
         g0 = time.perf_counter()
         groups = self._generate([self.p.prompt_fn(q.question) for q in problems], sampling,
                                 step)
-        seconds = time.perf_counter() - g0
+        s0 = time.perf_counter()
         totals, pers, res = self._score(problems, groups)
+        seconds = (s0 - g0, time.perf_counter() - s0)
         if failures is None:
             return groups, totals, pers, seconds, res
         broken = res.failed_everywhere()
@@ -317,7 +322,8 @@ class GRPOTrainer:
                for i in range(len(groups))]
         return totals, per, res
 
-    def _rollout_stats(self, every, kept, refills, failures, gen_s, total_s) -> dict[str, float]:
+    def _rollout_stats(self, every, kept, refills, failures, gen_s, score_s,
+                       total_s) -> dict[str, float]:
         rewards = [x for tot, _, _ in every for x in tot]
         comps = [c for _, g, _ in every for c in g.completions]
         lengths = [len(c.token_ids) for c in comps]
@@ -328,7 +334,7 @@ class GRPOTrainer:
             "response_len_max": max(lengths),
             "truncated_frac": sum(c.finish_reason == "length" for c in comps) / len(comps),
             "groups_sampled": len(every), "groups_kept": kept, "refills": refills,
-            "time/generate": gen_s, "time/rollout": total_s,
+            "time/generate": gen_s, "time/score": score_s, "time/rollout": total_s,
             "tokens_per_s/generate": sum(lengths) / gen_s if gen_s > 0 else 0.0,
         }
         for name in every[0][2]:

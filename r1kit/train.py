@@ -1,10 +1,12 @@
 """Assembling a ``GRPOTrainer`` from a recipe, resuming it, and running it: ``r1kit train``.
 
 Order of work, so that errors come before cost: recipe checks (``validate_training``) -> run
-folder and resume decision -> problems and prompt lengths -> policy (from the checkpoint when
-resuming) -> optimiser -> reference (beta > 0, full fine-tuning) -> engine -> scorer -> resumed
-trainer state -> one weight sync (the engine samples from exactly the trainer's weights from the
-first step) -> loop. If anything fails after the engine starts, ``Parts.close`` stops it.
+folder and resume decision -> problems -> scorer (its workers start and warm up in the
+background) -> prompt lengths -> policy (from the checkpoint when resuming) -> optimiser ->
+reference (beta > 0, full fine-tuning) -> engine -> wait for the scorer's workers (so step 1's
+scoring costs what later steps' does) -> resumed trainer state -> one weight sync (the engine
+samples from exactly the trainer's weights from the first step) -> loop. If anything fails
+after the scorer starts, its workers are stopped (``Parts.close`` once the parts exist).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -194,44 +197,60 @@ def build_trainer(cfg: Config, show_progress: bool = True, teacher: TeacherSigna
                           "optimiser state): resume it with train.parallel=ddp or on one "
                           "process; an fsdp2 run resumes from fsdp2 checkpoints")
     problems = load_problems(cfg.data)  # a bad data file fails before any model is loaded
-    torch.manual_seed(t.seed)
-    base = resolve_model_path(cfg.model)
-    device = device_of(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    check_prompt_lengths([build_prompt(p.question, r.prompt_style, tokenizer) for p in problems],
-                         tokenizer, r.max_tokens, r.max_model_len)
-    # FSDP2: loaded into host memory and moved to the device layer by layer as fully_shard
-    # shards it, so no GPU ever holds the whole model. A sharded checkpoint's weights come from
-    # its shards, after the optimiser exists.
-    load_to = torch.device("cpu") if parallel.sharded else device
-    policy = load_policy(cfg, base, None if sharded_ckpt else ckpt, load_to)
-    if t.activation_checkpointing:
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if t.share_prompts:
-            log.info("train.activation_checkpointing: the shared-prompt pass is off (it needs "
-                     "the KV cache that checkpointing turns off)")
-    parallel.wrap(policy)  # DDP / FSDP2 root around it on several ranks; nothing on one
-    optimizer, scheduler = make_optimizer(cfg, policy)
-    if sharded_ckpt:
-        load_sharded_state(ckpt, policy, optimizer)
-    reference = make_reference(cfg, base, load_to)
-    parallel.wrap_frozen(reference)  # FSDP2: sharded like the policy, moved to the device
-    if parallel.is_main:
-        (out / "config.yaml").write_text(yaml.safe_dump(
-            {k: v for k, v in asdict(cfg).items() if k != "source"}, sort_keys=False))
-    parts = Parts(
-        cfg=cfg, policy=policy, tokenizer=tokenizer, engine=None, scorer=None,
-        optimizer=optimizer, scheduler=scheduler, data=ProblemStream(problems, t.seed),
-        prompt_fn=lambda q: build_prompt(q, r.prompt_style, tokenizer),
-        objective=Objective.from_config(cfg.algo, t, r.max_tokens, resolve_mismatch(cfg), mp),
-        reference=reference,
-        recorder_fn=recorder_factory(policy, cfg.algo.aux_loss_coef > 0), teacher=teacher,
-        parallel=parallel)
+    # The reward workers start now and warm up (imports, the math grader's helper) while the
+    # model loads; _start waits for them, so the first step's scoring costs what later ones do.
+    scorer = cfg.reward.scorer(r.max_tokens) if scores_here(cfg, parallel) else None
+    try:
+        torch.manual_seed(t.seed)
+        base = resolve_model_path(cfg.model)
+        device = device_of(cfg)
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        check_prompt_lengths(
+            [build_prompt(p.question, r.prompt_style, tokenizer) for p in problems],
+            tokenizer, r.max_tokens, r.max_model_len)
+        # FSDP2: loaded into host memory and moved to the device layer by layer as fully_shard
+        # shards it, so no GPU ever holds the whole model. A sharded checkpoint's weights come
+        # from its shards, after the optimiser exists.
+        load_to = torch.device("cpu") if parallel.sharded else device
+        policy = load_policy(cfg, base, None if sharded_ckpt else ckpt, load_to)
+        if t.activation_checkpointing:
+            policy.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+            if t.share_prompts:
+                log.info("train.activation_checkpointing: the shared-prompt pass is off (it "
+                         "needs the KV cache that checkpointing turns off)")
+        parallel.wrap(policy)  # DDP / FSDP2 root around it on several ranks; nothing on one
+        optimizer, scheduler = make_optimizer(cfg, policy)
+        if sharded_ckpt:
+            load_sharded_state(ckpt, policy, optimizer)
+        reference = make_reference(cfg, base, load_to)
+        parallel.wrap_frozen(reference)  # FSDP2: sharded like the policy, moved to the device
+        if parallel.is_main:
+            (out / "config.yaml").write_text(yaml.safe_dump(
+                {k: v for k, v in asdict(cfg).items() if k != "source"}, sort_keys=False))
+        parts = Parts(
+            cfg=cfg, policy=policy, tokenizer=tokenizer, engine=None, scorer=scorer,
+            optimizer=optimizer, scheduler=scheduler, data=ProblemStream(problems, t.seed),
+            prompt_fn=lambda q: build_prompt(q, r.prompt_style, tokenizer),
+            objective=Objective.from_config(cfg.algo, t, r.max_tokens, resolve_mismatch(cfg),
+                                            mp),
+            reference=reference,
+            recorder_fn=recorder_factory(policy, cfg.algo.aux_loss_coef > 0), teacher=teacher,
+            parallel=parallel)
+    except BaseException:
+        if scorer is not None:
+            scorer.close()
+        raise
     try:
         return _start(parts, base, ckpt, out, show_progress)
     except BaseException:  # nothing left running: the scorer's workers, the engine
         parts.close()
         raise
+
+
+def scores_here(cfg: Config, parallel: Parallel) -> bool:
+    """Whether this rank samples and scores: rank 0, or every rank (``rollout.sample_on``)."""
+    return parallel.is_main or cfg.rollout.every_rank_samples(parallel.world)
 
 
 def check_fit(cfg: Config, parallel: Parallel) -> None:
@@ -271,12 +290,16 @@ def _start(parts: Parts, base: Path, ckpt: Path | None, out: Path, show_progress
     cfg, t, r = parts.cfg, parts.cfg.train, parts.cfg.rollout
     par = parts.parallel
     main = par.is_main  # rank 0 logs and saves; every rank updates
-    if main or r.every_rank_samples(par.world):  # and samples and scores: rank 0, or every rank
+    if scores_here(cfg, par):  # and samples and scores: rank 0, or every rank
         with output_to(out / ("engine.log" if main else f"engine.rank{par.rank}.log")):
             parts.engine = r.start_engine(base, cfg.model.dtype, model=parts.policy,
                                           tokenizer=parts.tokenizer,
                                           record_routing=cfg.algo.routing_replay)
-        parts.scorer = cfg.reward.scorer(r.max_tokens)
+        t0 = time.perf_counter()
+        if not parts.scorer.warmup():
+            log.warning("the reward workers did not finish starting in 120 s; training goes on")
+        log.info("reward workers ready (waited %.1f s after the engine started)",
+                 time.perf_counter() - t0)
     par.barrier()  # the other ranks wait here, not inside the first rollout's broadcast
     trainer = GRPOTrainer(parts)
     if ckpt is not None:

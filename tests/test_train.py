@@ -217,6 +217,30 @@ def test_prompt_longer_than_the_context_fails_before_any_engine(tmp_path):
     assert not (tmp_path / "engine.log").exists() or not (tmp_path / "engine.log").read_text()
 
 
+def test_reward_workers_start_before_the_model_and_stop_when_building_fails(tmp_path):
+    """The scorer starts first, so its workers warm up while the policy loads; a failure after
+    it started (a prompt longer than the context, found once the tokenizer is loaded) leaves no
+    worker behind."""
+    import psutil
+
+    from r1kit.config import load_config
+    from r1kit.generate import PromptTooLong
+    from r1kit.train import build_trainer
+
+    cfg = load_config(REPO / "recipes/tiny_grpo_hf.yaml", [
+        f"log.out_dir={tmp_path}", "rollout.max_model_len=100", "rollout.max_tokens=60",
+        "train.token_budget=4096", "reward.workers=2"])
+    me = psutil.Process()
+    before = {c.pid for c in me.children(recursive=True)}
+    with pytest.raises(PromptTooLong, match="exceeds rollout.max_model_len=100"):
+        build_trainer(cfg, show_progress=False)
+    # (multiprocessing's resource tracker serves this process until it exits: not a worker)
+    left = [c for c in me.children(recursive=True) if c.pid not in before and c.is_running()
+            and c.status() != psutil.STATUS_ZOMBIE
+            and "resource_tracker" not in " ".join(c.cmdline())]
+    assert not left, [c.cmdline() for c in left]
+
+
 def _one_bf16_step(out: Path, mixed: bool):
     from r1kit.config import load_config
     from r1kit.train import build_trainer
