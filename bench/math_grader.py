@@ -43,7 +43,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench.harness import parser, timed, write_result
-from rewards.math import grade, warm_up
+from rewards.math import Options, grade, warm_up
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "math500" / "test.jsonl"
 REAL_DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "math_real_outputs.jsonl"
@@ -56,26 +56,41 @@ WARM_UP_PAIRS = [
 ]
 
 
-def _time(fn, pairs: list[tuple[str, str]]) -> tuple[list[bool], float]:
+def _time(fn, pairs: list[tuple[str, str]], options: list[dict]) -> tuple[list[bool], float]:
     for pair in WARM_UP_PAIRS:  # not timed
-        fn(*pair)
-    return timed(lambda: [bool(fn(pred, gold)) for pred, gold in pairs])
+        fn(*pair, {})
+    return timed(lambda: [bool(fn(p, g, o)) for (p, g), o in zip(pairs, options)])
 
 
-def _math_verify(pred: str, gold: str) -> bool:
+# math-verify's option names (as its tests pass them) -> rewards.math.Options fields
+R1KIT_OPTIONS = {"precision": "precision", "strict": "strict",
+                 "allow_set_relation_comp": "set_relation"}
+MATH_VERIFY_OPTIONS = {"precision": "float_rounding", "strict": "strict",
+                       "allow_set_relation_comp": "allow_set_relation_comp"}
+
+
+def _r1kit(pred: str, gold: str, options: dict) -> bool:
+    return grade(pred, gold, options=Options(**{R1KIT_OPTIONS[k]: v for k, v in options.items()}))
+
+
+def _math_verify(pred: str, gold: str, options: dict | None = None) -> bool:
     from math_verify import parse, verify
 
+    kwargs = {MATH_VERIFY_OPTIONS[k]: v for k, v in (options or {}).items()}
     try:  # a bare gold needs "$...$" for Math-Verify's LaTeX extraction (its documented usage)
-        return bool(verify(parse(gold if "$" in gold else f"${gold}$"), parse(pred)))
+        return bool(verify(parse(gold if "$" in gold else f"${gold}$"), parse(pred), **kwargs))
     except Exception:  # noqa: BLE001 - Math-Verify may raise on odd input; count it as "not equal"
         return False
 
 
-def bench_math(pairs: list[tuple[str, str]], expected: list[bool] | None = None) -> dict:
+def bench_math(pairs: list[tuple[str, str]], expected: list[bool] | None = None,
+               options: list[dict] | None = None) -> dict:
     """Grade ``pairs`` with r1kit and Math-Verify; return throughput, accuracy and agreement.
 
     ``expected[i]`` is the right verdict for ``pairs[i]`` (default: all True,
-    as for MATH-500 solution/answer pairs).
+    as for MATH-500 solution/answer pairs); ``options[i]`` the math-verify options
+    (``precision``, ``strict``, ``allow_set_relation_comp``) both graders use for it, each
+    mapped to its own name (:data:`R1KIT_OPTIONS`, :data:`MATH_VERIFY_OPTIONS`); default none.
 
     >>> r = bench_math([(r"so $\\boxed{0.5}$", r"\\frac{1}{2}"), ("7", "8")], [True, False])
     >>> r["r1kit"]["accuracy"], r["pairs"]
@@ -84,11 +99,12 @@ def bench_math(pairs: list[tuple[str, str]], expected: list[bool] | None = None)
     if not pairs:
         raise ValueError("no pairs to benchmark")
     expected = [True] * len(pairs) if expected is None else expected
+    options = [{}] * len(pairs) if options is None else options
     warm_up()
     result: dict = {"pairs": len(pairs)}
     verdicts = {}
-    for name, fn in (("r1kit", grade), ("math_verify", _math_verify)):
-        verdicts[name], seconds = _time(fn, pairs)
+    for name, fn in (("r1kit", _r1kit), ("math_verify", _math_verify)):
+        verdicts[name], seconds = _time(fn, pairs, options)
         right = sum(v == e for v, e in zip(verdicts[name], expected))
         result[name] = {
             "seconds": seconds,
@@ -241,13 +257,17 @@ def math_verify_suite_rows(tests: Path) -> list[dict]:
     return rows
 
 
-def bench_math_verify_suite(tests: Path) -> dict:
+def bench_math_verify_suite(tests: Path, with_options: bool = True) -> dict:
     """:func:`bench_math` on math-verify's own rows; a gold without ``$`` is wrapped in
-    ``$...$`` for both graders, as its tests write most golds. Adds each grader's false
-    accepts and the rows whose verdict depends on a math-verify option."""
+    ``$...$`` for both graders, as its tests write most golds. A row whose ``parametrize``
+    table sets a math-verify option is graded with it by both graders (``with_options``;
+    False: every row with each grader's defaults). Adds each grader's false accepts and the
+    rows whose verdict depends on a math-verify option. Options a test passes in its body
+    (``precision=5`` in ``test_float_precision``) are not read: those rows use defaults."""
     rows = math_verify_suite_rows(tests)
     pairs = [(r["pred"], r["gold"] if "$" in r["gold"] else f"${r['gold']}$") for r in rows]
-    result = bench_math(pairs, [r["expected"] for r in rows])
+    options = [r["options"] if with_options else {} for r in rows]
+    result = bench_math(pairs, [r["expected"] for r in rows], options)
     result["option_rows"] = [
         {"index": i, "test": r["test"], "options": r["options"], "expected": r["expected"]}
         for i, r in enumerate(rows)
@@ -277,9 +297,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f"math-verify {MATH_VERIFY_VERSION}'s own test rows instead (fetched with pip)",
     )
+    ap.add_argument(
+        "--default-options",
+        action="store_true",
+        help="with --math-verify-suite: grade every row with each grader's defaults, not the "
+        "options its test sets",
+    )
     args = ap.parse_args(argv)
     if args.math_verify_suite:
-        result = bench_math_verify_suite(fetch_math_verify_suite())
+        result = bench_math_verify_suite(fetch_math_verify_suite(), not args.default_options)
     elif args.real:
         result = bench_real()
     else:

@@ -12,8 +12,9 @@ Three parts, each a measurement, never an assertion:
    it); and math-verify's own test suite (``bench.math_grader.bench_math_verify_suite``:
    the 275 graded pairs of its sdist's ``tests/``, fetched with pip into ``~/.cache/r1kit``
    at bench time, never kept in this repository; skipped with ``--math-verify-suite off``
-   or when the fetch fails). MATH-500 pairs are graded in slices so progress can be
-   shown; each slice warms both graders before timing, as ``bench_math`` does. "all
+   or when the fetch fails; a row whose table sets one of math-verify's options is graded
+   with it by both graders, r1kit through ``rewards.math.Options``). MATH-500 pairs are
+   graded in slices so progress can be shown; each slice warms both graders before timing, as ``bench_math`` does. "all
    pairs" pools the sets: total pairs over total seconds, per grader.
 2. The code sandbox on HumanEval canonical solutions and their tests
    (``bench.sandbox.bench_sandbox``): runs/s and p50/p99 latency, sandboxed and as

@@ -77,7 +77,9 @@ class Teacher:
     ``loss="reverse_kl"``: per-token advantages, the sampled reverse KL (module docstring).
     ``loss="forward_kl"``: the teacher's ``top_k`` most likely tokens and their log-probs at
     every sampled position go into the batch (``teacher_ids``, ``teacher_logp``) and the update
-    adds the exact forward KL to them (``grpo.losses.topk_forward_kl``); advantages are 0."""
+    adds the forward KL over those k tokens plus one bucket for the rest of the vocabulary
+    (``grpo.losses.topk_forward_kl``: 0 at a perfect copy for any k, the full forward KL at
+    k = V, a lower bound on it below); advantages are 0."""
 
     LOSSES = ("reverse_kl", "forward_kl")
 
@@ -91,10 +93,10 @@ class Teacher:
         self.model = model.eval().requires_grad_(False)
         self.compute_dtype = compute_dtype
         # Only ids the student can emit are candidates for the top-k (a larger teacher
-        # vocabulary's extra ids are left out, and the kept part renormalised).
+        # vocabulary's extra ids are never picked; their mass falls in the rest bucket).
         vocab = model.get_output_embeddings().weight.shape[0]
         self.vocab = min(vocab, student_vocab or vocab)
-        self.loss, self.top_k = loss, min(top_k, self.vocab)  # k = V: the exact forward KL
+        self.loss, self.top_k = loss, min(top_k, self.vocab)  # k = V: the full forward KL
         self.reward_weight = reward_weight
 
     @staticmethod

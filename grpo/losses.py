@@ -34,7 +34,8 @@ Where the math departs from DeepSeekMath's GRPO (Shao et al. 2024, arXiv:2402.03
   stability"), or tokens outside a two-sided band are masked (IcePop, Ling team 2025, Ring-1T).
 - **Entropy bonus** (optional, off by default): ``-entropy_coef * entropy`` per token.
 - **Distillation term** (on-policy distillation only): the forward KL from a teacher's top-k
-  distribution at each sampled position (GKD, Agarwal et al. 2024), added per token.
+  distribution at each sampled position (GKD, Agarwal et al. 2024), added per token, over the
+  top-k tokens plus one bucket for the rest of the vocabulary (``topk_forward_kl``).
 
 Nothing here knows about models, engines or configs: the trainer (``grpo.trainer``) calls these
 through the tables at the bottom.
@@ -276,24 +277,45 @@ KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
+REST_FLOOR = 1e-5
+"""Smallest rest-of-vocabulary mass ``topk_forward_kl`` tells from 0: ``1 - sum exp(logp)``
+over k float32 log-probs carries rounding of about 1e-7 (a few 1e-6 at the largest vocabularies),
+and a ratio of two such remainders is noise, not signal."""
+
+
 def topk_forward_kl(student_logp: Tensor, teacher_logp: Tensor) -> Tensor:
     """Per-token forward KL from a teacher's top-k to the student (on-policy distillation with a
-    dense teacher signal, GKD, Agarwal et al. 2024, arXiv:2306.13649): the teacher's
-    distribution over its k most likely tokens, renormalised to ``q``, against the student's
-    (full-softmax) log-probs of the same tokens::
+    dense teacher signal, GKD, Agarwal et al. 2024, arXiv:2306.13649), over k + 1 outcomes: the
+    teacher's k most likely tokens, each on its own, and one bucket for the rest of the
+    vocabulary. Both inputs are full-softmax log-probs of the same k tokens; each side's bucket
+    holds ``r = 1 - sum_k exp(logp_k)``::
 
-        sum_k q_k (log q_k - log p_k)  >=  0
+        sum_k q_k (log q_k - log p_k)  +  r_q (log r_q - log r_p)  >=  0
 
-    Equal to KL(teacher || student) when k covers the vocabulary; otherwise the cross-entropy
-    on the teacher's top-k, shifted to be 0 at a perfect copy. Its gradient is exact, not a
-    sampled estimate. student_logp, teacher_logp (N, T, K) -> (N, T)
+    This is ``KL(teacher || student)`` with the vocabulary outside the top-k merged into one
+    outcome: equal to the full KL when the top-k holds all of the teacher's mass (k = V),
+    otherwise a lower bound on it (merging outcomes never raises a KL). It is 0, with zero
+    gradient, exactly when the student gives every top-k token the teacher's probability, for
+    any k. Why a bucket rather than renormalising the student over the top-k as well: that KL
+    is blind to how much mass the student puts outside the top-k (its gradient never moves
+    it), and dropping the bucket altogether, as cross-entropy on the top-k does, pushes the
+    student to be sharper than the teacher. Numerics: a teacher bucket below ``REST_FLOOR`` is
+    taken as 0 and a student bucket is read as at least ``REST_FLOOR`` (below it, no gradient
+    flows through the bucket), since such remainders are float rounding. The gradient is
+    exact, not a sampled estimate. student_logp, teacher_logp (N, T, K) -> (N, T)
 
-    >>> round(float(topk_forward_kl(torch.tensor([[[-0.5, -1.0]]]).log_softmax(-1),
-    ...                             torch.tensor([[[-0.5, -1.0]]]).log_softmax(-1))), 6)
+    >>> q = torch.tensor([[[0.5, 0.3]]]).log()  # the teacher's top-2; 0.2 elsewhere
+    >>> round(float(topk_forward_kl(q, q)), 6)  # a perfect copy
     0.0
+    >>> round(float(topk_forward_kl(torch.tensor([[[0.2, 0.2]]]).log(), q)), 4)  # by hand
+    0.3601
     """
-    q_log = teacher_logp.log_softmax(-1)  # renormalised over the top-k
-    return (q_log.exp() * (q_log - student_logp)).sum(-1)
+    s, t = student_logp.float(), teacher_logp.float()
+    top = (t.exp() * (t - s)).sum(-1)  # (N, T)
+    r_q = -torch.expm1(t.logsumexp(-1))  # (N, T) the teacher's mass outside its top-k
+    r_q = torch.where(r_q < REST_FLOOR, torch.zeros_like(r_q), r_q)
+    r_p = (-torch.expm1(s.logsumexp(-1))).clamp(min=REST_FLOOR)  # (N, T) the student's
+    return top + torch.xlogy(r_q, r_q) - r_q * r_p.log()
 
 
 def kl_penalised_rewards(rewards: Tensor, kl: Tensor, mask: Tensor, beta: float) -> Tensor:

@@ -171,13 +171,16 @@ class DistillConfig:
     KL, teacher log-prob minus student log-prob (needs the same vocabulary)."""
     loss: Literal["reverse_kl", "forward_kl"] = "reverse_kl"
     """``on_policy``: ``reverse_kl`` trains on the sampled reverse KL as a per-token advantage
-    (one log-prob per token from the teacher; the Thinking Machines recipe); ``forward_kl``
-    adds the exact forward KL from the teacher's ``top_k`` distribution at every sampled
-    position to the loss (GKD's dense signal: ``top_k`` numbers per token instead of one)."""
+    (one log-prob per token from the teacher; the Thinking Machines recipe; needs
+    ``rollout.temperature`` 1, the distribution it estimates the KL of); ``forward_kl`` adds
+    the forward KL from the teacher's ``top_k`` distribution at every sampled position to the
+    loss (GKD's dense signal: ``top_k`` numbers per token instead of one)."""
     top_k: int = 64
-    """``on_policy`` with ``loss: forward_kl``: teacher tokens kept per position (the rest of
-    its probability is dropped and the kept part renormalised; ``distill/teacher_topk_mass``
-    logs how much was kept). Memory: N x C x top_k floats and ids per batch."""
+    """``on_policy`` with ``loss: forward_kl``: teacher tokens kept per position; the rest of
+    the vocabulary is one more outcome, so the loss is the forward KL over k + 1 outcomes: 0 at
+    a perfect copy, the full KL when k is the vocabulary, a lower bound on it below
+    (``distill/teacher_topk_mass`` logs how much the top-k held). Memory: N x C x top_k floats
+    and ids per batch."""
     reward_weight: float = 0.0
     """``on_policy``: weight of the outcome reward's group-relative advantage (``algo.advantage``
     over ``rollout.n`` samples of ``reward.funcs``) added to every token's teacher signal
@@ -554,6 +557,10 @@ def validate_distill(cfg: Config) -> None:
                  "the teacher's per-token signal, whatever its rewards")
         if d.top_k < 1:
             fail("distill.top_k", f"must be >= 1, got {d.top_k}")
+        if d.loss == "reverse_kl" and cfg.rollout.temperature != 1:
+            fail("rollout.temperature", f"must be 1 with distill.loss=reverse_kl, got "
+                 f"{cfg.rollout.temperature}: its per-token estimate of KL(student || teacher) "
+                 "needs samples from the student's own distribution (or use loss=forward_kl)")
         return
     for key, value in (("train.steps", t.steps), ("distill.rows_per_step", d.rows_per_step),
                        ("distill.row_tokens", d.row_tokens)):

@@ -84,13 +84,15 @@ def test_topk_forward_kl_by_hand():
     assert math.isclose(float(full.detach()), want, rel_tol=1e-6)
     full.sum().backward()
     torch.testing.assert_close(logits.grad, p - q, atol=1e-6, rtol=0)  # d KL / d logits
-    # k = 2 (tokens 0 and 1): q renormalised to (5/8, 3/8); the student's full-softmax
-    # log-probs of the same tokens: 5/8 log(5/8 / .2) + 3/8 log(3/8 / .2).
+    # k = 2 (tokens 0 and 1), token 2 in the rest bucket: teacher (.5, .3 | .2), student
+    # (.2, .2 | .6): .5 log(.5 / .2) + .3 log(.3 / .2) + .2 log(.2 / .6).
     two = topk_forward_kl(student.detach()[None, None, :2], q.log()[None, None, :2])
-    want2 = 5 / 8 * math.log(5 / 8 / 0.2) + 3 / 8 * math.log(3 / 8 / 0.2)
+    want2 = 0.5 * math.log(0.5 / 0.2) + 0.3 * math.log(0.3 / 0.2) + 0.2 * math.log(0.2 / 0.6)
     assert math.isclose(float(two), want2, rel_tol=1e-6)
     # A perfect copy scores 0, whatever k.
-    assert abs(float(topk_forward_kl(q.log()[None, None], q.log()[None, None]))) < 1e-7
+    for k in (1, 2, 3):
+        copy = q.log()[None, None, :k]
+        assert abs(float(topk_forward_kl(copy, copy))) < 1e-7
 
 
 def test_forward_kl_update_equals_the_full_logit_kl(dense):
@@ -266,3 +268,26 @@ def test_vocabulary_check_names_the_first_difference(tiny_cache, dense):
 def test_select_verified_rejects_an_unknown_rule():
     with pytest.raises(ValueError, match="keep must be"):
         select_verified([Trace(0, "a", 1, 1.0)], 1.0, "longest")
+
+
+def test_reverse_kl_refuses_a_tempered_sampler_before_any_model_loads(tmp_path):
+    # The sampled reverse KL needs x ~ student at temperature 1: log p_1(x) - log q(x) averaged
+    # over a tempered sampler is not KL(p || q). forward_kl is unaffected (the positions are
+    # only where the KL is taken).
+    from r1kit.config import ConfigError, load_config, validate_distill
+    from tests.conftest import REPO
+
+    def config(*overrides: str):
+        return load_config(REPO / "recipes" / "tiny_distill_on_policy.yaml",
+                           [f"log.out_dir={tmp_path / 'out'}", "distill.teacher=tiny:qwen3_moe",
+                            *overrides])
+
+    for temperature in ("0.7", "0", "1.3"):
+        with pytest.raises(ConfigError) as e:
+            validate_distill(config("distill.loss=reverse_kl", f"rollout.temperature={temperature}"))
+        (line,) = str(e.value).splitlines()
+        assert "rollout.temperature: must be 1 with distill.loss=reverse_kl" in line
+    validate_distill(config("distill.loss=reverse_kl", "rollout.temperature=1.0"))
+    validate_distill(config("distill.loss=forward_kl", "rollout.temperature=0.7"))
+    validate_distill(config("distill.method=sft", "rollout.temperature=0.7"))
+    assert not (tmp_path / "out").exists()

@@ -71,7 +71,9 @@ def test_on_policy_forward_kl_trains_the_student(tmp_path, tiny_cache):
     assert 0 < r["distill/teacher_topk_mass"] <= 1 + 1e-6
     before = load_file(student / "model.safetensors")
     after = load_file(out / "checkpoints" / "step-000001" / "model" / "model.safetensors")
-    assert max(float((before[k] - after[k]).abs().max()) for k in before) > 1e-4
+    # Step 1 of the warm-up runs at lr 1e-4, and Adam's first step moves a weight by at most
+    # about lr (lr x g / (|g| + eps)): a change near 1e-4 is a full step.
+    assert max(float((before[k] - after[k]).abs().max()) for k in before) > 5e-5
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ from grpo.losses import (
     kl_penalised_rewards,
     mismatch_stats,
     scale,
+    topk_forward_kl,
 )
 
 LN2 = math.log(2.0)
@@ -825,3 +826,65 @@ def test_every_policy_loss_has_a_hand_test():
     # the hand tests above are named test_<entry>_...
     for name in POLICY_LOSSES:
         assert any(n.startswith(f"test_{name}_") for n in globals()), name
+
+
+# ---------------------------------------------------------------------------------------------
+# topk_forward_kl: the teacher's top-k plus one rest-of-vocabulary bucket
+
+
+def _topk_case(vocab: int, k: int, seed: int, dtype=torch.float64):
+    """Student logits (requires grad), its full log-probs, the teacher's full log-probs and
+    the teacher's top-k ids; 2 sequences x 3 positions."""
+    g = torch.Generator().manual_seed(seed)
+    logits = (2 * torch.randn(2, 3, vocab, generator=g, dtype=dtype)).requires_grad_(True)
+    teacher = (2 * torch.randn(2, 3, vocab, generator=g, dtype=dtype)).log_softmax(-1)
+    ids = teacher.topk(k, dim=-1).indices  # (2, 3, k)
+    return logits, teacher, ids
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 17, 48])
+def test_topk_forward_kl_is_zero_with_zero_gradient_at_a_perfect_copy(k):
+    # Student = teacher on the full vocabulary of 64; only the top-k are shown to the loss.
+    # Cross-entropy on the renormalised top-k would give -log(top-k mass) > 0 here, with a
+    # gradient that sharpens the student.
+    _, teacher, ids = _topk_case(64, k, seed=k)
+    logits = teacher.clone().requires_grad_(True)
+    s = logits.log_softmax(-1).gather(-1, ids)
+    loss = topk_forward_kl(s, teacher.gather(-1, ids))
+    loss.sum().backward()
+    assert float(1 - teacher.gather(-1, ids).exp().sum(-1).max()) > 1e-4  # the bucket counts
+    assert_close(loss, torch.zeros(2, 3, dtype=loss.dtype), atol=1e-6, rtol=0)
+    assert float(logits.grad.abs().max()) < 1e-6
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-6), (torch.float32, 1e-5)])
+def test_topk_forward_kl_at_k_equal_v_is_the_full_forward_kl(dtype, tol):
+    logits, teacher, ids = _topk_case(50, 50, seed=1, dtype=dtype)
+    logp = logits.log_softmax(-1)
+    got = topk_forward_kl(logp.gather(-1, ids), teacher.gather(-1, ids))  # (2, 3)
+    (got_grad,) = torch.autograd.grad(got.sum(), logits, retain_graph=True)
+    want = (teacher.exp() * (teacher - logp)).sum(-1)  # KL(q || p) over the vocabulary
+    (want_grad,) = torch.autograd.grad(want.sum(), logits)
+    assert_close(got.double(), want.detach().double(), atol=tol, rtol=0)
+    assert_close(got_grad, want_grad, atol=tol, rtol=0)
+    # d KL / d logits = p - q, worked out by hand.
+    assert_close(want_grad, logp.exp().detach() - teacher.exp(), atol=1e-6, rtol=0)
+
+
+def test_topk_forward_kl_is_the_kl_over_the_top_k_and_the_rest():
+    # Vocabulary of 4, top-2: teacher (.5, .3 | .2 rest), student (.2, .2 | .6 rest):
+    # .5 log(.5/.2) + .3 log(.3/.2) + .2 log(.2/.6) = 0.45815 + 0.12164 - 0.21972 = 0.36006.
+    q, p = torch.tensor([[[0.5, 0.3]]]).log(), torch.tensor([[[0.2, 0.2]]]).log()
+    want = 0.5 * math.log(0.5 / 0.2) + 0.3 * math.log(0.3 / 0.2) + 0.2 * math.log(0.2 / 0.6)
+    assert math.isclose(float(topk_forward_kl(p, q)), want, rel_tol=1e-6)
+    # A student that copies the teacher's shape on the top-k but puts twice the teacher's
+    # mass elsewhere is penalised (renormalising the student over the top-k would score it 0):
+    # .8 log(.8 / .6) + .2 log(.2 / .4) = 0.23014 - 0.13863 = 0.09151.
+    leaky = torch.tensor([[[0.375, 0.225]]]).log()
+    want = 0.8 * math.log(0.8 / 0.6) + 0.2 * math.log(0.2 / 0.4)
+    assert math.isclose(float(topk_forward_kl(leaky, q)), want, rel_tol=1e-5)
+    # Below the full KL of any completion of the vocabulary (merging outcomes lowers a KL):
+    # the rest split (.1, .1) vs (.5, .1) adds .1 log(.1/.5) + .1 log(.1/.1) < 0 ... to the
+    # bucket's .2 log(.2/.6); the full KL is larger: .5 log(2.5) + .3 log(1.5) + .1 log(.2) + 0.
+    full = 0.5 * math.log(2.5) + 0.3 * math.log(1.5) + 0.1 * math.log(0.1 / 0.5) + 0.1 * 0
+    assert float(topk_forward_kl(p, q)) <= full + 1e-9

@@ -5,6 +5,9 @@ Public API:
 * :func:`grade` -> bool, :func:`grade_batch` -> list of :class:`Verdict`
   ``(correct, extracted, reason)``, :func:`extract_answer`, :func:`main` (the
   ``r1kit grade`` CLI, also ``python -m rewards.math``).
+* :class:`Options`: float rounding precision, strict variables, set against
+  inequality (math-verify's options of those kinds; the defaults and why are
+  documented on the class).
 
 Guarantees: no call raises on string input or hangs: each pair is decided
 within ``timeout_s`` (plus the one-time start of a helper process), without
@@ -27,7 +30,9 @@ True
 
 from rewards.math.bounded import warm_up
 from rewards.math.cli import main
+from rewards.math.equiv import Options
 from rewards.math.extract import extract_answer
 from rewards.math.grade import Verdict, grade, grade_batch, grade_one
 
-__all__ = ["Verdict", "extract_answer", "grade", "grade_batch", "grade_one", "main", "warm_up"]
+__all__ = ["Options", "Verdict", "extract_answer", "grade", "grade_batch", "grade_one", "main",
+           "warm_up"]

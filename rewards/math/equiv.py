@@ -18,6 +18,17 @@ Stages, in order; the first that can decide does:
    gold is the exact reference: gold ``0.333`` is not ``\frac{1}{3}``) and
    exact (Fraction arithmetic). A decimal for an irrational gold (``1.414``
    for ``\sqrt{2}``) stays wrong: the exact form was asked for.
+   The other way round only for a gold written as a computed float, a decimal
+   of at least :data:`LONG_DECIMAL_DIGITS` significant digits
+   (``4.123105625617661``): an exact prediction equals it when the gold is
+   that value correctly rounded (a fraction, as above) or, for an irrational
+   or any other expression, when the two agree to the symbolic stage's
+   relative tolerance of 1e-10 (``\sqrt{17}``). Why: so many digits are a
+   rendering of a value, not an exact decimal answer, and the exact form is
+   the better answer. How it errs: a wrong expression that agrees with the
+   gold to ten significant digits is accepted, which no answer short of the
+   right value does by accident; a gold of fewer digits (``3.14`` against
+   ``\pi``) stays exact, a miss.
 3. structure (:mod:`rewards.math.structure`): tuples and intervals compare
    element-wise in order (interval ends must match), sets, bare lists of
    several answers and unions compare order-free as multisets (same count, each
@@ -45,6 +56,10 @@ Stages, in order; the first that can decide does:
    all such leaves of one answer in one bounded helper call
    (:mod:`rewards.math.bounded`).
 
+:class:`Options` changes three rules where math-verify has an option of the
+same kind (float rounding precision, strict variables, set against
+inequality); each field says its default, why, and how it errs.
+
 Guarantees: :func:`answers_equal` never raises and returns within
 ``timeout_s`` (plus helper start-up, see :mod:`rewards.math.bounded`); stages
 1-3 run in-process in linear time and never reach sympy; the exact stage is
@@ -61,6 +76,8 @@ import json
 import math
 import re
 import threading
+import time
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from rewards.math.bounded import run_bounded
@@ -84,10 +101,72 @@ _LABEL = re.compile(  # names of the quantity asked for: a ratio, a length, a qu
     rf"{_ATOM}(?::{_ATOM})+|\|{_ATOM}\||\\frac\{{{_ATOM}\}}\{{{_ATOM}\}}"
 )
 ROUNDED_MIN_DIGITS = 3  # significant digits a rounded decimal must state (see stage 2)
+LONG_DECIMAL_DIGITS = 12  # significant digits that make a gold decimal a computed float (stage 2)
 _DECIMAL = re.compile(r"-?(\d*)\.(\d+)")
 _COMMA_NUMBER = re.compile(r"(-?\d+),(\d+)")
 
 Verdict = tuple[bool, str]  # (equal, deciding stage or reason)
+
+
+@dataclass(frozen=True)
+class Options:
+    r"""How :func:`answers_equal` compares, where math-verify has an option of the same kind.
+    The defaults are this grader's rules; the alternatives reproduce math-verify's options for
+    side-by-side runs (``bench.math_grader``) and for graders that want them."""
+
+    precision: int | None = None
+    r"""Decimal places at which two numbers compare when either is written as a decimal: both
+    are rounded half-up to that many places, exactly (Fraction arithmetic), then compared; so
+    at 2, ``0.33`` is ``\frac{1}{3}`` (math-verify's ``float_rounding``, 6 by default there).
+    Numbers only: a decimal against an irrational or an expression is not rounded. None (the
+    default): exact rationals, plus the rounded-decimal rule of stage 2. Why None: a fixed
+    number of places accepts a wrong answer that agrees to those places (``0.33`` for a gold
+    ``0.334`` at 2), which a policy can learn to aim for; the stage-2 rule accepts only a
+    decimal correctly rounded at the places it states, for a gold with no finite decimal."""
+    strict: bool = True
+    r"""False: when two answers differ and both use the same number of distinct one-letter
+    variables, the prediction's are renamed to the gold's in order of first appearance and
+    the two compared again, so ``f(y)`` matches ``f(x)`` (math-verify's ``strict=False``).
+    True (the default, math-verify's too): variables compare by name. Why True: renaming
+    also matches ``y + 2x`` to a gold ``x + 2y``, a different answer unless the variables
+    are dummies, which the grader cannot tell."""
+    set_relation: bool = True
+    r"""False: a gold written without an inequality (a set or interval, ``x \in [-2, 7]``) is
+    not matched by a prediction that has one (``-2 \le x \le 7``); a gold inequality is
+    still matched by an interval (math-verify's ``allow_set_relation_comp``, False by default
+    there). True (the default): both ways match. Why True: the inequality and the interval
+    state the same set of values, so no wrong answer is accepted; False suits a benchmark
+    that also grades the form asked for."""
+
+
+DEFAULT_OPTIONS = Options()
+_INEQUALITY = re.compile(r"[<>\u2264\u2265]|\\(?:leq?|geq?|lt|gt|leqslant|geqslant)(?![a-zA-Z])")
+_COMMAND_OR_LETTER = re.compile(r"\\[a-zA-Z]+|[a-zA-Z]")
+
+
+def _rounded(x: Fraction, places: int) -> Fraction:
+    """``x`` rounded half-up (away from zero) to ``places`` decimal places, exactly."""
+    scale = 10**places
+    r = Fraction(math.floor(abs(x) * scale + Fraction(1, 2)), scale)
+    return -r if x < 0 else r
+
+
+def _renamed(pred: str, gold: str) -> str | None:
+    r"""``pred`` with its one-letter variables (letters outside ``\commands``) renamed to the
+    gold's in order of first appearance; None when the counts differ or nothing changes.
+
+    >>> _renamed("f(y) + \\alpha", "f(x)"), _renamed("x + y", "x")
+    ('f(x) + \\alpha', None)
+    """
+    def letters(text: str) -> list[str]:
+        found = (m.group(0) for m in _COMMAND_OR_LETTER.finditer(text))
+        return list(dict.fromkeys(t for t in found if len(t) == 1))
+
+    mine, theirs = letters(pred), letters(gold)
+    if len(mine) != len(theirs) or mine == theirs:
+        return None
+    to = dict(zip(mine, theirs))
+    return _COMMAND_OR_LETTER.sub(lambda m: to.get(m.group(0), m.group(0)), pred)
 
 
 def _letters(text: str) -> bool:
@@ -249,21 +328,31 @@ def decimal_comma(comma: str, point: str) -> bool:
     return point.strip().strip("$").strip() == f"{m.group(1)}.{m.group(2)}"
 
 
-def _quick(a: str, b: str) -> Verdict | None:
-    """The in-process stages for two leaf strings (``a`` predicted, ``b`` gold), or None."""
+def _quick(a: str, b: str, precision: int | None = None) -> Verdict | None:
+    """The in-process stages for two leaf strings (``a`` predicted, ``b`` gold), or None;
+    ``precision`` is :attr:`Options.precision`."""
     if a == b:
         return True, "string"
     fa, fb = parse_rational(a), parse_rational(b)
     if fa is not None and fb is not None:
-        return fa == fb or rounded_equal(a, fb), "rational"
+        if precision is not None and "." in a + b:
+            return _rounded(fa, precision) == _rounded(fb, precision), "rational"
+        equal = fa == fb or rounded_equal(a, fb) or _long_decimal(b) and rounded_equal(b, fa)
+        return equal, "rational"
     return None
 
 
-def _leaf_request(p: Leaf | Rel, g: Leaf | Rel) -> Verdict | list:
+def _long_decimal(text: str) -> bool:
+    """A decimal literal with at least :data:`LONG_DECIMAL_DIGITS` significant digits."""
+    m = _DECIMAL.fullmatch(text)
+    return m is not None and len((m.group(1) + m.group(2)).lstrip("0")) >= LONG_DECIMAL_DIGITS
+
+
+def _leaf_request(p: Leaf | Rel, g: Leaf | Rel, precision: int | None = None) -> Verdict | list:
     """In-process verdict for a leaf pair, or the helper request that decides it."""
     if isinstance(p, Leaf):
         texts = (p.text, g.text)
-        quick = _quick(*texts)
+        quick = _quick(*texts, precision)
         request = ["expr", p.text, g.text]
     else:
         if p.op != g.op:
@@ -277,12 +366,23 @@ def _leaf_request(p: Leaf | Rel, g: Leaf | Rel) -> Verdict | list:
         reason = refuse_reason(text)
         if reason is not None:
             return False, reason
+    if request[0] == "expr" and _long_decimal(g.text) and parse_rational(p.text) is None:
+        return request  # against a computed float: the helper's tolerance (stage 2)
     exact = exact_equal(*texts) if request[0] == "expr" else exact_relation(*request[1:])
     return request if exact is None else exact
 
 
-def answers_equal(pred: str, gold: str, *, timeout_s: float = 5.0) -> Verdict:
-    r"""Compare two extracted answers; return (equal, stage or reason).
+def answers_equal(pred: str, gold: str, *, timeout_s: float = 5.0,
+                  options: Options = DEFAULT_OPTIONS) -> Verdict:
+    r"""Compare two extracted answers; return (equal, stage or reason). ``options``: see
+    :class:`Options` (the defaults are the rules above).
+
+    >>> answers_equal("0.33", r"\frac{1}{3}", options=Options(precision=2))
+    (True, 'rational')
+    >>> answers_equal("f(y)", "f(x)", options=Options(strict=False))[0]
+    True
+    >>> answers_equal(r"-2 \le x \le 7", r"x \in [-2, 7]", options=Options(set_relation=False))
+    (False, 'an inequality for a set')
 
     >>> answers_equal("0.5", r"\frac{1}{2}")
     (True, 'rational')
@@ -295,8 +395,23 @@ def answers_equal(pred: str, gold: str, *, timeout_s: float = 5.0) -> Verdict:
     >>> answers_equal("[1, 2)", "[1, 2]")
     (False, 'interval: ends differ')
     """
+    if not options.set_relation and _INEQUALITY.search(pred) and not _INEQUALITY.search(gold):
+        return False, "an inequality for a set"
+    start = time.monotonic()
+    verdict = _equal(pred, gold, timeout_s, options.precision)
+    if verdict[0] or options.strict:
+        return verdict
+    renamed = _renamed(pred, gold)
+    left = timeout_s - (time.monotonic() - start)
+    if renamed is None or left <= 0:
+        return verdict
+    return answers_equal(renamed, gold, timeout_s=left, options=replace(options, strict=True))
+
+
+def _equal(pred: str, gold: str, timeout_s: float, precision: int | None) -> Verdict:
+    """:func:`answers_equal` under the default variable and set rules."""
     np_, ng = normalize(pred), normalize(gold)
-    quick = _quick(np_, ng)
+    quick = _quick(np_, ng, precision)
     if quick is not None:
         return quick
     if decimal_comma(pred, gold) or decimal_comma(gold, pred):
@@ -306,7 +421,7 @@ def answers_equal(pred: str, gold: str, *, timeout_s: float = 5.0) -> Verdict:
     _collect(sp, sg, table)
     pending = {}
     for pair in table:
-        verdict = _leaf_request(*pair)
+        verdict = _leaf_request(*pair, precision)
         if isinstance(verdict, list):
             pending[pair] = verdict
         else:

@@ -6,7 +6,8 @@ and returns the answer text untouched (normalisation happens later, in
 :mod:`rewards.math.normalize`).
 
 Doubled backslashes (``\\\\boxed{\\\\frac12}``, text escaped twice) are halved first
-when every command in the text has two (:func:`undouble`).
+when every command in the text has two, the JSON escapes ``\\n``, ``\\t`` and ``\\"``
+of such text read as what they stand for (:func:`undouble`).
 
 Where it looks, first match wins:
 
@@ -27,7 +28,10 @@ Where it looks, first match wins:
    or itself when it is no prose), else its last number, else its last math span;
 4. a GSM8K ``#### N`` line;
 5. the whole text when it is a bare answer: a single line of at most
-   :data:`BARE_MAX_CHARS` characters without a (broken) ``\\boxed`` (so
+   :data:`BARE_MAX_CHARS` characters outside its ``$...$`` spans (a matrix is
+   long, the words around it are not; how it errs: a one-line chain of
+   formulas is read as an answer, from its last sentence, as a short line
+   is) without a (broken) ``\\boxed`` (so
    ``grade("0.5", ...)`` works), read as in 3 when it is prose ("We find that
    $x < 3$."), but from its last sentence (the first may be an intermediate
    result: "The sum is 5. Doubled, the result is 10.") and without a last
@@ -57,7 +61,7 @@ from __future__ import annotations
 
 import re
 
-BARE_MAX_CHARS = 100  # longer or multi-line text is prose, not a bare answer
+BARE_MAX_CHARS = 100  # longer (outside $...$) or multi-line text is prose, not a bare answer
 BOXED_MAX_CHARS = 4000  # a brace group longer than this is not an answer: stop scanning
 BOXED_TRIES = 4  # unclosed markers tried from the end, so 100 kB of "\\boxed{" stays linear
 
@@ -76,6 +80,8 @@ _CONNECTIVES = re.compile(r"[\s,;]*(?:(?:and|or)[\s,;]+)*")
 BOX_GAP_WORDS = 3  # more words than this between two boxes of a gold: not one list
 _DOUBLED = re.compile(r"(?<!\\)\\\\[a-zA-Z]")
 _SINGLE = re.compile(r"(?<!\\)\\[a-zA-Z]")
+_JSON_ESCAPE = re.compile(r'\\([\\nt"])')  # one escape of a JSON string: \\, \n, \t, \"
+_JSON_CHARS = {"\\": "\\", "n": "\n", "t": "\t", '"': '"'}
 _INLINE = re.compile(r"(?<!\\)\$([^$]+?)(?<!\\)\$")
 _SPAN_CLOSE = {"$$": "$$", "$": "$", "\\[": "\\]", "\\(": "\\)"}
 SPAN_MAX_CHARS = 2000  # a math span longer than this is not an answer
@@ -149,13 +155,24 @@ def boxed_answers(text: str, most: int = 8) -> list[str]:
 
 def undouble(text: str) -> str:
     r"""Halve doubled backslashes when every command in ``text`` has two (``\\frac`` as JSON
-    escaped twice writes it); text with any single-backslash command is left alone.
+    escaped twice writes it); text with any single-backslash command is left alone, except
+    the JSON escapes of a newline, a tab and a quote (``\n``, ``\t``, ``\"``), which text
+    escaped that way also holds and which become what they stand for. How it errs: a text with
+    doubled commands and a real single ``\nu`` or ``\theta`` reads them as a newline or a
+    tab; a LaTeX line break followed by a command name (``\\frac`` meaning a new line, then
+    the word "frac") is not LaTeX anyone writes.
 
     >>> undouble(r"\\boxed{\\frac{1}{2}}"), undouble(r"\frac{1}{2} \\ 3")
     ('\\boxed{\\frac{1}{2}}', '\\frac{1}{2} \\\\ 3')
+    >>> undouble(r"so\n\nthe answer is $\\boxed{\\pi}$ (\"polar\")")
+    'so\n\nthe answer is $\\boxed{\\pi}$ ("polar")'
     """
-    if _DOUBLED.search(text) and not _SINGLE.search(text):
+    if not _DOUBLED.search(text):
+        return text
+    if not _SINGLE.search(text):
         return text.replace("\\\\", "\\")
+    if all(m.group(0) in ("\\n", "\\t") for m in _SINGLE.finditer(text)):
+        return _JSON_ESCAPE.sub(lambda m: _JSON_CHARS[m.group(1)], text)
     return text
 
 
@@ -280,7 +297,7 @@ def extract_answer(text: str, *, last_number: bool = False) -> str | None:
     if gsm:
         return gsm[-1].strip()
     stripped = text.strip()
-    bare = len(stripped) <= BARE_MAX_CHARS and "\n" not in stripped
+    bare = len(_INLINE.sub("$$", stripped)) <= BARE_MAX_CHARS and "\n" not in stripped
     if stripped and bare and not _BOX_CMD.search(stripped):  # a broken \boxed is no answer
         return _from_sentence(stripped, whole=True, numbers=bool(last_number))
     if last_number and at < 0 and not _BOX_CMD.search(text):  # a broken marker is no answer

@@ -16,13 +16,20 @@ solution ending in ``#### 72`` work as gold.
 The last-number fallback (``last_number``): when the prediction marks no
 answer at all, its last number (``2/3``, ``12,000`` included) is taken only
 when the gold is a single number (``last_number=None``, the default;
-``True`` always, ``False`` never). Why it cannot hedge: one number is read,
-the last; why only a numeric gold: against a tuple, set or expression the
-last number is a fragment, and a fragment that happens to match (the ``3``
-of ``x^3``) would be a false accept. How it errs: an unmarked completion
-whose last number equals the gold by accident (an intermediate result
-written last) earns the reward; ``last_number=False`` rewards marked answers
-only.
+``True`` always, ``False`` never); a one-line prose answer ("it came to
+2,500.5 km") gives the last number of its last sentence the same way. Why it
+cannot hedge: one number is read, the last; why only a numeric gold: against
+a tuple, set or expression the last number is a fragment, and a fragment that
+happens to match (the ``3`` of ``x^3``) would be a false accept. How it errs:
+an unmarked completion whose last number equals the gold by accident (an
+intermediate result written last) earns the reward; ``last_number=False``
+rewards marked answers only.
+
+A gold written as several boxes close together (``\boxed{12}`` and
+``\boxed{7}``) is the list of their contents in the order written, so a
+tuple answer compares with it in that order. How it errs: a tuple in the
+other order is a miss (the boxes may follow the order a solution found
+them in), never an accept; a list or set answer compares order-free.
 
 Several boxes as several answers: when the last box does not match and the
 gold is a list or set of k > 1 answers, the last k distinct boxes (each a
@@ -38,7 +45,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from rewards.math.equiv import answers_equal
+from rewards.math.equiv import DEFAULT_OPTIONS, Options, answers_equal
 from rewards.math.extract import box_run, boxed_answers, extract_answer, last_boxed
 from rewards.math.normalize import normalize, parse_rational
 from rewards.math.structure import MAX_ITEMS, Seq, parse_structure
@@ -54,9 +61,10 @@ class Verdict:
 
 
 def grade_one(
-    pred: str, gold: str, *, timeout_s: float = 5.0, last_number: bool | None = None
+    pred: str, gold: str, *, timeout_s: float = 5.0, last_number: bool | None = None,
+    options: Options = DEFAULT_OPTIONS,
 ) -> Verdict:
-    r"""Grade one prediction and say why.
+    r"""Grade one prediction and say why; ``options``: :class:`rewards.math.equiv.Options`.
 
     >>> grade_one(r"so the answer is $\boxed{0.5}$", r"\frac{1}{2}")
     Verdict(correct=True, extracted='0.5', reason='rational')
@@ -69,19 +77,19 @@ def grade_one(
         return Verdict(False, None, "not a string")
     gold_boxes = box_run(gold)
     gold_answer = (
-        ", ".join(reversed(gold_boxes)) if len(gold_boxes) > 1 else extract_answer(gold)
+        ", ".join(gold_boxes) if len(gold_boxes) > 1 else extract_answer(gold)
     ) or gold.strip()
-    extracted = extract_answer(pred)
-    if extracted is None and (last_number or last_number is None and _numeric(gold_answer)):
-        extracted = extract_answer(pred, last_number=True)
+    numbers = bool(last_number or last_number is None and _numeric(gold_answer))
+    extracted = extract_answer(pred, last_number=numbers)
     if extracted is None:
         return Verdict(False, None, "no answer found")
     start = time.monotonic()
-    correct, reason = answers_equal(extracted, gold_answer, timeout_s=timeout_s)
+    correct, reason = answers_equal(extracted, gold_answer, timeout_s=timeout_s, options=options)
     left = timeout_s - (time.monotonic() - start)  # both comparisons share the bound
     if not correct and left > 0 and extracted == last_boxed(pred):
         several = _several_boxes(pred, gold_answer)
-        if several is not None and answers_equal(several, gold_answer, timeout_s=left)[0]:
+        if several is not None and answers_equal(several, gold_answer, timeout_s=left,
+                                                 options=options)[0]:
             return Verdict(True, several, "several boxes")
     return Verdict(correct, extracted, reason)
 
@@ -107,8 +115,10 @@ def _several_boxes(pred: str, gold: str) -> str | None:
     return ", ".join(reversed(boxes))
 
 
-def grade(completion_or_answer: str, gold: str, *, timeout_s: float = 5.0) -> bool:
-    r"""True when the answer in ``completion_or_answer`` equals ``gold``.
+def grade(completion_or_answer: str, gold: str, *, timeout_s: float = 5.0,
+          options: Options = DEFAULT_OPTIONS) -> bool:
+    r"""True when the answer in ``completion_or_answer`` equals ``gold`` (``options``:
+    :class:`rewards.math.equiv.Options`).
 
     >>> grade("0.5", r"\frac{1}{2}")
     True
@@ -117,18 +127,19 @@ def grade(completion_or_answer: str, gold: str, *, timeout_s: float = 5.0) -> bo
     >>> grade("The final answer is $(3, 2)$.", "(2, 3)")
     False
     """
-    return grade_one(completion_or_answer, gold, timeout_s=timeout_s).correct
+    return grade_one(completion_or_answer, gold, timeout_s=timeout_s, options=options).correct
 
 
 def grade_batch(preds: list[str], golds: list[str], *, timeout_s: float = 5.0,
-                last_number: bool | None = None) -> list[Verdict]:
+                last_number: bool | None = None,
+                options: Options = DEFAULT_OPTIONS) -> list[Verdict]:
     r"""Grade ``preds[i]`` against ``golds[i]`` for every i; ``timeout_s`` bounds each pair,
-    ``last_number`` is ``grade_one``'s.
+    ``last_number`` and ``options`` are ``grade_one``'s.
 
     >>> [v.reason for v in grade_batch(["#### 1,000", "7"], ["1000", "8"])]
     ['string', 'rational']
     """
     if len(preds) != len(golds):
         raise ValueError(f"{len(preds)} predictions but {len(golds)} golds")
-    return [grade_one(p, g, timeout_s=timeout_s, last_number=last_number)
+    return [grade_one(p, g, timeout_s=timeout_s, last_number=last_number, options=options)
             for p, g in zip(preds, golds)]
