@@ -48,6 +48,7 @@ def grading(data_dir: Path, work: Path, limit: int | None) -> dict:
     cfg = _config(work / "grading", ["model.path=", "eval.engine=replay",
                                      f"eval.replay={replay}", "eval.suites=[math500]",
                                      "eval.n=4", f"eval.data_dir={data_dir}",
+                                     "eval.prompt_style=r1_zero",
                                      f"eval.max_problems={len(problems)}"])
     summary, seconds = timed(run_eval, cfg, show_progress=False)
     return {"problems": len(problems), "completions": 4 * len(problems),

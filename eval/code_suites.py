@@ -18,27 +18,45 @@ Where a suite departs from ``code_reward`` / ``humaneval_reward``:
   starter code uses ``List[int]`` unimported. LeetCode ("functional") tests call
   ``Solution().<func_name>(*args)`` through a module-level wrapper appended to the program;
   the arguments are the test input's lines, each a JSON value, and the result must equal the
-  JSON output (a tuple counts as a list, as in LCB). Only the public tests are used (the local
-  file has no others), and stdout is compared by ``rewards.code.normalize_output`` (trailing
-  spaces only), stricter than LCB's per-line strip.
+  JSON output (a tuple counts as a list, as in LCB). Public and private tests are both run where
+  the rows carry ``private_test_cases`` (the hub's ``code_generation_lite`` does, as JSON or as
+  LCB's base64 zlib pickle, read by ``lcb_private_tests`` without running any pickled code);
+  ``meta["private_tests"]`` counts them, and the report labels a suite scored without them
+  (the local ``public_tests_400.jsonl`` has none). As in LCB's runner (``lcb_runner/evaluation/
+  testing_util.py``): every stdin test gets 6 seconds (``LCB_TIMEOUT_S``), a problem's tests
+  stop at the first failure, and stdout matches when, after stripping the whole text and then
+  each line, it has as many lines as the expected output and each line is equal or, read as
+  whitespace-separated decimals, equal in value (``lcb_output_matches``). Where it departs: a
+  stdin test is a fresh sandboxed process, so interpreter start-up counts against the 6 seconds
+  and a non-zero exit fails the test (LCB runs the code in-process and ignores ``SystemExit``);
+  the LeetCode tests of a problem run in one process with 6 seconds per test summed over them,
+  all of them (the passed count goes on past a failure).
+  ``eval.lcb_window`` keeps problems whose contest date falls in a window (``lcb_filter``).
 """
 
 from __future__ import annotations
 
 import ast
+import base64
 import builtins
+import datetime
+import io
 import json
 import os
+import pickle
 import re
 import sys
 import textwrap
 import warnings
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal, InvalidOperation
 
 from eval.types import EvalProblem, Grade, Source, Suite, answer_part
 from rewards.code import CodeResult, extract_code, run_function_tests, run_stdio_tests
 from rewards.code import _as_pairs as stdio_pairs  # code_reward's reading of a tests column
+from rewards.sandbox import run_python
 
 # --- shared --------------------------------------------------------------------------------
 
@@ -284,6 +302,115 @@ _LCB_STARTER = ("You will use the following starter code to write the solution t
                 "and enclose your code within delimiters.")
 
 
+LCB_TIMEOUT_S = 6.0
+"""Seconds per test: ``lcb_runner``'s ``run_test(..., timeout=6)``, an alarm per test."""
+
+
+def _lcb_lines(text: str) -> list[str]:
+    """LCB's ``get_stripped_lines``: the text stripped, split on newlines, each line stripped."""
+    return [line.strip() for line in text.strip().split("\n")]
+
+
+def _decimals(line: str) -> list[Decimal] | None:
+    try:
+        return [Decimal(word) for word in line.split()]
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def lcb_output_matches(output: str, expected: str) -> bool:
+    """LCB's stdout comparison: same number of lines after stripping, and each line equal as
+    text or as whitespace-separated decimals.
+
+    >>> lcb_output_matches("1 2  \\n 3\\n\\n", "1 2\\n3"), lcb_output_matches("0.50", "0.5")
+    (True, True)
+    >>> lcb_output_matches("1 2", "1  2"), lcb_output_matches("1\\n\\n2", "1\\n2")
+    (True, False)
+    >>> lcb_output_matches("0.333", "0.3333333"), lcb_output_matches("YES", "yes")
+    (False, False)
+    """
+    got, want = _lcb_lines(output), _lcb_lines(expected)
+    if len(got) != len(want):
+        return False
+    for g, w in zip(got, want):
+        if g == w:
+            continue
+        dg, dw = _decimals(g), _decimals(w)
+        if dg is None or dw is None or dg != dw:
+            return False
+    return True
+
+
+def run_lcb_stdio(program: str, tests: Sequence[tuple[str, str]]) -> CodeResult:
+    """Each (stdin, expected) test in its own sandboxed run of ``LCB_TIMEOUT_S`` seconds,
+    compared by ``lcb_output_matches``; stops at the first failure, as LCB does (the tests not
+    run count as failed)."""
+    passed, runs = 0, []
+    for stdin, expected in tests:
+        run = run_python(program, stdin, timeout_s=LCB_TIMEOUT_S)
+        runs.append(run)
+        if run.status != "ok" or not lcb_output_matches(run.stdout, expected):
+            break
+        passed += 1
+    return CodeResult(passed, len(tests), tuple(runs))
+
+
+class _TextOnly(pickle.Unpickler):
+    """Unpickles plain data only: any class or function reference is refused."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"refused: {module}.{name}")
+
+
+def lcb_private_tests(value) -> list[dict]:
+    """LCB's ``private_test_cases``: a list, JSON text, or (the hub's lite release) base64 of a
+    zlib-compressed pickle of JSON text; empty or missing gives ``[]``.
+
+    >>> blob = base64.b64encode(zlib.compress(pickle.dumps(json.dumps(
+    ...     [{"input": "1\\n", "output": "2\\n", "testtype": "stdin"}])))).decode()
+    >>> lcb_private_tests(blob)[0]["output"], lcb_private_tests(""), lcb_private_tests("[]")
+    ('2\\n', [], [])
+    """
+    if not value:
+        return []
+    if isinstance(value, list):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        raw = zlib.decompress(base64.b64decode(value))
+        return json.loads(_TextOnly(io.BytesIO(raw)).load())
+
+
+def lcb_filter(problems: list[EvalProblem], window: str) -> list[EvalProblem]:
+    """The problems whose contest date lies in ``window`` (``START:END``, ISO dates, inclusive,
+    either side may be empty); ``ValueError`` for a malformed window or an empty result.
+
+    >>> ps = [EvalProblem(d, "q", {}, meta={"contest_date": d + "T00:00:00"})
+    ...       for d in ("2024-07-31", "2024-08-01", "2025-01-31", "2025-02-01")]
+    >>> [p.id for p in lcb_filter(ps, "2024-08-01:2025-01-31")]
+    ['2024-08-01', '2025-01-31']
+    >>> [p.id for p in lcb_filter(ps, "2025-01-01:")]
+    ['2025-01-31', '2025-02-01']
+    """
+    start, sep, end = window.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        lo = datetime.date.fromisoformat(start) if start else datetime.date.min
+        hi = datetime.date.fromisoformat(end) if end else datetime.date.max
+    except ValueError:
+        raise ValueError(f"LiveCodeBench window {window!r}: expected START:END as ISO dates, "
+                         "e.g. 2024-08-01:2025-01-31") from None
+    kept = [p for p in problems
+            if lo <= datetime.date.fromisoformat(str(p.meta["contest_date"])[:10]) <= hi]
+    if not kept:
+        dates = sorted(str(p.meta["contest_date"])[:10] for p in problems)
+        raise ValueError(f"no LiveCodeBench problem dated in {window} (the data spans "
+                         f"{dates[0]} to {dates[-1]})")
+    return kept
+
+
 def lcb_check(tests: Sequence[tuple[str, str]]) -> str:
     """Functional tests as a ``check``: each calls the entry point with the input's JSON lines
     as arguments and compares with the JSON output, all in the test's process.
@@ -303,8 +430,10 @@ def lcb_check(tests: Sequence[tuple[str, str]]) -> str:
 def _livecodebench(rows: list[dict]) -> list[EvalProblem]:
     problems = []
     for r in rows:
-        tests = r["public_test_cases"]
-        tests = json.loads(tests) if isinstance(tests, str) else tests
+        public = r["public_test_cases"]
+        public = json.loads(public) if isinstance(public, str) else public
+        private = lcb_private_tests(r.get("private_test_cases"))
+        tests = [*public, *private]
         meta = r.get("metadata") or {}
         meta = json.loads(meta) if isinstance(meta, str) else meta
         starter = r.get("starter_code") or ""
@@ -320,25 +449,27 @@ def _livecodebench(rows: list[dict]) -> list[EvalProblem]:
                     "### Answer: (use the provided format with backticks)\n")
         problems.append(EvalProblem(
             r["question_id"], question, gold, None,
-            {k: r.get(k) for k in ("question_title", "platform", "contest_date", "difficulty")}))
+            {**{k: r.get(k) for k in ("question_title", "platform", "contest_date",
+                                      "difficulty")}, "private_tests": len(private)}))
     return problems
 
 
 def _lcb_one(problem: EvalProblem, text: str) -> Grade:
-    """Grade an LCB answer on every public test: stdin tests by ``run_stdio_tests``, LeetCode
-    tests by ``run_function_tests`` through ``Solution().<func_name>``."""
+    """Grade an LCB answer on its tests: stdin tests by ``run_lcb_stdio``, LeetCode tests by
+    ``run_function_tests`` through ``Solution().<func_name>``."""
     code = _program(text)
     if code is None:
         return Grade(False, None, "no code found")
     gold, program = problem.gold, LCB_PRELUDE + code
     results = []
     if gold["stdio"]:
-        results.append(run_stdio_tests(program, stdio_pairs(gold["stdio"])))
+        results.append(run_lcb_stdio(program, stdio_pairs(gold["stdio"])))
     if gold["functional"]:
         wrapper = (f"\n\ndef {_LCB_ENTRY}(*args):\n"
                    f"    return Solution().{gold['func_name']}(*args)\n")
         results.append(run_function_tests("", program + wrapper, lcb_check(gold["functional"]),
-                                          _LCB_ENTRY))
+                                          _LCB_ENTRY,
+                                          timeout_s=LCB_TIMEOUT_S * len(gold["functional"])))
     return _verdict(CodeResult(sum(r.passed for r in results), sum(r.total for r in results),
                                tuple(run for r in results for run in r.runs)))
 

@@ -2,9 +2,10 @@
 
 A completion is correct when the answer ``rewards.math.grade_one`` extracts from it equals the
 gold answer (the accuracy reward's grader, with its time bound); the extracted answer is what
-maj@k votes on. Defaults follow the usual reporting: MATH-500 avg@4, GSM8K greedy-style single
-sample, AIME and AMC avg@16 (30 and 40 problems are too few for one sample to mean much; the R1
-paper uses 64).
+maj@k votes on. The grader is handed ``eval.types.graded_text`` of the completion (by default the
+text after ``</think>``), never unfinished reasoning. Defaults follow the usual reporting:
+MATH-500 avg@4, GSM8K greedy-style single sample, AIME and AMC avg@16 (30 and 40 problems are too
+few for one sample to mean much; the ``r1`` preset draws 64, as the R1 paper does).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from collections.abc import Sequence
 from eval.types import EvalProblem, Grade, Source, Suite
 from rewards.math import grade_one
 from rewards.math.bounded import POOL_SIZE
+from rollouts.prompts import BOXED_INSTRUCTION
 
-CHAT_INSTRUCTION = "\nPlease reason step by step, and put your final answer within \\boxed{}."
+CHAT_INSTRUCTION = "\n" + BOXED_INSTRUCTION
 """Appended to math questions in the chat style: the DeepSeek-R1 evaluation instruction."""
 
 

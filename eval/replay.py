@@ -27,16 +27,21 @@ class ReplayError(ValueError):
 class ReplayEngine:
     """Return stored completions for each prompt, in stored order."""
 
-    def __init__(self, completions: Mapping[str, Sequence[str]], tokenizer: Any = None):
+    def __init__(self, completions: Mapping[str, Sequence[str]], tokenizer: Any = None,
+                 finish_reasons: Mapping[str, Sequence[str]] | None = None):
         self.completions = {p: list(cs) for p, cs in completions.items()}
+        # Per prompt, each completion's stored finish reason ("stop" where none is stored).
+        self.finish_reasons = {p: list(rs) for p, rs in (finish_reasons or {}).items()}
         self.tokenizer = tokenizer
         self.last_stats: GenerationStats | None = None
 
     @classmethod
     def from_jsonl(cls, path: str | Path, tokenizer: Any = None) -> ReplayEngine:
-        """Rows ``{"prompt": str, "completions": [str | {"text": str}, ...]}``: what
-        ``r1kit eval`` writes per problem, so an earlier run can be re-graded."""
+        """Rows ``{"prompt": str, "completions": [str | {"text": str, "finish_reason"?}, ...]}``:
+        what ``r1kit eval`` writes per problem, so an earlier run can be re-graded (its
+        truncated completions stay truncated)."""
         table: dict[str, list[str]] = {}
+        reasons: dict[str, list[str]] = {}
         with open(path, encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
@@ -44,11 +49,14 @@ class ReplayEngine:
                 try:
                     row = json.loads(line)
                     texts = [c if isinstance(c, str) else c["text"] for c in row["completions"]]
+                    why = [c.get("finish_reason") or "stop" if isinstance(c, dict) else "stop"
+                           for c in row["completions"]]
                     table.setdefault(row["prompt"], []).extend(texts)
+                    reasons.setdefault(row["prompt"], []).extend(why)
                 except (json.JSONDecodeError, KeyError, TypeError) as e:
                     raise ReplayError(f"{path}:{lineno}: expected {{prompt, completions}} "
                                       f"({type(e).__name__}: {e})") from None
-        return cls(table, tokenizer)
+        return cls(table, tokenizer, reasons)
 
     def check(self, prompts: Sequence[str], n: int) -> None:
         """Raise ``ReplayError`` unless every prompt has at least ``n`` completions."""
@@ -66,7 +74,9 @@ class ReplayEngine:
         groups = []
         for p in prompts:
             prompt_ids = self._ids(p)
-            comps = [Completion(t, self._ids(t), [], "stop") for t in self.completions[p][:n]]
+            why = self.finish_reasons.get(p, [])
+            comps = [Completion(t, self._ids(t), [], why[i] if i < len(why) else "stop")
+                     for i, t in enumerate(self.completions[p][:n])]
             groups.append(Group(p, prompt_ids, comps))
         new = sum(len(c.token_ids) for g in groups for c in g.completions)
         self.last_stats = GenerationStats(len(prompts), len(prompts) * n, new,

@@ -99,8 +99,9 @@ def load_problems(suite: Suite, data_dir: str = "") -> list[EvalProblem]:
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds (offline, missing, gated)
         where = path or f"hub dataset {suite.source.hub}"
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        hint = "; pass eval.data_dir=DIR for a local copy" if path is None else ""
         raise SuiteError(f"suite {suite.name}: cannot read {where} ({type(e).__name__}: "
-                         f"{first[:200]}); pass eval.data_dir=DIR for a local copy") from None
+                         f"{first[:200]}){hint}") from None
     try:
         problems = suite.to_problems(rows)
     except (KeyError, TypeError, ValueError, IndexError) as e:

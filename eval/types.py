@@ -2,7 +2,7 @@
 and ``SuitePlan``, a suite resolved for one run (``r1kit.eval_plan`` builds it).
 
 Every suite turns dataset rows into ``EvalProblem``s (``to_problems``), states the question for
-the R1-Zero and chat prompt styles (``EvalProblem.question``), optionally its own standard
+the prompt styles of ``rollouts.prompts`` (``EvalProblem.question``), optionally its own standard
 few-shot prompt (``few_shot``), and grades completions with the same functions training rewards
 call (``rewards.math`` for math, ``rewards.code`` in the sandbox for code), so a score and a
 reward never disagree.
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rewards.math.extract import last_boxed
 from rollouts.types import split_think
 
 
@@ -31,7 +32,7 @@ class EvalProblem:
     id: str
     """Stable id within the suite (the dataset's own where it has one); resume keys on it."""
     question: str
-    """The problem as posed to the model in the ``r1_zero`` and ``chat`` prompt styles."""
+    """The problem as posed to the model in every prompt style but ``few_shot``."""
     gold: Any
     """What the grader needs: the gold answer (math) or the tests (code); JSON-serialisable."""
     reference: str | None = None
@@ -106,6 +107,37 @@ def answer_part(completion: str) -> str:
     return answer if "</think>" in completion else completion
 
 
+def graded_text(completion: str, mode: str = "after_think", boxed_only: bool = False) -> str:
+    r"""The text a grader sees (``eval.graded_text``, ``eval.boxed_only``).
+
+    ``after_think``: the text after ``</think>``; a completion that never closed its think
+    block (cut by the budget, or rambling) has no answer, so a ``\boxed{}`` inside unfinished
+    reasoning earns nothing. ``whole``: the whole completion (models prompted without think
+    tags). ``boxed_only``: then only the last ``\boxed{...}`` of that text, or nothing.
+
+    >>> graded_text("so \\boxed{4} maybe")
+    ''
+    >>> graded_text("so 4</think> <answer>4</answer>")
+    ' <answer>4</answer>'
+    >>> graded_text("so \\boxed{4} maybe", "whole", boxed_only=True)
+    '\\boxed{4}'
+    >>> graded_text("4</think> The answer is 4.", boxed_only=True)
+    ''
+    """
+    if not isinstance(completion, str):
+        return ""
+    if mode == "after_think":
+        text = split_think(completion)[1] if "</think>" in completion else ""
+    elif mode == "whole":
+        text = completion
+    else:
+        raise ValueError(f"graded text mode must be 'after_think' or 'whole', got {mode!r}")
+    if boxed_only:
+        box = last_boxed(text)
+        return "" if box is None else f"\\boxed{{{box}}}"
+    return text
+
+
 def read_rows(path: str | Path) -> list[dict]:
     """Rows of a JSONL file (``.gz`` too) or of a JSON array file, with the line in errors."""
     path = Path(path)
@@ -159,9 +191,20 @@ class SuitePlan:
     prompt_style: str
     total_problems: int
     """Problems in the dataset (``len(problems)`` is fewer under ``eval.max_problems``)."""
+    graded_text: str = "after_think"
+    """What the grader sees: ``after_think`` or ``whole`` (``graded_text``)."""
+    boxed_only: bool = False
+    """Math: only the last ``\\boxed{}`` of the graded text counts."""
+    budget_from: str = "suite default"
+    """Where ``max_tokens`` came from: ``eval.max_tokens``, ``preset r1``, ``suite default``."""
+    budget_capped: str = ""
+    """Set when a preset's budget was lowered to fit the context: from what, and why."""
+    lcb_window: str = ""
+    """LiveCodeBench contest-date window the problems were filtered to (empty: none)."""
 
     def settings(self, model: str, seed: int) -> dict[str, Any]:
         """What must match for a resumed run to continue this suite's outputs."""
         return {"model": model, "n": self.n, "temperature": self.temperature,
                 "top_p": self.top_p, "max_tokens": self.max_tokens, "stop": list(self.stop),
-                "prompt_style": self.prompt_style, "seed": seed}
+                "prompt_style": self.prompt_style, "graded_text": self.graded_text,
+                "boxed_only": self.boxed_only, "seed": seed}

@@ -33,7 +33,7 @@ from pathlib import Path
 from distill.sft import SFTConfig, SFTExample, train_sft
 from r1kit.tasks import arithmetic_steps, arithmetic_tasks
 from r1kit.tiny import BUILD_VERSION, build_tiny, default_cache_dir, save_checkpoint
-from rollouts.prompts import encode_prompt, r1_zero_prompt
+from rollouts.prompts import encode_prompt, r1kit_zero_prompt
 
 BASE_VERSION = 2  # bump when the data or training below change
 STYLES = {"r1": 0.4, "untagged": 0.3, "prose": 0.3}
@@ -73,7 +73,7 @@ def base_examples(tokenizer, seed: int, count: int = TRAIN_PROBLEMS):
     for t in arithmetic_tasks("train", count, seed=seed, max_operand=MAX_OPERAND):
         text = completion(t.expression, t.answer, rng.choices(names, weights)[0])
         ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        out.append(SFTExample(encode_prompt(tokenizer, r1_zero_prompt(t.question)), ids))
+        out.append(SFTExample(encode_prompt(tokenizer, r1kit_zero_prompt(t.question)), ids))
     return out
 
 

@@ -16,7 +16,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from r1kit.config import ConfigError, config_help, load_config
+from r1kit.config import ConfigError, config_help, folder_problem, load_config
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line; the usage is one ``--help`` away."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help for usage)\n")
 
 
 def _setup_logging(level: str = "INFO") -> None:
@@ -27,7 +34,7 @@ def _setup_logging(level: str = "INFO") -> None:
 def cmd_tiny(argv: list[str]) -> int:
     from r1kit.tiny import FAMILIES, build_tiny, default_cache_dir
 
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="r1kit tiny",
         description="Build (or reuse from the cache) the embedded tiny policy: a random-init "
         "Qwen3-MoE, DeepSeek-V3, dense Qwen3 (tied embeddings; also as qwen3_dense, the "
@@ -42,6 +49,10 @@ def cmd_tiny(argv: list[str]) -> int:
                     help="the supervised base R1-Zero RL starts from (r1kit.base): the policy "
                     "pre-trained on worked arithmetic, deliberately imperfect; a few minutes")
     args = ap.parse_args(argv)
+    why = folder_problem(args.cache_dir or default_cache_dir())
+    if why:
+        print(f"r1kit tiny: --cache-dir: {why}", file=sys.stderr)
+        return 2
     for family in FAMILIES if args.family == "all" else [args.family]:
         if args.base:
             from r1kit.base import build_base
@@ -63,7 +74,7 @@ def _recipe_and_overrides(args: argparse.Namespace, default: str | None = None):
 
 
 def _recipe_parser(prog: str, description: str, sections: list[str]) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
+    return _Parser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="settings (section.key=value):\n" + config_help(sections))
 
@@ -191,7 +202,7 @@ def cmd_distill(argv: list[str]) -> int:
 
 
 def cmd_distill_demo(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="r1kit distill-demo",
         description="The RL-trained tiny MoE of `r1kit demo` (runs/tiny_r1_zero; trained first "
         "if absent) teaches a tiny dense Qwen3 by rejection-sampled SFT and by on-policy "
@@ -205,6 +216,13 @@ def cmd_distill_demo(argv: list[str]) -> int:
     ap.add_argument("-n", type=int, default=2, help="samples per held-out problem (default 2)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
+    if _bad_counts(ap.prog, heldout=args.heldout, n=args.n):
+        return 2
+    for flag, folder in (("--out-dir", args.out_dir), ("--teacher-run", args.teacher_run)):
+        why = folder_problem(folder)
+        if why:
+            print(f"{ap.prog}: {flag}: {why}", file=sys.stderr)
+            return 2
     _setup_logging("WARNING")
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     from transformers.utils import logging as hf_logging
@@ -223,7 +241,9 @@ def cmd_distill_demo(argv: list[str]) -> int:
 _EVAL_FLAGS = {"model": "model.path", "suite": "eval.suites", "n": "eval.n", "k": "eval.k",
                "preset": "eval.preset", "engine": "eval.engine", "replay": "eval.replay",
                "data_dir": "eval.data_dir", "out_dir": "log.out_dir",
-               "max_problems": "eval.max_problems", "prompt_style": "eval.prompt_style"}
+               "max_problems": "eval.max_problems", "prompt_style": "eval.prompt_style",
+               "lcb_window": "eval.lcb_window", "lcb_release": "eval.lcb_release",
+               "graded_text": "eval.graded_text", "boxed_only": "eval.boxed_only"}
 
 
 def cmd_eval(argv: list[str]) -> int:
@@ -244,8 +264,16 @@ def cmd_eval(argv: list[str]) -> int:
     ap.add_argument("-n", type=int, help="samples per problem (eval.n)")
     ap.add_argument("-k", help="comma-separated pass@k values (eval.k)")
     ap.add_argument("--preset", choices=["r1", "greedy"], help="sampling preset (eval.preset)")
-    ap.add_argument("--prompt-style", choices=["r1_zero", "chat", "few_shot"],
+    ap.add_argument("--prompt-style", choices=["r1_zero", "r1kit_zero", "qwen_math", "chat",
+                                               "chat_think", "few_shot"],
                     help="eval.prompt_style")
+    ap.add_argument("--graded-text", choices=["auto", "after_think", "whole"],
+                    help="what the grader reads (eval.graded_text)")
+    ap.add_argument("--boxed-only", action="store_true", default=None,
+                    help="math: grade only the last \\boxed{} (eval.boxed_only)")
+    ap.add_argument("--lcb-window", help="LiveCodeBench contest dates START:END (eval.lcb_window)")
+    ap.add_argument("--lcb-release", help="LiveCodeBench hub release, e.g. release_v5 "
+                    "(eval.lcb_release)")
     ap.add_argument("--engine", choices=["hf", "vllm", "vllm_server", "replay"],
                     help="eval.engine")
     ap.add_argument("--replay", help="grade completions from this JSONL (implies --engine replay)")
@@ -291,17 +319,29 @@ def cmd_eval(argv: list[str]) -> int:
 def cmd_eval_compare(argv: list[str]) -> int:
     from pathlib import Path
 
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="r1kit eval compare",
         description="Paired comparison of two eval runs over the problems both scored: the "
-        "difference B - A per metric with a paired-bootstrap 95% interval and p-value, and "
-        "whether it is distinguishable from noise.")
+        "difference B - A per metric, the p-value of an exact paired sign-flip test over "
+        "problems, a 95% interval from the paired bootstrap (from 30 shared problems), and "
+        "whether it is distinguishable from noise (from 10 shared problems; fewer: too few to "
+        "tell). Engines, prompt styles, sampling settings and suites that differ between the "
+        "runs are listed.")
     ap.add_argument("run_a", type=Path)
     ap.add_argument("run_b", type=Path)
-    ap.add_argument("--samples", type=int, default=2000, help="bootstrap replicates")
+    ap.add_argument("--samples", type=int, default=2000,
+                    help="bootstrap replicates, and random sign patterns when more than 20 "
+                    "problems changed")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="also write the comparison as JSON here")
     args = ap.parse_args(argv)
+    if args.samples < 1:
+        print(f"r1kit eval compare: --samples must be >= 1, got {args.samples}", file=sys.stderr)
+        return 2
+    why = folder_problem(args.out.parent) if args.out else None
+    if why or (args.out and args.out.is_dir()):
+        print(f"r1kit eval compare: --out {args.out}: {why or 'is a folder'}", file=sys.stderr)
+        return 2
     from eval.report import CompareError, compare_markdown, compare_runs
 
     try:
@@ -331,6 +371,9 @@ def cmd_demo(argv: list[str]) -> int:
                     help="supervised steps of the base (default: the cached base's)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
+    if _bad_counts(ap.prog, heldout=args.heldout, n=args.n,
+                   base_steps=1 if args.base_steps is None else args.base_steps):
+        return 2
     recipe, overrides = _recipe_and_overrides(args, default="recipes/tiny_r1_zero.yaml")
     from r1kit.config import validate_training
 
@@ -353,6 +396,16 @@ def cmd_demo(argv: list[str]) -> int:
     print(f"r1kit demo: everything is in {result['out_dir']} (report.md, curves.png)",
           file=sys.stderr)
     return 0
+
+
+def _bad_counts(prog: str, **counts: int) -> bool:
+    """Says so on one line and returns True when a count flag is below 1."""
+    for name, value in counts.items():
+        if value < 1:
+            flag = "-n" if name == "n" else "--" + name.replace("_", "-")
+            print(f"{prog}: {flag} must be >= 1, got {value}", file=sys.stderr)
+            return True
+    return False
 
 
 def _delegate(module: str) -> Callable[[list[str]], int]:
@@ -384,7 +437,11 @@ def _summary(entry: Any) -> str:
 
 def cmd_bench(argv: list[str]) -> int:
     found = benches()
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in found:
+    if argv and argv[0] not in ("-h", "--help") and argv[0] not in found:
+        print(f"r1kit bench: unknown benchmark {argv[0]!r} (known: {', '.join(sorted(found))})",
+              file=sys.stderr)
+        return 2
+    if not argv or argv[0] in ("-h", "--help"):
         lines = [f"  {name:<8} {_summary(ep)}" for name, ep in sorted(found.items())]
         print(f"usage: r1kit bench {{{','.join(sorted(found))}}} [options]\n" + "\n".join(lines),
               file=sys.stderr)
@@ -409,14 +466,14 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+    if argv and argv[0] not in ("-h", "--help") and argv[0] not in COMMANDS:
+        print(f"r1kit: unknown command {argv[0]!r} (r1kit --help lists them)", file=sys.stderr)
+        return 2
+    if not argv or argv[0] in ("-h", "--help"):
         lines = [f"  {name:14s}{doc}" for name, (_, doc) in COMMANDS.items()]
         print("usage: r1kit COMMAND [options]\n\ncommands:\n" + "\n".join(lines)
               + "\n\nr1kit COMMAND --help for a command's options.",
               file=sys.stdout if argv else sys.stderr)
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"r1kit: unknown command {argv[0]!r}", file=sys.stderr)
-            return 2
         return 0 if argv else 2
     try:
         return COMMANDS[argv[0]][0](argv[1:])

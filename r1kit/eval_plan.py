@@ -3,25 +3,44 @@ sampling resolved from preset and suite defaults, ks checked against n, context 
 
 Any problem here is a one-line ``ConfigError`` (exit code 2), never a failure half-way through.
 Sampling precedence: explicit ``eval.*`` setting > preset > suite default.
+
+The presets:
+
+- ``r1``: DeepSeek-R1's evaluation (DeepSeek-AI 2025, section 3.1 and its README): temperature
+  0.6, top-p 0.95, up to 32,768 new tokens, and 64 samples on AIME and AMC, so the report carries
+  pass@1 over 64 samples and cons@64 (maj@64). Where the model's context (or ``eval.max_model_len``)
+  cannot hold prompt + 32,768, the budget is lowered to what fits and the report says so; an
+  explicit ``eval.max_tokens`` that does not fit is an error.
+- ``greedy``: temperature 0, one sample: Qwen2.5-Math's evaluation (``math_eval.py``:
+  temperature 0, top-p 1, n_sampling 1), which reports GSM8K this way; its prompt is the
+  ``qwen_math`` style.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+from eval.code_suites import lcb_filter
 from eval.suites import SuiteError, get_suite, load_problems
 from eval.types import EvalProblem, Suite, SuitePlan
-from r1kit.config import Config, ConfigError
-from rollouts.prompts import chat_prompt, encode_prompt, r1_zero_prompt
+from r1kit.config import Config, ConfigError, origin
+from rollouts.prompts import CHAT_STYLES, encode_prompt
+from rollouts.prompts import build_prompt as style_prompt
 
-PRESETS: dict[str, dict[str, float]] = {
-    "r1": {"temperature": 0.6, "top_p": 0.95},  # DeepSeek-R1 paper, section 3.1
-    "greedy": {"temperature": 0.0, "top_p": 1.0},
+PRESETS: dict[str, dict[str, Any]] = {
+    # DeepSeek-R1, section 3.1: temperature 0.6, top-p 0.95, 32,768 tokens, k = 64 on AIME.
+    "r1": {"temperature": 0.6, "top_p": 0.95, "max_tokens": 32768,
+           "n": {"aime24": 64, "amc23": 64}},
+    # Qwen2.5-Math's math_eval.py: temperature 0, top-p 1, one sample.
+    "greedy": {"temperature": 0.0, "top_p": 1.0, "max_tokens": None, "n": {}},
 }
+WHOLE_TEXT_STYLES = ("qwen_math", "few_shot")
+"""Prompt styles whose completions have no think block: ``graded_text: auto`` grades them whole."""
 
 
 def _fail(cfg: Config, key: str, why: str) -> ConfigError:
-    return ConfigError(f"{cfg.source}: {key}: {why}")
+    return ConfigError(f"{origin(cfg, key)}: {key}: {why}")
 
 
 def check_settings(cfg: Config) -> None:
@@ -61,14 +80,23 @@ def plan_suites(cfg: Config, tokenizer: Any) -> list[SuitePlan]:
     e = cfg.eval
     check_settings(cfg)
     preset = PRESETS[e.preset]
+    graded = e.graded_text if e.graded_text != "auto" else (
+        "whole" if e.prompt_style in WHOLE_TEXT_STYLES else "after_think")
     plans = []
     for spec in dict.fromkeys(e.suites):
         try:
             suite = get_suite(spec)
+            if suite.name == "livecodebench":
+                suite = lcb_release(suite, e.lcb_release)
             problems = load_problems(suite, e.data_dir)
         except SuiteError as err:
             raise _fail(cfg, "eval.suites", str(err)) from None
-        n = e.n or (1 if e.preset == "greedy" else suite.n)
+        if suite.name == "livecodebench" and e.lcb_window:
+            try:
+                problems = lcb_filter(problems, e.lcb_window)
+            except ValueError as err:
+                raise _fail(cfg, "eval.lcb_window", str(err)) from None
+        n = e.n or (1 if e.preset == "greedy" else preset["n"].get(suite.name, suite.n))
         ks = sorted(set(e.k)) if e.k else [k for k in suite.ks if k <= n] or [1]
         if ks[-1] > n:
             raise _fail(cfg, "eval.k", f"pass@{ks[-1]} needs at least {ks[-1]} samples per "
@@ -79,14 +107,23 @@ def plan_suites(cfg: Config, tokenizer: Any) -> list[SuitePlan]:
         total = len(problems)
         problems = problems[: e.max_problems] if e.max_problems else problems
         prompts = [build_prompt(suite, p, e.prompt_style, tokenizer) for p in problems]
+        budget_from = ("eval.max_tokens" if e.max_tokens else
+                       f"preset {e.preset}" if preset["max_tokens"] else "suite default")
         plans.append(SuitePlan(
             suite, problems, prompts, n, ks,
             temperature=preset["temperature"] if e.temperature is None else e.temperature,
             top_p=preset["top_p"] if e.top_p is None else e.top_p,
-            max_tokens=e.max_tokens or suite.max_tokens,
+            max_tokens=e.max_tokens or preset["max_tokens"] or suite.max_tokens,
             stop=suite.few_shot_stop if e.prompt_style == "few_shot" else (),
-            prompt_style=e.prompt_style, total_problems=total))
+            prompt_style=e.prompt_style, total_problems=total, graded_text=graded,
+            boxed_only=e.boxed_only, budget_from=budget_from,
+            lcb_window=e.lcb_window if suite.name == "livecodebench" else ""))
     return plans
+
+
+def lcb_release(suite: Suite, release: str) -> Suite:
+    """LiveCodeBench read at hub release ``release`` (a local file is what it is)."""
+    return replace(suite, source=replace(suite.source, hub_config=release or None))
 
 
 def build_prompt(suite: Suite, problem: EvalProblem, style: str, tokenizer: Any) -> str:
@@ -94,20 +131,30 @@ def build_prompt(suite: Suite, problem: EvalProblem, style: str, tokenizer: Any)
 
     if style == "few_shot":
         return suite.few_shot(problem)
-    if style == "chat":
+    if style in CHAT_STYLES:
         if tokenizer is None:
-            raise ConfigError("eval.prompt_style: chat needs a model with a tokenizer")
+            raise ConfigError(f"eval.prompt_style: {style} needs a model with a tokenizer")
         try:
-            return chat_prompt(problem.question + suite.instruction, tokenizer)
+            return style_prompt(problem.question + suite.instruction, style, tokenizer)
         except ValueError as err:
             raise ConfigError(f"eval.prompt_style: {err}") from None
-    return r1_zero_prompt(problem.question)
+    return style_prompt(problem.question, style)
 
 
 def context_length(cfg: Config, plans: list[SuitePlan], tokenizer: Any, limit: int | None) -> int:
     """The engine context: ``eval.max_model_len`` or the longest prompt + its budget; a
-    ``ConfigError`` when that exceeds what the model supports (``limit``)."""
+    ``ConfigError`` when that exceeds what the model supports (``limit``). A preset's budget
+    that does not fit is lowered to what does (``SuitePlan.budget_capped`` says from what)."""
 
+    room = cfg.eval.max_model_len or limit
+    for plan in plans:
+        if room is None or plan.budget_from == "eval.max_tokens" or not plan.prompts:
+            continue
+        longest = max(len(encode_prompt(tokenizer, p)) for p in plan.prompts)
+        if longest + plan.max_tokens > room and room > longest:
+            plan.budget_capped = f"{plan.max_tokens} ({plan.budget_from}), lowered to fit " \
+                f"a {room}-token context"
+            plan.max_tokens = room - longest
     need, where = 0, ""
     for plan in plans:
         for problem, prompt in zip(plan.problems, plan.prompts):

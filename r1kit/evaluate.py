@@ -7,6 +7,10 @@ Outputs in ``log.out_dir``:
 - ``settings.json``: per suite, the settings its samples were drawn with;
 - ``summary.json`` and ``report.md``: metrics with confidence intervals (``eval.report``).
 
+Grading sees ``eval.types.graded_text`` of each completion, not the completion itself: by default
+the text after ``</think>`` (no ``</think>``, no answer), the whole text for prompt styles without
+think tags, and with ``eval.boxed_only`` only the last ``\\boxed{}`` (math).
+
 Resume: a run killed at any point and started again with the same out_dir and settings skips
 every problem already in ``samples/<suite>.jsonl`` (a torn last line is dropped) and samples only
 the rest. Different settings for a suite already there is an error (exit 2), not a silent mix.
@@ -22,7 +26,7 @@ from typing import Any
 
 from eval.replay import ReplayEngine
 from eval.report import samples_path, summarise, write_outputs
-from eval.types import EvalProblem, Grade, SuitePlan
+from eval.types import EvalProblem, Grade, SuitePlan, graded_text
 from grpo.observe import output_to, route_logs
 from r1kit.config import Config, ConfigError
 from r1kit.eval_plan import context_length, plan_suites
@@ -64,10 +68,10 @@ def check_resume(out: Path, plans: list[SuitePlan], model: str, seed: int) -> di
 
 
 def format_ok(plan: SuitePlan, text: str, grade: Grade) -> bool:
-    """Format compliance: the strict R1 format (``rewards.format``) for the R1-Zero prompt; in
+    """Format compliance: the strict R1 format (``rewards.format``) for the R1-Zero prompts; in
     other styles, that the grader found an answer (math) or a fenced or delimited program
     (code)."""
-    if plan.prompt_style == "r1_zero":
+    if plan.prompt_style in ("r1_zero", "r1kit_zero"):
 
         return format_reward([text])[0] == 1.0
     if plan.suite.kind == "math":
@@ -88,7 +92,8 @@ def run_batch(engine: Any, plan: SuitePlan, idx: list[int], seed: int,
         cost["new_tokens"] += engine.last_stats.new_tokens
     flat: list[EvalProblem] = [plan.problems[i] for i in idx for _ in range(plan.n)]
     texts = [c.text for g in groups for c in g.completions]
-    grades = plan.suite.grade(flat, texts)
+    boxed = plan.boxed_only and plan.suite.kind == "math"
+    grades = plan.suite.grade(flat, [graded_text(t, plan.graded_text, boxed) for t in texts])
     rows, pos = [], 0
     for i, group in zip(idx, groups):
         p = plan.problems[i]

@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 from r1kit.tasks import arithmetic_tasks
-from rollouts.prompts import r1_zero_prompt
+from rollouts.prompts import r1kit_zero_prompt
 
 FAMILIES = ("qwen3_moe", "deepseek_v3", "qwen3", "deepseek_v4", "qwen3_dense", "qwen2")
 TIED_BY_DEFAULT = {"qwen3_moe": False, "deepseek_v3": False, "qwen3": True, "deepseek_v4": False,
@@ -59,7 +59,7 @@ def _corpus(seed: int) -> list[str]:
     tasks = arithmetic_tasks("train", 2000, seed=seed) + arithmetic_tasks("heldout", 300, seed=seed)
     lines = []
     for t in tasks:
-        lines.append(r1_zero_prompt(t.question))
+        lines.append(r1kit_zero_prompt(t.question))
         lines.append(f" {t.expression} = {t.answer} </think> <answer> {t.answer} </answer>")
     return lines
 

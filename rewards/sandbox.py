@@ -635,6 +635,11 @@ def _quiet(fn, *args) -> None:
         fn(*args)
 
 
+MAX_CLI_TIMEOUT_S = 86400.0
+"""The longest ``--timeout`` the command takes (a day); a larger one is a typo, and ``inf``
+overflows the timers."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """``r1kit sandbox FILE.py``: run FILE in the sandbox and print the ExecResult as JSON."""
     parser = argparse.ArgumentParser(prog="r1kit sandbox", description=main.__doc__)
@@ -644,15 +649,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-mb", type=int, default=512, help="address-space limit")
     parser.add_argument("--isolation", choices=("auto", *MODES), default="auto")
     args = parser.parse_args(argv)
+    if not (math.isfinite(args.timeout) and 0 < args.timeout <= MAX_CLI_TIMEOUT_S):
+        print(f"r1kit sandbox: --timeout must be a number of seconds in (0, {MAX_CLI_TIMEOUT_S}],"
+              f" got {args.timeout}", file=sys.stderr)
+        return 2
+    if not 1 <= args.memory_mb <= 1 << 30:
+        print(f"r1kit sandbox: --memory-mb must be in [1, {1 << 30}], got {args.memory_mb}",
+              file=sys.stderr)
+        return 2
     for path in (args.file, args.stdin):
         if path is not None and not path.is_file():
             print(f"r1kit sandbox: no such file: {path}", file=sys.stderr)
             return 2
     stdin = args.stdin.read_text() if args.stdin else ""
-    result = run_python(
-        args.file.read_text(), stdin, timeout_s=args.timeout, memory_mb=args.memory_mb,
-        isolation=args.isolation,
-    )
+    with warnings.catch_warnings():  # the unsafe-mode warning is logged too: say it once
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = run_python(
+            args.file.read_text(), stdin, timeout_s=args.timeout, memory_mb=args.memory_mb,
+            isolation=args.isolation,
+        )
     print(json.dumps(asdict(result), indent=2))
     return 0 if result.status == "ok" else 1
 

@@ -40,9 +40,11 @@ class RolloutConfig:
     vLLM engine on a GPU, where a per-request seed sends vLLM's sampler through its per-request
     generator loop and turns FlashInfer sampling off (``vllm/v1/sample/ops/
     topk_topp_sampler.py``). Evaluation and ``r1kit generate`` always seed."""
-    prompt_style: Literal["r1_zero", "chat"] = "r1_zero"
-    """``r1_zero``: plain-text template ending in ``<think>``; ``chat``: the tokenizer's chat
-    template."""
+    prompt_style: Literal["r1_zero", "r1kit_zero", "qwen_math", "chat", "chat_think"] = "r1_zero"
+    """``r1_zero``: DeepSeek-R1's Table 1 template, ending in ``<think>``; ``r1kit_zero``: r1kit's
+    wording of it (the tiny models'); ``qwen_math``: Qwen's chat format with the boxed-answer
+    system prompt; ``chat``: the tokenizer's chat template; ``chat_think``: that, with the
+    response opened by ``<think>`` (``rollouts/prompts.py``)."""
     max_model_len: int = 1024
     """Context length the engine reserves (prompt + completion)."""
     gpu_memory_utilization: float = 0.5

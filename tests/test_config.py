@@ -175,7 +175,13 @@ def test_recipe_that_is_not_utf8_is_one_line(tmp_path):
     [
         (["reward.weights=[.nan, 1]"], "reward.weights[0]: must be a finite number, got nan"),
         (["rollout.temperature=.inf"], "rollout.temperature: must be a finite number"),
-        (["log.out_dir=/etc/hostname/run"], "log.out_dir: cannot create '/etc/hostname/run'"),
+        (["log.out_dir=/etc/hostname/run"],
+         "log.out_dir: cannot create or write '/etc/hostname/run'"),
+        # a NaN typed on a command line is a string to YAML; the same words as in a recipe
+        (["rollout.temperature=nan"], "rollout.temperature: must be a finite number, got 'nan'"),
+        (["train.lr=-inf"], "train.lr: must be a finite number, got '-inf'"),
+        # os.access says root may write anywhere; creating the folder says otherwise
+        (["log.out_dir=/proc/forbidden"], "log.out_dir: cannot create or write '/proc/forbidden'"),
     ],
 )
 def test_non_finite_numbers_and_unwritable_out_dir(overrides, needle):
@@ -232,3 +238,89 @@ def test_cosine_schedule_decays_to_zero_over_every_optimiser_step():
     assert 0 < cos[-1] < 0.01
     assert all(a >= b for a, b in zip(cos[1:], cos[2:]))
     assert lrs("constant")[1:] == [1.0] * 19
+
+
+# --- a model folder's weights, found before any model loads ------------------------------------
+
+CAUSAL_CONFIG = '{"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}'
+
+
+def safetensors_bytes(numbers: int) -> bytes:
+    """A valid safetensors file of one float32 tensor of ``numbers`` zeros."""
+    import json
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [numbers],
+                               "data_offsets": [0, 4 * numbers]}}).encode()
+    return len(header).to_bytes(8, "little") + header + bytes(4 * numbers)
+
+
+def test_model_folder_needs_readable_weights(tmp_path):
+    (tmp_path / "config.json").write_text(CAUSAL_CONFIG)
+    with pytest.raises(ConfigError, match=r"^command line: model.path: .* has config.json but "
+                                          r"no weights"):
+        load_config(None, [f"model.path={tmp_path}"])
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(safetensors_bytes(100))
+    assert load_config(None, [f"model.path={tmp_path}"]).model.path == str(tmp_path)
+    weights.write_bytes(safetensors_bytes(100)[:300])  # an interrupted copy
+    with pytest.raises(ConfigError, match=r"model.safetensors: truncated: 300 bytes, its "
+                                          r"tensors need 4\d\d"):
+        load_config(None, [f"model.path={tmp_path}"])
+    weights.write_bytes(b"\xff" * 4)
+    with pytest.raises(ConfigError, match="model.safetensors: truncated .*not a safetensors"):
+        load_config(None, [f"model.path={tmp_path}"])
+    weights.unlink()
+    (tmp_path / "model.safetensors.index.json").write_text(
+        '{"weight_map": {"w": "model-00001-of-00002.safetensors"}}')
+    with pytest.raises(ConfigError, match="lists 1 missing shard"):
+        load_config(None, [f"model.path={tmp_path}"])
+    # plan (check_data=False) sizes a model from its config alone: no weights needed
+    assert load_config(None, [f"model.path={tmp_path}"], check_data=False)
+
+
+def test_a_file_as_model_path_is_called_a_file(tmp_path):
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(safetensors_bytes(4))
+    with pytest.raises(ConfigError, match=r"model.path: '.*model.safetensors' is a file; give "
+                                          r"the checkpoint folder"):
+        load_config(None, [f"model.path={f}"])
+
+
+def test_errors_blame_where_the_value_was_given(tmp_path):
+    recipe = _recipe(tmp_path, "rollout:\n  n: 0\n")
+    with pytest.raises(ConfigError, match=r"^.*r\.yaml: rollout.n: must be >= 1"):
+        load_config(recipe)
+    fine = _recipe(tmp_path, "rollout:\n  n: 4\n")
+    with pytest.raises(ConfigError, match=r"^command line: rollout.n: must be >= 1"):
+        load_config(fine, ["rollout.n=0"])
+    with pytest.raises(ConfigError, match=r"^command line: train.steps: must be >= 1"):
+        validate_training(load_config(fine, ["train.steps=0"]))
+    # the reward list given on the command line, its weights left at the default
+    with pytest.raises(ConfigError, match=r"^command line: reward.funcs: 2 weights for 1"):
+        load_config(fine, ["reward.funcs=[accuracy]"])
+
+
+@pytest.mark.parametrize("func, tail", [
+    ("package.module:function", ("reward 'package.module:function': cannot import module "
+                                 "'package.module' (ModuleNotFoundError: No module named "
+                                 "'package')")),
+    ("os.path:nosuchfn", ("reward 'os.path:nosuchfn': module 'os.path' has no attribute "
+                          "'nosuchfn'")),
+])
+def test_reward_errors_keep_their_closing_quotes(func, tail):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [f"reward.funcs=[{func}]", "reward.weights=[1]"])
+    assert str(e.value) == f"command line: reward.funcs: {tail}"
+
+
+def test_out_dir_check_holds_when_ranks_race(tmp_path):
+    """Every rank of a launch checks ``log.out_dir`` at once: each must see a writable folder,
+    although the others create (and remove) the same folders during its own check."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from r1kit.config import folder_problem
+
+    for i in range(20):
+        folder = tmp_path / f"run{i}" / "a" / "b"
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(folder_problem, [folder] * 4)) == [None] * 4

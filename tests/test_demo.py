@@ -38,7 +38,9 @@ def test_short_demo_writes_every_artefact(tiny_cache, tmp_path):
         numbers = {k: v for k, v in row.items() if isinstance(v, (int, float))}
         assert all(math.isfinite(v) for v in numbers.values()), row
     cmp = json.loads((out / "compare.json").read_text())["suites"]["heldout"]["metrics"]
-    assert all(math.isfinite(cmp["avg@n"][k]) for k in ("diff", "low", "high", "p_value"))
+    assert all(math.isfinite(cmp["avg@n"][k]) for k in ("diff", "p_value"))
+    # 8 held-out problems: no interval (compare gives one from 30 shared problems)
+    assert cmp["avg@n"]["low"] is None and cmp["avg@n"]["high"] is None
     from transformers import AutoModelForCausalLM
 
     final = out / "checkpoints" / "step-000003" / "model"

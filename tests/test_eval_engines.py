@@ -112,9 +112,14 @@ def test_prompt_styles_with_the_tiny_tokenizer(tiny_qwen):
     shots, = plan_suites(load_config(None, [*base, "eval.prompt_style=few_shot"]), tok)
     assert shots.prompts[0].count("\nA: ") == 8 and shots.prompts[0].endswith("\nA:")
     assert shots.stop == ("\n\nQ:", "\nQ:")
+    zero, = plan_suites(load_config(None, [*base, "eval.prompt_style=r1_zero"]), tok)
+    assert zero.prompts[0].endswith(". Assistant: <think>") and zero.stop == ()
+    # The default: preset r1 with the chat_think style. The tiny template already opens <think>,
+    # so it is not opened twice.
     r1, = plan_suites(load_config(None, base), tok)
-    assert r1.prompts[0].endswith("Assistant: <think>") and r1.stop == ()
-    assert (r1.temperature, r1.top_p, r1.n) == (0.6, 0.95, 1)  # preset r1, GSM8K's default n
+    assert r1.prompts[0] == chat.prompts[0] and r1.prompts[0].endswith("assistant\n<think>")
+    assert (r1.temperature, r1.top_p, r1.n, r1.max_tokens) == (0.6, 0.95, 1, 32768)
+    assert (r1.prompt_style, r1.graded_text) == ("chat_think", "after_think")
 
 
 @pytest.mark.slow

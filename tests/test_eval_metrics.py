@@ -3,8 +3,9 @@
 Part 1: pass@k against counting k-subsets, maj against hand-worked votes and a Python loop.
 Part 2: bootstrap intervals on cases small enough to work out the bootstrap distribution by hand,
 then coverage of the population mean over simulated suites.
-Part 3: the paired comparison: identical runs, a clearly better run, pairing narrower than not
-pairing, and the false-positive rate of p < 0.05 under a null.
+Part 3: the paired bootstrap: identical runs, a clearly better run, pairing narrower than not
+pairing, and the false-positive rate of p < 0.05 under a null. The test ``r1kit eval compare``
+reports (sign flip, interval from 30 problems, verdict from 10) is in ``test_compare_stats.py``.
 
 Simulations use fixed seeds, so every number here is deterministic. Observed at the time of
 writing (P = 50 problems, p_i ~ Beta(2, 3), n = 4, 200 suites, 400 bootstrap samples): coverage

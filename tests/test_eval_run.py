@@ -38,8 +38,10 @@ def write_replay(path: Path, suite: str, make, limit: int | None = None) -> list
 
 
 def run(tmp: Path, *args: str) -> int:
+    """``r1kit eval`` on replay files written by ``write_replay``: the R1-Zero prompt, and the
+    whole completion graded (dataset references hold no think block)."""
     return main(["eval", "--data-dir", str(DATA), "--out-dir", str(tmp), "--no-progress",
-                 *args])
+                 "--prompt-style", "r1_zero", "--graded-text", "whole", *args])
 
 
 def summary(out: Path) -> dict:

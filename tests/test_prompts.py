@@ -6,7 +6,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from rollouts.prompts import build_prompt, encode_prompt, r1_zero_prompt
+from rollouts.prompts import build_prompt, encode_prompt, r1_zero_prompt, r1kit_zero_prompt
 
 
 @pytest.fixture(scope="module")
@@ -33,3 +33,15 @@ def test_no_bos_tokenizer_is_unchanged(tiny_qwen):
     assert build_prompt("What is 1 + 2?", "chat", tok).endswith("<think>")
     with pytest.raises(ValueError, match="unknown prompt style"):
         build_prompt("q", "plain", tok)
+
+
+def test_the_tiny_models_keep_their_template():
+    """``r1kit_zero`` is the text the tiny tokenizer and base were trained on (``r1kit.tiny``,
+    ``r1kit.base``); ``r1_zero`` is DeepSeek-R1's (``tests/test_eval_protocol.py``)."""
+    assert r1kit_zero_prompt("What is 1 + 2?") == (
+        "A user asks a question and an assistant answers it. The assistant first works through "
+        "the problem step by step inside <think> </think>, then gives only the final result "
+        "inside <answer> </answer>, like this: <think> reasoning </think> <answer> result "
+        "</answer>.\nUser: What is 1 + 2?\nAssistant: <think>")
+    assert build_prompt("What is 1 + 2?", "r1kit_zero") == r1kit_zero_prompt("What is 1 + 2?")
+    assert build_prompt("What is 1 + 2?", "r1_zero") != r1kit_zero_prompt("What is 1 + 2?")
