@@ -95,7 +95,9 @@ class TrainConfig:
     float rounding, for fewer tokens through the model (a group of n: 1 prompt + n completions
     instead of n of each). Used with the model types in ``grpo.logprobs.SHARED_PROMPT_MODELS``
     with full attention in every layer, without gradient checkpointing, when routing is not
-    replayed and the aux loss is off; otherwise, or when off, one pass.
+    replayed; otherwise, or when off, one pass. With ``algo.aux_loss_coef`` the balance loss
+    is computed from the two passes' routing merged into the one pass's layout (equal loss and
+    gradients, ``tests/test_logprobs.py``).
     Micro-batches are still planned by padded length, so a group split across micro-batches
     shares within each part only. (The HF engine's prefill shares a repeated prompt whatever
     this says: its samples are the same bit for bit.)"""

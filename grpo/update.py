@@ -190,7 +190,7 @@ def microbatch_loss(model: nn.Module, batch: TrainBatch, mb: MicroBatch, obj: Ob
     teacher_ids = None if batch.teacher_ids is None else batch.teacher_ids[mb.rows]
     tl = forward_logprobs(model, mb, obj.logprob_chunk, obj.routing_replay, recorder,
                           obj.compute_dtype, teacher_ids, runner,
-                          share=obj.share_prompts and not obj.aux_loss_coef)
+                          share=obj.share_prompts)
     dev = tl.logp.device
     c = tl.logp.shape[1]
 

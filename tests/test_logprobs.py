@@ -313,3 +313,56 @@ def test_shared_prompt_pass_is_not_taken_for_sliding_windows_or_gradient_checkpo
     assert completion_hidden(split_model(m)[0], *args, share_prompts=True)[-1] == 1
     m.eval()  # the cache is on again outside training
     assert completion_hidden(split_model(m)[0], *args, share_prompts=True)[-1] == 2
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3"])
+def test_aux_loss_with_the_shared_prompt_pass_equals_the_plain_pass(family):
+    """algo.aux_loss_coef > 0 keeps train.share_prompts: the router's balance loss is computed
+    from the two passes' routing merged into the (B * T) layout of the one pass they stand for,
+    so the loss equals the plain pass's and so do the gradients, routers included, and the aux
+    term's own share of them (coefficient 0.5 minus 0), to the shared pass's own agreement with
+    the plain one in float64 (about 1e-8 relative, as without the aux loss)."""
+    from grpo.batch import TrainBatch, make_micro_batch, pad_rows
+    from grpo.routing import RoutingRecorder
+
+    m = AutoModelForCausalLM.from_pretrained(build_tiny(family), dtype=torch.float64,
+                                             experts_implementation="eager")
+    g = torch.Generator().manual_seed(2)
+    vocab = m.config.vocab_size
+    prompts = [torch.randint(5, vocab, (n,), generator=g).tolist() for n in (6, 3, 8)]
+    rows = [(p, torch.randint(5, vocab, (2 + (2 * i + k) % 4,), generator=g).tolist())
+            for i, p in enumerate(prompts) for k in range(3)]
+    comps = [c for _, c in rows]
+    batch = TrainBatch([p for p, _ in rows], comps, pad_rows([[-1.0] * len(c) for c in comps], 5),
+                       pad_rows([[1.0] * len(c) for c in comps], 5),
+                       pad_rows([[1.0] * len(c) for c in comps], 5),
+                       torch.linspace(-1, 1, 9, dtype=torch.float64), torch.zeros(9),
+                       torch.zeros(9, dtype=torch.bool), [None] * 9)
+    mb = make_micro_batch(batch, list(range(9)), 0, "cpu")
+    norm = Norm.of(batch.mask, 5)
+
+    passes = []
+    m.model.register_forward_hook(lambda *_: passes.append(1))  # decoder calls
+
+    def run(coef: float, share: bool):
+        m.zero_grad(set_to_none=True)
+        passes.clear()
+        obj = Objective(aux_loss_coef=coef, max_tokens=5, share_prompts=share)
+        rec = RoutingRecorder(m, keep_logits=True)
+        out = microbatch_loss(m, batch, mb, obj, norm, Sums(), rec)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+        return out.loss.detach(), grads, (len(passes), len(rec.calls))
+
+    (l0, g0, calls0), (l1, g1, calls1) = run(0.5, False), run(0.5, True)
+    (_, b0, _), (_, b1, _) = run(0.0, False), run(0.0, True)
+    # the shared pass ran (two decoder calls), recorded as the one (B * T) call it stands for
+    assert calls0 == (1, 1) and calls1 == (2, 1)
+    torch.testing.assert_close(l1, l0, rtol=1e-12, atol=1e-14)
+    assert g0.keys() == g1.keys()
+    routers = [n for n in g0 if "gate" in n and "proj" not in n]
+    assert routers and all(float((g0[n] - b0[n]).abs().sum()) > 0 for n in routers)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-6, atol=1e-7, msg=name)
+        torch.testing.assert_close(g1[name] - b1[name], g0[name] - b0[name], rtol=1e-6,
+                                   atol=1e-7, msg=name)
