@@ -35,10 +35,12 @@ durations: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=30 --junitxml=runs/durations.xml; \
 	status=$$?; $(BIN)/python tests/measure_durations.py runs/durations.xml && exit $$status
 
-# The sharded trainer's checks that need a GPU (bench/gpu_check.py): FSDP2 placement, update peak
-# memory against r1kit plan, the weight sync's extra memory, a DCP round trip; table + JSON. Runs
-# with the GPU machine's own Python (torch, transformers, peft, accelerate; no vLLM needed; pebble
-# and PyYAML are the pure-Python packages r1kit's config needs), not the CPU venv.
+# The checks that need a GPU, one script (bench/gpu_check.py, bounded by --budget-s 540): FSDP2
+# placement, update peak vs r1kit plan, sync extra memory, DCP round trip; a bf16 GRPO step with
+# the HF engine (tokens/s, peak, MFU) and TRL's for the ratio; chunked log-probs vs full logits at
+# V=151,936 and the logprob_chunk sweep; sync-debug counts; deterministic mode. JSON + Markdown
+# (runs/gpu_check.md). Runs with the GPU machine's own Python (torch, transformers, peft,
+# accelerate; pebble and PyYAML carried; TRL + datasets where carried), not the CPU venv.
 gpu-check:
 	PYTHONPATH=. $(PYTHON) -m bench.gpu_check --out runs/gpu_check.json
 
