@@ -443,6 +443,8 @@ def validate(cfg: Config, *, check_data: bool = True) -> None:
              f"{d.max_operand if d.max_operand < 1 else d.max_terms}")
     for key, value in (("data.num_prompts", d.num_prompts), ("rollout.n", r.n),
                        ("rollout.max_tokens", r.max_tokens), ("rollout.batch_size", r.batch_size),
+                       ("rollout.data_parallel_size", r.data_parallel_size),
+                       ("rollout.tensor_parallel_size", r.tensor_parallel_size),
                        ("reward.workers", w.workers)):
         if value < 1:
             fail(key, f"must be >= 1, got {value}")

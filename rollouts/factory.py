@@ -55,13 +55,16 @@ def make_engine(
     model: Any = None,
     tokenizer: Any = None,
     record_routing: bool = False,
+    data_parallel_size: int = 1,
+    tensor_parallel_size: int = 1,
 ) -> Engine:
     """Start an engine of ``kind`` on the checkpoint at ``model_path``.
 
     A trainer passes its live ``model`` (and ``tokenizer``): the HF engine then samples from
     that very object (no copy); the vLLM engines load ``model_path`` and are synced from
     ``model`` by the trainer. ``record_routing`` asks for each token's routed experts where the
-    engine can report them (the HF engine; vLLM only on GPU)."""
+    engine can report them (the HF engine; vLLM only on GPU). ``data_parallel_size`` and
+    ``tensor_parallel_size`` size the ``vllm_server`` engine; the others run one replica."""
     if kind == "hf":
         import torch
 
@@ -94,5 +97,7 @@ def make_engine(
             args += ("--enforce-eager",)  # as the colocated engine: no graphs to capture on CPU
             if dtype == "float32":  # AMX MLA packs only bf16/fp16 weights (rollouts.vllm_engine)
                 args += ("--attention-backend", "CPU_MLA")
-        return VLLMServerEngine(model_path, extra_args=args)
+        return VLLMServerEngine(model_path, extra_args=args,
+                                data_parallel_size=data_parallel_size,
+                                tensor_parallel_size=tensor_parallel_size)
     raise ValueError(f"unknown engine {kind!r}; expected one of {ENGINES}")

@@ -17,13 +17,15 @@ Process tree and what guarantees that nothing outlives r1kit:
   ``getppid()``. When r1kit dies, is signalled, or the server exits, it sends SIGTERM to the API
   server, SIGINT 1 s later (uvicorn's second Ctrl-C: otherwise it waits for r1kit's own requests in
   flight, until the SIGKILL skips vLLM's cleanup of its /dev/shm segments and sockets), and at
-  ``grace_s`` (5 s) SIGKILLs every descendant it has seen and every process left in its group. The API server gets ``PR_SET_PDEATHSIG=SIGTERM`` too, in case the supervisor is
-  SIGKILLed on its own.
+  ``grace_s`` (5 s) SIGKILLs every descendant it has seen and every process left in its group; if
+  r1kit is gone it then removes the engine's run folder in ``/tmp`` (log, vLLM's ``TMPDIR``) and
+  any weight bucket it left in ``/dev/shm``. The API server gets ``PR_SET_PDEATHSIG=SIGTERM`` too,
+  in case the supervisor is SIGKILLed on its own.
 - ``close()`` sends SIGTERM to the supervisor, waits, SIGKILLs the group and every process ever
   seen in the tree (tracked with psutil), then raises ``ServerError`` if any is still alive. It
   removes the log folder it made in ``/tmp`` unless the server died on its own.
 - ``atexit`` and SIGINT/SIGTERM handlers (installed once, from the main thread, chaining to the
-  previous handlers) close every live engine and remove the weight-sync files in ``/dev/shm``;
+  previous handlers) close every live engine and remove the weight buckets in ``/dev/shm``;
   the signal handler first writes one line to stderr.
 - Caveat: Linux delivers the parent-death signal when the *thread* that started the child exits.
   Create the engine in a thread that lives as long as the engine (normally the main thread).
@@ -37,21 +39,34 @@ of the model's own distribution (temperature 1, before top-k/top-p), what GRPO's
 client: per-phase timeouts (connect vs. read) on every request, a thread-safe pooled client, and a
 maintained library; a dead or absent server fails fast with the URL in the error, never a hang.
 
-Weight sync (``update_weights``): the policy's checkpoint-named tensors
-(``rollouts.weights.iter_checkpoint_weights``: fused experts split, LoRA merged) go into one
-safetensors file under ``/dev/shm`` (RAM; removed right after), and vLLM's ``/collective_rpc``
-dev endpoint (``VLLM_SERVER_DEV_MODE=1``) calls ``rollouts.vllm_worker.WeightSyncExtension
-.update_weights_from_safetensors`` on every worker (with data parallelism, every engine), then
-``/reset_prefix_cache``. Tied embeddings are written once (as ``save_pretrained`` does); the
-worker repacks the tied lm_head that vLLM's reload leaves stale on CPU (see
-``rollouts.vllm_worker``). The same path works on GPU. vLLM 0.32 also has its own weight-transfer
-API (``/init_weight_transfer_engine``, ``/start_weight_update``, ``/update_weights``,
-``/finish_weight_update`` with ``--weight-transfer-config``); its backends are NCCL (the trainer
-joins an NCCL group with the workers and broadcasts GPU tensors) and CUDA IPC, both GPU-only. This
-engine does not use them: there is no GPU here to prove them on, and the file path costs one copy
-in RAM. ``last_sync_seconds`` is the measured duration of the last sync. A sync that does not
-finish within ``sync_timeout_s`` (300 s) raises ``ServerError`` naming the server and its log
-(a stuck worker must not block the trainer forever).
+Weight sync (``update_weights``) goes through vLLM's own weight-transfer API (``--weight-transfer-
+config``; ``/init_weight_transfer_engine`` once, then ``/start_weight_update``, ``/update_weights``
+per bucket, ``/finish_weight_update``, each reaching every worker of every data-parallel engine),
+then ``/reset_prefix_cache``. The sender is vLLM's ``WeightTransferTrainerFactory.trainer_init``
+over the policy's checkpoint-named tensors (``rollouts.weights.iter_checkpoint_weights``: fused
+experts split, LoRA merged; tied embeddings once, as ``save_pretrained`` writes them), cast to the
+engine's dtype (``--dtype``, else the checkpoint's). On CPU the backend is r1kit's ``r1kit_shm``
+(safetensors buckets of at most ``bucket_bytes`` in ``/dev/shm``, free space checked first; the
+worker repeats the CPU corrections of ``rollouts.vllm_worker``, so a sync equals a fresh load); on
+GPU it is vLLM's ``nccl`` (untested here). ``rollouts.weight_transfer`` has the details and
+registers the backend and the routes through vLLM's plugin entry points. ``last_sync_seconds`` is
+the measured duration of the last sync. A request of the sync that does not answer within
+``sync_timeout_s`` (300 s) raises ``ServerError`` naming the server and its log (a stuck worker
+must not block the trainer forever).
+
+Access: no code path sets ``VLLM_SERVER_DEV_MODE`` (it is removed from the child's environment:
+it would open ``/collective_rpc``, any worker method, to anyone reaching the port). The server binds
+to loopback and refuses every request but ``/health`` without this engine's random bearer token
+(``rollouts.weight_transfer.TokenMiddleware``; vLLM's ``--api-key`` guards only ``/v1`` and a few
+other prefixes, not the weight routes).
+
+Parallelism: ``data_parallel_size`` and ``tensor_parallel_size`` go to vLLM as
+``--data-parallel-size`` / ``--tensor-parallel-size``. On GPU the child gets its own
+``CUDA_VISIBLE_DEVICES``: ``dp * tp`` GPUs other than the trainer's current one where there are
+enough, else the first visible ones (shared with the trainer); untested here. On CPU data
+parallelism runs for dense models; for MoE models vLLM 0.32 dispatches experts across the data
+parallel ranks (``all_gatherv``), which its CPU communicator does not implement
+(``NotImplementedError`` at the first request).
 
 What it does not do:
 
@@ -68,7 +83,8 @@ What it does not do:
 - Chunked prefill is off on CPU (``--no-enable-chunked-prefill``, overridable through
   ``extra_args``): with it, vLLM 0.32's CPU engine core dies on seeded requests whose prompt is
   split across steps (``gen.set_offset`` on a CPU generator), e.g. 8 R1 prompts x n=4 with a seed.
-- The dev endpoints are open to anyone who can reach the port: keep ``host`` on loopback.
+- A process of the same user can read the token from the server's environment; the token keeps
+  out other users and anything that only reaches the port.
 """
 
 from __future__ import annotations
@@ -76,8 +92,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import getpass
+import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -186,6 +204,56 @@ def _no_cuda() -> bool:
     return not torch.cuda.is_available()
 
 
+def _engine_dtype(model_path: Path, extra_args: Sequence[str]) -> str:
+    """The dtype the server holds weights in, which a sync casts to: the last ``--dtype`` of
+    ``extra_args``, else (``auto``) the checkpoint's ``dtype``/``torch_dtype``, else float32."""
+    args = [str(a) for a in extra_args]
+    chosen = "auto"
+    for i, arg in enumerate(args):
+        if arg == "--dtype" and i + 1 < len(args):
+            chosen = args[i + 1]
+        elif arg.startswith("--dtype="):
+            chosen = arg.split("=", 1)[1]
+    if chosen == "auto":
+        cfg = json.loads((model_path / "config.json").read_text())
+        chosen = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
+    return {"half": "float16", "float": "float32", "fp32": "float32"}.get(chosen, chosen)
+
+
+def _server_gpus(count: int) -> list[str]:
+    """The ``CUDA_VISIBLE_DEVICES`` of a GPU server child: ``count`` GPUs other than this
+    process's current one where there are enough (``rollouts.weight_transfer
+    .pick_server_devices``). Not exercised here (no GPU)."""
+    import torch
+
+    from rollouts.weight_transfer import pick_server_devices
+
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = [d for d in env.split(",") if d] if env else [
+        str(i) for i in range(torch.cuda.device_count())]
+    return pick_server_devices(visible, visible[torch.cuda.current_device()], count)
+
+
+class _SyncClient:
+    """vLLM's ``VLLMWeightSyncClient`` over this engine's authenticated HTTP client."""
+
+    def __init__(self, engine: VLLMServerEngine):
+        self._engine = engine
+
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        self._engine._post_sync("/init_weight_transfer_engine", {"init_info": init_info})
+
+    def start_weight_update(self) -> None:
+        self._engine._post_sync("/start_weight_update")
+
+    def update_weights(self, update_info: dict | list[dict]) -> None:
+        self._engine._post_sync("/update_weights", {"update_info": update_info})
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        self._engine._post_sync("/finish_weight_update", None if weight_version is None else {
+            "weight_version": weight_version})
+
+
 class CompletionsClient:
     """Sampling over HTTP from a running vLLM OpenAI-compatible server (any process's)."""
 
@@ -199,10 +267,12 @@ class CompletionsClient:
         max_concurrency: int = 64,
         death_note: Callable[[], str] = lambda: "",
         tokenizer: Any = None,
+        token: str | None = None,
     ):
         """``model`` is the served model name; ``death_note`` adds context (a dead server's log
         tail) to transport errors. With a ``tokenizer``, prompts are sent as token ids encoded by
-        ``rollouts.prompts.encode_prompt``, as the other engines do; without, as text."""
+        ``rollouts.prompts.encode_prompt``, as the other engines do; without, as text. ``token``
+        goes with every request as ``Authorization: Bearer``."""
         self.url, self.model, self.max_concurrency = url.rstrip("/"), model, max_concurrency
         self.tokenizer = tokenizer
         self._death_note = death_note
@@ -210,6 +280,7 @@ class CompletionsClient:
         self._http = httpx.Client(
             timeout=httpx.Timeout(request_timeout_s, connect=connect_timeout_s),
             limits=httpx.Limits(max_connections=max_concurrency),
+            headers={"Authorization": f"Bearer {token}"} if token else None,
         )
 
     def close(self) -> None:
@@ -289,6 +360,7 @@ class VLLMServerEngine:
         port: int | None = None,
         host: str = "127.0.0.1",
         data_parallel_size: int = 1,
+        tensor_parallel_size: int = 1,
         extra_args: Sequence[str] = (),
         startup_timeout_s: float = 600.0,
         env: dict[str, str] | None = None,
@@ -299,19 +371,30 @@ class VLLMServerEngine:
         grace_s: float = 5.0,
         log_path: str | os.PathLike | None = None,
         sync_timeout_s: float = 300.0,
+        bucket_bytes: int = 256 * 2**20,
     ):
         """``extra_args`` go to vLLM after r1kit's own flags, so they win (``--dtype``, ...);
         ``env`` adds to this process's environment for the child. ``grace_s`` is how long a
-        stopping server gets between SIGTERM and SIGKILL. ``sync_timeout_s`` bounds one weight
-        sync: a server that does not answer in time is an error naming it, not a hang."""
+        stopping server gets between SIGTERM and SIGKILL. ``sync_timeout_s`` bounds each request
+        of a weight sync: a server that does not answer in time is an error naming it, not a
+        hang. ``bucket_bytes`` bounds the weights written to ``/dev/shm`` at once."""
         check_causal_lm(model_path)
-        if data_parallel_size < 1:
-            raise ValueError(f"data_parallel_size must be >= 1, got {data_parallel_size}")
+        for name, size in (("data_parallel_size", data_parallel_size),
+                           ("tensor_parallel_size", tensor_parallel_size)):
+            if size < 1:
+                raise ValueError(f"{name} must be >= 1, got {size}")
         self.model_path = Path(model_path).expanduser().resolve()
+        self.workers = data_parallel_size * tensor_parallel_size
+        self.bucket_bytes = bucket_bytes
+        self.weight_dtype = _engine_dtype(self.model_path, extra_args)
+        self._token = secrets.token_urlsafe(32)  # only this process may change the weights
+        self._sender: Any = None  # the weight-transfer sender, built at the first sync
         self.host, self.port = host, port or free_port(host)
         self.url = f"http://{host}:{self.port}"
         self.sleep_mode, self.grace_s, self.sync_timeout_s = sleep_mode, grace_s, sync_timeout_s
         self._run_dir = Path(tempfile.mkdtemp(prefix="r1kit-vllm-server-"))  # removed by close()
+        # this engine's weight buckets: r1kit-weights-<run dir suffix>-*.safetensors
+        self._bucket_prefix = f"r1kit-weights-{self._run_dir.name.rsplit('-', 1)[-1]}-"
         self.log_path = Path(log_path) if log_path else self._run_dir / "server.log"
         self.last_stats: GenerationStats | None = None
         self.last_sync_seconds: float | None = None
@@ -323,8 +406,9 @@ class VLLMServerEngine:
             self.url, str(self.model_path), request_timeout_s=request_timeout_s,
             connect_timeout_s=connect_timeout_s, max_concurrency=max_concurrency,
             death_note=self._death_note, tokenizer=AutoTokenizer.from_pretrained(self.model_path),
+            token=self._token,
         )
-        cmd = self._server_command(data_parallel_size, extra_args)
+        cmd = self._server_command(data_parallel_size, tensor_parallel_size, extra_args)
         self._proc = self._spawn(cmd, env or {})
         self._tree = ProcessTree(self._proc.pid)
         _LIVE.add(self)
@@ -350,12 +434,19 @@ class VLLMServerEngine:
         return self._proc.pid
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def _server_command(self, data_parallel_size: int, extra_args: Sequence[str]) -> list[str]:
+    def _server_command(self, data_parallel_size: int, tensor_parallel_size: int,
+                        extra_args: Sequence[str]) -> list[str]:
+        from rollouts.weight_transfer import BACKEND, MIDDLEWARE
+
+        backend = BACKEND if _no_cuda() else "nccl"
         server = [
             sys.executable, "-m", SERVER_MODULE, "--model", str(self.model_path),
             "--host", self.host, "--port", str(self.port),
             "--data-parallel-size", str(data_parallel_size),
+            "--tensor-parallel-size", str(tensor_parallel_size),
             "--worker-extension-cls", WORKER_EXTENSION, "--logprobs-mode", "raw_logprobs",
+            "--weight-transfer-config", json.dumps({"backend": backend}),
+            "--middleware", MIDDLEWARE,
         ]
         if self.sleep_mode:
             server.append("--enable-sleep-mode")
@@ -364,11 +455,20 @@ class VLLMServerEngine:
             # the engine core ("CPU Generator does not use offset"); whole-prompt prefill avoids it.
             server.append("--no-enable-chunked-prefill")
         server += [str(a) for a in extra_args]
+        leftovers = [str(self._run_dir), *(os.path.join(d, self._bucket_prefix + "*")
+                                           for d in ("/dev/shm", tempfile.gettempdir()))]
+        remove = [arg for path in leftovers for arg in ("--remove", path)]
         return [sys.executable, "-m", "rollouts.server", "_supervise", str(os.getpid()),
-                str(self.grace_s), "--", *server]
+                str(self.grace_s), *remove, "--", *server]
 
     def _spawn(self, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
-        child_env = {**os.environ, **env, "VLLM_SERVER_DEV_MODE": "1"}
+        from rollouts.weight_transfer import TOKEN_ENV, plugins_env
+
+        child_env = {**os.environ, **env, TOKEN_ENV: self._token}
+        child_env.pop("VLLM_SERVER_DEV_MODE", None)  # would open /collective_rpc to anyone
+        child_env["VLLM_PLUGINS"] = plugins_env(child_env.get("VLLM_PLUGINS"))
+        if not _no_cuda() and "CUDA_VISIBLE_DEVICES" not in env:
+            child_env["CUDA_VISIBLE_DEVICES"] = ",".join(_server_gpus(self.workers))
         # vLLM's ZMQ sockets and vllm_dist_* files go to TMPDIR and outlive a killed server: a
         # private one is removed by close(); Inductor keeps its usual shared cache.
         child_env.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
@@ -434,6 +534,9 @@ class VLLMServerEngine:
                 self._proc.wait()
         survivors = self._tree.kill_all()
         self.client.close()
+        if self._sender is not None:  # NCCL: its communicator; r1kit_shm holds nothing
+            with contextlib.suppress(Exception):
+                self._sender.shutdown()
         if crashed and self.log_path.parent == self._run_dir:  # keep the log its error names
             shutil.rmtree(self._run_dir / "tmp", ignore_errors=True)
         else:
@@ -469,39 +572,51 @@ class VLLMServerEngine:
     # -- weights --------------------------------------------------------------------------------
     def update_weights(self, model: Any) -> None:
         """Make the server sample from ``model``'s current weights (see the module docstring)."""
-        from safetensors.torch import save_file
+        import torch
 
-        from rollouts.weights import iter_checkpoint_weights
+        from rollouts.weight_transfer_engines import CheckpointSource
 
         start = time.perf_counter()
-        tensors = {name: t.detach().contiguous().cpu() for name, t in iter_checkpoint_weights(model)}
-        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        fd, path = tempfile.mkstemp(prefix="r1kit-weights-", suffix=".safetensors", dir=shm)
-        os.close(fd)
-        _SHM_FILES.add(path)
-        try:
-            save_file(tensors, path)
-            del tensors
-            with _interrupt_not_error():
-                result = self._sync_request(path)
-        finally:
-            _SHM_FILES.discard(path)
-            if os.path.exists(path):  # a signal handler may have removed it already
-                os.unlink(path)
-        self._request("POST", "/reset_prefix_cache")
-        counts = {int(r) for r in result["results"]}
-        if not counts or counts == {0}:
-            raise ServerError(f"the server at {self.url} loaded no tensors: {result}")
+        source = CheckpointSource(model, getattr(torch, self.weight_dtype), self._sender_device())
+        with _interrupt_not_error():
+            if self._sender is None:
+                self._sender = self._init_sender(source)
+            elif self._sender.source.model is not model:
+                self._sender.source = source
+            self._sender.send_weights()
+            self._request("POST", "/reset_prefix_cache")
         self.last_sync_seconds = time.perf_counter() - start
         log.info("synced weights into %s in %.2f s", self.url, self.last_sync_seconds)
 
-    def _sync_request(self, path: str) -> dict:
-        """The workers' load of ``path``, bounded by ``sync_timeout_s`` (TRL's server sync can
+    def _init_sender(self, source: Any) -> Any:
+        """vLLM's trainer-side weight-transfer engine for this server, made at the first sync
+        (``/init_weight_transfer_engine``; for NCCL the rendezvous with every worker)."""
+        from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
+
+        from rollouts.weight_transfer_engines import register, trainer_init_info
+
+        register()
+        info = trainer_init_info(not _no_cuda(), workers=self.workers,
+                                 bucket_bytes=self.bucket_bytes, file_prefix=self._bucket_prefix)
+        sender = WeightTransferTrainerFactory.trainer_init(info, client=_SyncClient(self),
+                                                           source=source)
+        sender.live_files = _SHM_FILES  # removed by the signal handlers if a sync is cut off
+        return sender
+
+    @staticmethod
+    def _sender_device() -> str:
+        if _no_cuda():
+            return "cpu"
+        import torch
+
+        return f"cuda:{torch.cuda.current_device()}"
+
+    def _post_sync(self, path: str, body: dict | None = None) -> None:
+        """One weight-transfer request, bounded by ``sync_timeout_s`` (TRL's server sync can
         block forever on a stuck worker; this one raises ``ServerError``)."""
         try:
-            return self._request("POST", "/collective_rpc", json={
-                "method": "update_weights_from_safetensors", "args": [path]},
-                timeout=httpx.Timeout(self.sync_timeout_s, connect=5.0)).json()
+            self._request("POST", path, json=body,
+                          timeout=httpx.Timeout(self.sync_timeout_s, connect=5.0))
         except ServerError as e:
             if not isinstance(e.__cause__, httpx.TimeoutException):
                 raise
@@ -530,15 +645,32 @@ class VLLMServerEngine:
 # -- command line -------------------------------------------------------------------------------
 
 
+def _remove(patterns: Sequence[str]) -> None:
+    """Delete every file or folder matching ``patterns`` (what a killed engine left)."""
+    import glob
+
+    for pattern in patterns:
+        for path in glob.glob(pattern):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``serve MODEL [--port P] [-- vLLM args]``: run a server until Ctrl-C.
-    ``_supervise PARENT_PID GRACE_S -- CMD...``: the engine's own child (not for direct use)."""
+    ``_supervise PARENT_PID GRACE_S [--remove GLOB]... -- CMD...``: the engine's own child (not for
+    direct use); the GLOBs are removed if PARENT_PID died."""
     import argparse
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_supervise"]:
         sep = argv.index("--")
-        return supervise(int(argv[1]), float(argv[2]), argv[sep + 1:])
+        rc = supervise(int(argv[1]), float(argv[2]), argv[sep + 1:])
+        if os.getppid() != int(argv[1]):  # r1kit died without close(): its leftovers are ours
+            _remove(argv[4:sep:2])  # the paths after each --remove
+        return rc
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     own = argv[:argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(prog="python -m rollouts.server", description=main.__doc__)
@@ -548,11 +680,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=None, help="default: a free port")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--data-parallel-size", type=int, default=1)
+    serve.add_argument("--tensor-parallel-size", type=int, default=1)
     serve.add_argument("--startup-timeout-s", type=float, default=600.0)
     args = parser.parse_args(own)
     logging.basicConfig(level=logging.INFO)
     with VLLMServerEngine(args.model, port=args.port, host=args.host,
-                          data_parallel_size=args.data_parallel_size, extra_args=extra,
+                          data_parallel_size=args.data_parallel_size,
+                          tensor_parallel_size=args.tensor_parallel_size, extra_args=extra,
                           startup_timeout_s=args.startup_timeout_s) as engine:
         print(f"serving {engine.model_path} at {engine.url} (log {engine.log_path}); Ctrl-C stops",
               flush=True)

@@ -49,6 +49,10 @@ class RolloutConfig:
     """Context length the engine reserves (prompt + completion)."""
     gpu_memory_utilization: float = 0.5
     """Fraction of GPU memory vLLM may take (ignored on CPU)."""
+    data_parallel_size: int = 1
+    """Engine replicas of the ``vllm_server`` engine (vLLM ``--data-parallel-size``)."""
+    tensor_parallel_size: int = 1
+    """GPUs each ``vllm_server`` replica shards the model over (vLLM ``--tensor-parallel-size``)."""
     sample_on: Literal["every_rank", "rank0"] = "every_rank"
     """With several trainer ranks and the HF engine: ``every_rank`` samples and scores each
     rank's share of a step's prompts on its own engine (whole groups, seeded per prompt, so the
@@ -104,4 +108,6 @@ class RolloutConfig:
                            seed=self.seed if seed is None else seed,
                            gpu_memory_utilization=self.gpu_memory_utilization,
                            batch_size=self.batch_size, model=model, tokenizer=tokenizer,
-                           record_routing=record_routing)
+                           record_routing=record_routing,
+                           data_parallel_size=self.data_parallel_size,
+                           tensor_parallel_size=self.tensor_parallel_size)

@@ -1,10 +1,13 @@
 """A vLLM worker extension that loads new policy weights exactly as a fresh start would.
 
 Use it with ``LLM(..., worker_extension_cls="rollouts.vllm_worker.WeightSyncExtension")``; its
-methods then run on every worker through ``llm.collective_rpc(name, args=...)`` (in-process engine)
-or vLLM's ``/collective_rpc`` dev endpoint (a server in another process). After any of them the
-caller must reset the prefix cache (``llm.reset_prefix_cache()``, or the server's
-``/reset_prefix_cache``): cached KV blocks were computed with the old weights.
+methods then run on every worker through ``llm.collective_rpc(name, args=...)`` (the in-process
+engine). A server in another process is synced through vLLM's weight-transfer API instead, by
+``rollouts.weight_transfer_engines.ShmWeightTransferEngine``, which applies the same two corrections
+(``_rearm_first_load``/``_restore_unbuilt`` and ``_tied_heads``/``_repack`` below) around vLLM's
+layerwise reload. After any update the caller must reset the prefix cache
+(``llm.reset_prefix_cache()``, or the server's ``/reset_prefix_cache``): cached KV blocks were
+computed with the old weights.
 
 Root cause of the drift this module fixes (vLLM 0.32, CPU backend, unquantized MoE):
 

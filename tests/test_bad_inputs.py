@@ -60,6 +60,8 @@ CASES = [
     (["generate", "rollout.temperature=nan", "log.out_dir={out}"],
      "command line: rollout.temperature: must be a finite number"),
     (["generate", "rollout.n=0", "log.out_dir={out}"], "command line: rollout.n: must be >= 1"),
+    (["train", "rollout.engine=vllm_server", "rollout.data_parallel_size=0", "log.out_dir={out}"],
+     "rollout.data_parallel_size: must be >= 1"),
     (["generate", "rollout.top_p=2", "log.out_dir={out}"], "rollout.top_p: must be in (0, 1]"),
     (["generate", "{bad_key}", "log.out_dir={out}"], "bad_key.yaml: unknown key rollout.nn"),
     (["generate", "/nonexistent/recipe.yaml"], "/nonexistent/recipe.yaml: recipe file not found"),

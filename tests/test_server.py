@@ -1,12 +1,17 @@
 """``rollouts.server`` against a real vLLM CPU server on the tiny Qwen3-MoE.
 
-One module-scoped server serves the sampling, weight-sync and crash tests; two short-lived servers,
-each started by a child Python process, check that SIGKILL or SIGINT of r1kit leaves no orphan.
-Data parallelism is only exercised at size 1 here (one CPU engine); sizes > 1 need GPUs.
+One module-scoped server serves the sampling, weight-sync, access and crash tests. Two child
+processes check that r1kit leaves nothing behind: a SIGINT while sampling, and a SIGKILL of
+``r1kit train`` while a data-parallel (2 engines) server serves it, after its synced steps sampled
+exactly the policy's log-probs. Data parallelism runs on the tiny dense Qwen3: vLLM 0.32's CPU
+backend cannot run a MoE model with data parallelism (see ``rollouts.server``). Tensor parallelism
+needs GPUs: only its arguments are checked here.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 import os
 import signal
@@ -50,8 +55,10 @@ def _wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Pro
 
 @pytest.fixture(scope="module")
 def server(tiny_qwen, tmp_path_factory):
+    # 64 KiB buckets: a sync takes several /update_weights calls, experts split across them
     engine = VLLMServerEngine(tiny_qwen, extra_args=SERVER_ARGS, startup_timeout_s=400,
-                              log_path=tmp_path_factory.mktemp("server") / "server.log")
+                              log_path=tmp_path_factory.mktemp("server") / "server.log",
+                              bucket_bytes=2**16)
     yield engine
     engine.close()
 
@@ -113,8 +120,38 @@ def test_a_hanging_weight_sync_times_out_with_a_clear_error(tmp_path):
         start = time.monotonic()
         with pytest.raises(ServerError, match=r"weight sync into .* did not finish within 1 s "
                                               r"\(ReadTimeout\).*server.log"):
-            engine._sync_request(str(tmp_path / "weights.safetensors"))
+            engine._post_sync("/update_weights", {"update_info": {"path": "weights"}})
         assert time.monotonic() - start < 10
+
+
+def test_parallel_sizes_reach_the_server_command(tiny_qwen, monkeypatch):
+    """``rollout.data_parallel_size`` / ``tensor_parallel_size`` become vLLM's flags, and on CUDA
+    the weight-transfer backend is vLLM's NCCL one. Tensor parallelism and NCCL need GPUs, so
+    the engine class is replaced by a recorder and CUDA is declared by patching ``_no_cuda``: what
+    is checked is r1kit's plumbing, not vLLM's parallel run (weights need no per-shard naming
+    from r1kit: each worker's loaders take their shard of the full checkpoint tensors)."""
+    import rollouts.server as server_mod
+    from rollouts.settings import RolloutConfig
+
+    made = {}
+    monkeypatch.setattr(server_mod, "VLLMServerEngine",
+                        lambda path, **kwargs: made.update(path=path, **kwargs))
+    RolloutConfig(engine="vllm_server", data_parallel_size=2,
+                  tensor_parallel_size=4).start_engine(tiny_qwen, "float32")
+    assert (made["data_parallel_size"], made["tensor_parallel_size"]) == (2, 4)
+
+    bare = object.__new__(VLLMServerEngine)  # the command only, no child started
+    bare.model_path, bare.host, bare.port, bare.sleep_mode, bare.grace_s = (
+        tiny_qwen, "127.0.0.1", 1, False, 5.0)
+    bare._run_dir, bare._bucket_prefix = Path("/tmp/r1kit-vllm-server-x"), "r1kit-weights-x-"
+    for cuda, backend in ((False, "r1kit_shm"), (True, "nccl")):
+        monkeypatch.setattr(server_mod, "_no_cuda", lambda cuda=cuda: not cuda)
+        cmd = bare._server_command(2, 4, ())
+        flag = {a: b for a, b in itertools.pairwise(cmd) if a.startswith("--")}
+        assert (flag["--data-parallel-size"], flag["--tensor-parallel-size"]) == ("2", "4")
+        assert json.loads(flag["--weight-transfer-config"]) == {"backend": backend}
+        assert flag["--middleware"] == "rollouts.weight_transfer.TokenMiddleware"
+        assert cmd[cmd.index("--remove") + 1] == "/tmp/r1kit-vllm-server-x"
 
 
 # -- the shared server ----------------------------------------------------------------------
@@ -224,9 +261,46 @@ def test_weight_sync_matches_hf_policy_after_an_optimizer_step(server, tiny_qwen
     model.eval()
     assert _max_gap(model, before) > 1e-3  # the step moved the policy away from the server
     server.update_weights(model)
-    assert server.last_sync_seconds > 0
+    assert server.last_sync_seconds > 0 and server._sender.buckets_sent > 1
     after = server.generate(PROMPTS[:2], 2, sampling)
-    assert _max_gap(model, after) <= 1e-3
+    assert _max_gap(model, after) <= 1e-5
+    assert not list(Path("/dev/shm").glob(f"{server._bucket_prefix}*"))  # buckets removed
+    # bf16 parameters into the fp32 server: cast on the way, so it samples the bf16 weights
+    # exactly (the parameters only: a bf16 rotary inv_freq buffer would move HF's logprobs)
+    for p in model.parameters():
+        p.data = p.data.to(torch.bfloat16)
+    server.update_weights(model)
+    for p in model.parameters():
+        p.data = p.data.float()
+    assert _max_gap(model, after) > 1e-5  # the rounding moved the policy from the fp32 sync
+    after = server.generate(PROMPTS[:2], 2, sampling)
+    assert _max_gap(model, after) <= 1e-5
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_only_the_engines_token_reaches_the_server(server):
+    """No dev mode: /collective_rpc does not exist. Every route but /health needs this engine's
+    token, the weight-transfer routes included (vLLM's --api-key would guard only /v1/...)."""
+    import httpx
+
+    def post(path: str, token: str | None, **kwargs) -> int:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.post(server.url + path, headers=headers, timeout=30, **kwargs).status_code
+
+    for path in ("/start_weight_update", "/update_weights", "/finish_weight_update",
+                 "/init_weight_transfer_engine", "/reset_prefix_cache", "/v1/completions"):
+        assert post(path, None, json={}) == 401, path
+        assert post(path, "not-the-token", json={}) == 401, path
+    assert httpx.get(server.url + "/v1/models", timeout=30).status_code == 401
+    assert httpx.get(server.url + "/health", timeout=30).status_code == 200
+    assert post("/collective_rpc", server._token, json={"method": "weight_sums"}) == 404
+    # vLLM's RL routes are there (through r1kit's endpoint plugin) for the token's holder
+    assert httpx.get(server.url + "/is_paused", timeout=30).status_code == 401
+    auth = {"Authorization": f"Bearer {server._token}"}
+    assert httpx.get(server.url + "/is_paused", headers=auth, timeout=30).json() == {
+        "is_paused": False}
+    assert server.generate(PROMPTS[:1], 1, Sampling(max_tokens=2))[0].completions  # still serves
 
 
 @pytest.mark.vllm
@@ -246,48 +320,67 @@ def test_crashed_server_error_then_close_leaves_no_process(server):
 
 # -- r1kit itself dies ----------------------------------------------------------------------
 
-CHILD = textwrap.dedent("""
-    import sys, time
-    sys.path.insert(0, {repo!r})
-    from rollouts.server import VLLMServerEngine
-    engine = VLLMServerEngine({model!r}, extra_args={args!r}, startup_timeout_s=400,
-                              log_path={log!r})
-    print("READY", flush=True)
-    time.sleep(600)
-""")
+# digit_share is learnable by the tiny policy, so every step has reward variance and updates
+TRAIN_DP = ["model.path=tiny:qwen3", "rollout.engine=vllm_server", "rollout.data_parallel_size=2",
+            "train.steps=4", "train.save_every=0", "reward.workers=1", "rollout.max_tokens=16",
+            "reward.funcs=[rewards.toy:digit_share]", "reward.weights=[1.0]",
+            "algo.mask_truncated=false", "train.lr=1e-2", "--no-progress"]
 
 
-def _start_child(tiny_qwen: Path, tmp_path: Path) -> subprocess.Popen:
-    script = tmp_path / "child.py"
-    script.write_text(CHILD.format(repo=str(REPO), model=str(tiny_qwen), args=SERVER_ARGS,
-                                   log=str(tmp_path / "server.log")))
-    return subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
-
-
-def _descendants_once_engine_core_runs(proc: subprocess.Popen) -> list[psutil.Process]:
-    """Poll the child's tree until vLLM's EngineCore exists; return every process seen."""
-    seen: dict[int, psutil.Process] = {}
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        for p in psutil.Process(proc.pid).children(recursive=True):
-            seen.setdefault(p.pid, p)
-        if any("EngineCor" in p.name() for p in _alive(list(seen.values()))):
-            return list(seen.values())
-        time.sleep(0.5)
-    raise AssertionError(f"no EngineCore appeared under the child (rc {proc.poll()})")
+def _metric_lines(out: Path) -> list[dict]:
+    text = (out / "metrics.jsonl").read_text() if (out / "metrics.jsonl").exists() else ""
+    return [json.loads(line) for line in text.splitlines()[:text.count("\n")]]
 
 
 @pytest.mark.vllm
 @pytest.mark.slow
-@pytest.mark.timeout(400)
-def test_sigkill_of_r1kit_leaves_no_orphan(tiny_qwen, tmp_path):
-    proc = _start_child(tiny_qwen, tmp_path)
-    seen = _descendants_once_engine_core_runs(proc)
-    assert len(seen) >= 3  # supervisor, API server, EngineCore (at least)
-    proc.kill()  # no atexit, no signal handler: only the parent-death chain can clean up
+@pytest.mark.timeout(500)
+def test_sigkill_of_r1kit_training_on_a_data_parallel_server_leaves_nothing(tiny_cache, tmp_path):
+    """``r1kit train`` with a 2-engine data-parallel server: steps 2 and 3 sample from weights
+    synced after steps 1 and 2, and their log-probs are the policy's (mismatch ratio within
+    1e-5 of 1). SIGKILLed during step 4 (no atexit, no handler), r1kit leaves no process of the
+    server tree, no /dev/shm file that tree mapped or that a sync wrote, and no folder in its
+    TMPDIR: the supervisor cleans up after it."""
+    tmp = Path(tempfile.mkdtemp(dir="/tmp"))  # short: vLLM's ZMQ socket paths live under it
+    out = tmp_path / "run"
+    shm_before = set(os.listdir("/dev/shm"))
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    env.update(R1KIT_CACHE=str(tiny_cache), VLLM_CPU_KVCACHE_SPACE="1", TMPDIR=str(tmp),
+               TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    cmd = [sys.executable, "-m", "r1kit.cli", "train", str(REPO / "recipes/tiny_grpo_hf.yaml"),
+           f"log.out_dir={out}", *TRAIN_DP]
+    with open(tmp_path / "train.stderr", "w") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    seen: dict[int, psutil.Process] = {}
+    mapped: set[str] = set()
+    deadline = time.monotonic() + 420
+    while len(_metric_lines(out)) < 3:  # the tree and its /dev/shm files, polled until step 3
+        assert proc.poll() is None, (tmp_path / "train.stderr").read_text()[-3000:]
+        assert time.monotonic() < deadline, "step 3 not reached"
+        for p in psutil.Process(proc.pid).children(recursive=True):
+            seen.setdefault(p.pid, p)
+        mapped |= {line.split()[-1] for p in _alive(list(seen.values())) for line in _maps(p)
+                   if line.split()[-1].startswith("/dev/shm/")}
+        time.sleep(0.5)
+    proc.kill()
     proc.wait()
-    assert _wait_gone(seen, timeout_s=60) == []
+    rows = _metric_lines(out)
+    for r in rows[:3]:  # step 1: the checkpoint as loaded; steps 2, 3: after a sync each
+        assert 1 - 1e-5 < r["mismatch/min_ratio"] <= r["mismatch/max_ratio"] < 1 + 1e-5, r
+    assert sum(1 for p in seen.values() if "EngineCor" in _name(p)) >= 2  # two DP engines
+    assert _wait_gone(list(seen.values()), timeout_s=60) == []
+    left = set(os.listdir("/dev/shm")) - shm_before
+    assert left & {os.path.basename(m) for m in mapped} == set()
+    assert [n for n in left if n.startswith("r1kit-weights-")] == []
+    assert os.listdir(tmp) == []  # the engine's run folder (log, vLLM's TMPDIR) is gone
+    tmp.rmdir()
+
+
+def _name(p: psutil.Process) -> str:
+    try:
+        return p.name()
+    except psutil.Error:
+        return ""
 
 
 SAMPLING_CHILD = textwrap.dedent("""

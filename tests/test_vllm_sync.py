@@ -224,8 +224,9 @@ def test_tied_embeddings_update_after_optimizer_step(tied_engine, tmp_path):
 
 
 def test_tied_embeddings_update_through_the_server(tiny_dir, tmp_path):
-    """The same through ``VLLMServerEngine`` (safetensors file in /dev/shm + /collective_rpc),
-    on the dense tied Qwen3: the server's worker runs the same repack."""
+    """The same through ``VLLMServerEngine`` (vLLM's weight-transfer API with r1kit's ``r1kit_shm``
+    backend), on the dense tied Qwen3, in 64 KiB buckets so that the weights arrive in several
+    ``/update_weights`` calls: the server's worker runs the same repack after the last one."""
     from transformers import AutoTokenizer
 
     from rollouts.server import VLLMServerEngine
@@ -234,11 +235,12 @@ def test_tied_embeddings_update_through_the_server(tiny_dir, tmp_path):
     model = load_hf(path)
     optimizer_step(model, AutoTokenizer.from_pretrained(path))
     args = ("--dtype", "float32", "--max-model-len", "256", "--enforce-eager")
-    with VLLMServerEngine(path, extra_args=args, startup_timeout_s=400,
+    with VLLMServerEngine(path, extra_args=args, startup_timeout_s=400, bucket_bytes=2**16,
                           log_path=tmp_path / "server.log") as server:
         before = max_logprob_gap(model, server.generate(list(PROMPTS), 2, SAMPLING))
         assert before > TOL
         server.update_weights(model)
+        assert server._sender.buckets_sent > 1
         after = max_logprob_gap(model, server.generate(list(PROMPTS), 2, SAMPLING))
         print(f"qwen3 tied via server: before sync {before:.3g}, after {after:.3g}, "
               f"sync {server.last_sync_seconds * 1e3:.1f} ms, startup {server.startup_seconds:.1f} s")
