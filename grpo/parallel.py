@@ -241,8 +241,17 @@ class Parallel:
         return box[0]
 
     def close(self) -> None:
-        """End the process group (after the last collective of the run)."""
+        """End the process group (after the last collective of the run). A barrier first, and
+        the wrapped modules dropped while the group lives: a gloo work item that still held
+        Python tensors (``broadcast_object_list``'s) was otherwise released on gloo's thread,
+        which waits for the GIL, while the main thread, holding it, destroyed the group from
+        DDP's reducer and joined that thread (seen as a hang at exit on rank 1)."""
         if self.active and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            self.wrapped = self.frozen = None
+            import gc
+
+            gc.collect()
             torch.distributed.destroy_process_group()
 
     def barrier(self) -> None:
