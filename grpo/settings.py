@@ -57,6 +57,10 @@ class AlgoConfig:
     mask_truncated: bool = True
     """DAPO overlong filtering: completions that hit rollout.max_tokens get no loss (their
     reward judges an unfinished answer)."""
+    truncated_reward: float | None = None
+    """A completion that hit rollout.max_tokens gets this total reward instead of its rewards'
+    (Dr. GRPO's Oat-Zero: 0); None scores its text like any other. The per-reward metrics
+    still show what its text scored."""
     mismatch: Literal["auto", "none", "token_truncate", "token_mask", "sequence_truncate",
                       "sequence_mask", "icepop"] = "auto"
     """Train/inference mismatch correction from the sampler's log-probs. ``auto``:

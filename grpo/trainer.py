@@ -317,7 +317,12 @@ class GRPOTrainer:
             texts, answer=[p.answer for p in problems for _ in range(n)],
             completion_lengths=[len(c.token_ids) for g in groups for c in g.completions],
             **columns)
-        totals = [res.total[i * n:(i + 1) * n] for i in range(len(groups))]
+        total = list(res.total)
+        if self.cfg.algo.truncated_reward is not None:  # an unfinished answer earns a fixed score
+            flat = [c for g in groups for c in g.completions]
+            total = [self.cfg.algo.truncated_reward if c.finish_reason == "length" else x
+                     for c, x in zip(flat, total)]
+        totals = [total[i * n:(i + 1) * n] for i in range(len(groups))]
         per = [{k: v[i * n:(i + 1) * n] for k, v in res.per_reward.items()}
                for i in range(len(groups))]
         return totals, per, res

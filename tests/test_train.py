@@ -241,6 +241,32 @@ def test_reward_workers_start_before_the_model_and_stop_when_building_fails(tmp_
     assert not left, [c.cmdline() for c in left]
 
 
+def test_truncated_reward_replaces_the_score_of_unfinished_completions(tmp_path):
+    """algo.truncated_reward (Oat-Zero's 0 for finish_reason "length"): every completion of a
+    4-token budget is cut, so every total is that value, while the per-reward metric still
+    shows what the text scored; unset, the same rollout is graded on its text."""
+    from r1kit.config import load_config
+    from r1kit.train import build_trainer
+
+    got = {}
+    for value in ("null", "-0.5"):
+        cfg = load_config(REPO / "recipes/tiny_grpo_hf.yaml", [
+            f"log.out_dir={tmp_path / value}", *LEARN, "rollout.max_tokens=4",
+            "algo.filter_zero_variance=false", f"algo.truncated_reward={value}",
+            "train.tensorboard=false"])
+        trainer = build_trainer(cfg, show_progress=False)
+        try:
+            got[value] = trainer.rollout()
+        finally:
+            trainer.p.close()
+    plain, cut = got["null"], got["-0.5"]
+    assert all(c.finish_reason == "length" for g in cut.groups for c in g.completions)
+    assert torch.equal(cut.rewards, torch.full_like(cut.rewards, -0.5))
+    assert float(plain.rewards.max()) > 0  # the text itself earns digit_share
+    assert cut.stats["reward/rewards.toy:digit_share"] == plain.stats[
+        "reward/rewards.toy:digit_share"] > 0
+
+
 def _one_bf16_step(out: Path, mixed: bool):
     from r1kit.config import load_config
     from r1kit.train import build_trainer
