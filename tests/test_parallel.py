@@ -115,9 +115,10 @@ def test_every_rank_samples_the_one_rank_rollout(tmp_path, tiny_cache):
 @pytest.mark.slow
 def test_r1kit_train_on_two_processes_matches_one(tmp_path, tiny_cache):
     """``r1kit train`` under torchrun with 2 ranks (DDP): each rank samples and scores its
-    share of the prompts, both update. Two steps with the HF engine give the one-process run's rewards and losses, and its
-    weights to float32 rounding: AdamW's first step divides each gradient by its own size, so
-    a 1e-10 difference in a 1e-9 gradient moves a weight by up to about 1e-3 x lr."""
+    share of the prompts, both update. Two steps with the HF engine give the one-process run's
+    rewards and losses, and its weights to float32 rounding: AdamW's first step divides each
+    gradient by its own size, so a 1e-10 difference in a 1e-9 gradient moves a weight by up to
+    about 1e-3 x lr."""
     import json
 
     from safetensors.torch import load_file
@@ -165,8 +166,11 @@ def test_colocated_vllm_engine_on_two_ranks_is_refused_before_loading(tmp_path, 
          "rollout.engine=vllm", f"log.out_dir={tmp_path}"],
         env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode != 0
+    # each rank refuses; torchrun may stop rank 1 before it prints, once rank 0 has exited
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("r1kit:")]
-    assert len(lines) == 2 and all("rollout.engine=vllm with 2 ranks" in ln for ln in lines)
+    assert 1 <= len(lines) <= 2
+    refusal = "r1kit: config error: rollout.engine=vllm with 2 ranks"
+    assert all(ln.startswith(refusal) for ln in lines)
     assert not (tmp_path / "engine.log").exists() and not (tmp_path / "metrics.jsonl").exists()
 
 
