@@ -121,6 +121,9 @@ def cmd_train(argv: list[str]) -> int:
     ap.add_argument("--dry-run", action="store_true",
                     help="2 steps on CPU of the recipe's architecture at toy size, random init "
                     "(r1kit/dryrun.py)")
+    ap.add_argument("--keep", action="store_true",
+                    help="with --dry-run and no log.out_dir: keep its run folder in the temp "
+                    "directory (removed after a dry run that passes otherwise)")
     parsed = _job_args(ap, argv)
     if parsed is None:
         return 2
@@ -128,7 +131,7 @@ def cmd_train(argv: list[str]) -> int:
     if args.dry_run:
         from r1kit.dryrun import dry_run
 
-        return dry_run(recipe, overrides, show_progress=not args.no_progress)
+        return dry_run(recipe, overrides, show_progress=not args.no_progress, keep=args.keep)
     from r1kit.config import validate_training
 
     cfg = load_config(recipe, overrides)

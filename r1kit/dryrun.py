@@ -40,6 +40,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -70,8 +71,12 @@ class DryRunError(RuntimeError):
     """The recipe cannot run here, or its dry run did not exercise the update; one line."""
 
 
-def dry_run(recipe: str | None, overrides: list[str], show_progress: bool = False) -> int:
-    """Run the dry run; print the plan and a summary; 0 on success, 1 with one line if not."""
+def dry_run(recipe: str | None, overrides: list[str], show_progress: bool = False,
+            keep: bool = False) -> int:
+    """Run the dry run; print the plan and a summary; 0 on success, 1 with one line if not.
+    The run folder it makes in the temp directory (when no ``log.out_dir`` is given) and any
+    stand-in data are removed after a dry run that passes, unless ``keep``; a failed one keeps
+    them for its ``train.log``."""
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # a toy model needs little KV cache
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
@@ -79,7 +84,7 @@ def dry_run(recipe: str | None, overrides: list[str], show_progress: bool = Fals
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
     try:
-        result = _run(recipe, list(overrides), show_progress)
+        result = _run(recipe, list(overrides), show_progress, keep)
     except ConfigError:
         raise  # the CLI prints it as a config error, exit 2
     except Exception as e:
@@ -100,7 +105,7 @@ def _world() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _run(recipe: str | None, overrides: list[str], show_progress: bool) -> str:
+def _run(recipe: str | None, overrides: list[str], show_progress: bool, keep: bool) -> str:
 
     source, data_fix = _data_override(recipe, overrides)
     first = load_config(recipe, overrides + data_fix)  # also checks every reward's columns
@@ -133,8 +138,16 @@ def _run(recipe: str | None, overrides: list[str], show_progress: bool) -> str:
     shown = {k: round(v, 4) for k, v in result.items() if isinstance(v, float) and k in (
         "reward", "loss", "grad_norm", "entropy", "clip_frac", "kl", "mismatch/max_ratio",
         "router/topk_changed", "router/load_entropy", "groups_kept")}
-    return (f"{result['step']} steps, {updates} updates; last step {json.dumps(shown)}; "
-            f"outputs in {cfg.log.out_dir}")
+    made = [Path(cfg.log.out_dir)] if "log.out_dir" in changes else []
+    made += [Path(f.split("=", 1)[1]).parent for f in data_fix
+             if Path(f.split("=", 1)[1]).parent.name.startswith("r1kit-dryrun-data-")]
+    where = f"outputs in {cfg.log.out_dir}"
+    if made and not keep:
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
+        where = (f"outputs in {cfg.log.out_dir}" if "log.out_dir" not in changes
+                 else "its temporary run folder removed (--keep keeps it)")
+    return f"{result['step']} steps, {updates} updates; last step {json.dumps(shown)}; {where}"
 
 
 def _data_override(recipe: str | None, overrides: list[str]) -> tuple[str, list[str]]:

@@ -133,3 +133,25 @@ def test_reduced_config_keeps_the_architecture(hub_id):
         assert bool(getattr(small, key, None)) == bool(getattr(full, key, None)), key
     total, _ = archs.parameter_counts(small)
     assert total < 2e6
+
+
+def test_dry_run_removes_its_temporary_run_folder_unless_kept(tiny_cache, tmp_path):
+    """Without log.out_dir a dry run writes into a folder of its own in the temp directory:
+    removed once the dry run passes, kept with --keep."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "R1KIT_CACHE": str(tiny_cache), "TMPDIR": str(tmp_path)}
+
+    def run(*extra: str) -> list:
+        r = subprocess.run([sys.executable, "-m", "r1kit", "train",
+                            "recipes/r1_zero_qwen3_30b_a3b.yaml", "--dry-run", "--no-progress",
+                            *extra], cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return sorted(tmp_path.glob("r1kit-dryrun-*"))
+
+    assert run() == []
+    kept = run("--keep")
+    assert len(kept) == 1 and (kept[0] / "metrics.jsonl").is_file()
