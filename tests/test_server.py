@@ -352,6 +352,7 @@ def test_sigkill_of_r1kit_training_on_a_data_parallel_server_leaves_nothing(tiny
     with open(tmp_path / "train.stderr", "w") as err:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
     seen: dict[int, psutil.Process] = {}
+    names: dict[int, str] = {}
     mapped: set[str] = set()
     deadline = time.monotonic() + 420
     while len(_metric_lines(out)) < 3:  # the tree and its /dev/shm files, polled until step 3
@@ -359,6 +360,8 @@ def test_sigkill_of_r1kit_training_on_a_data_parallel_server_leaves_nothing(tiny
         assert time.monotonic() < deadline, "step 3 not reached"
         for p in psutil.Process(proc.pid).children(recursive=True):
             seen.setdefault(p.pid, p)
+        for p in _alive(list(seen.values())):  # named while alive: the kill below races them
+            names[p.pid] = _name(p) or names.get(p.pid, "")
         mapped |= {line.split()[-1] for p in _alive(list(seen.values())) for line in _maps(p)
                    if line.split()[-1].startswith("/dev/shm/")}
         time.sleep(0.5)
@@ -367,7 +370,7 @@ def test_sigkill_of_r1kit_training_on_a_data_parallel_server_leaves_nothing(tiny
     rows = _metric_lines(out)
     for r in rows[:3]:  # step 1: the checkpoint as loaded; steps 2, 3: after a sync each
         assert 1 - 1e-5 < r["mismatch/min_ratio"] <= r["mismatch/max_ratio"] < 1 + 1e-5, r
-    assert sum(1 for p in seen.values() if "EngineCor" in _name(p)) >= 2  # two DP engines
+    assert sum(1 for n in names.values() if "EngineCor" in n) >= 2, names  # two DP engines
     assert _wait_gone(list(seen.values()), timeout_s=60) == []
     left = set(os.listdir("/dev/shm")) - shm_before
     assert left & {os.path.basename(m) for m in mapped} == set()
