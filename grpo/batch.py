@@ -13,12 +13,14 @@ the sampler's own log-probs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from rollouts.sharing import owners_of
 from rollouts.types import Group
 
 
@@ -79,6 +81,38 @@ class TrainBatch:
         return len(self.completion_ids)
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where each right-padded row's prompt and completion lie, held on the host: the passes
+    index by these, and knowing them without reading the device keeps a pass free of host
+    syncs. (A dataclass of tuples: DDP and FSDP2 move tensor arguments to the device, not
+    this.)"""
+
+    prompt_lens: tuple[int, ...]
+    completion_lens: tuple[int, ...]
+    owners: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    """Rows that share a prompt, ``(firsts, owner)`` as ``rollouts.sharing.owners_of`` gives
+    them, or None when no two rows do."""
+
+    @staticmethod
+    def of(prompts: Sequence[Sequence[int]], completion_lens: Sequence[int]) -> Layout:
+        """The layout of rows given their prompts' token ids (``grpo.batch.make_micro_batch``)."""
+        found = owners_of(prompts)
+        return Layout(tuple(len(p) for p in prompts), tuple(int(n) for n in completion_lens),
+                      None if found is None else (tuple(found[0]), tuple(found[1])))
+
+    @staticmethod
+    def read(input_ids: Tensor, prompt_lens: Tensor, completion_lens: Tensor,
+             owners: bool = True) -> Layout:
+        """The layout of tensors, for callers that hold no ``Layout``: reads them on the host (a
+        sync when they live on a device); the prompts' ids only when ``owners`` is asked for."""
+        plens = prompt_lens.tolist()
+        if owners:
+            return Layout.of([row[:n] for row, n in zip(input_ids.tolist(), plens)],
+                             completion_lens.tolist())
+        return Layout(tuple(plens), tuple(completion_lens.tolist()))
+
+
 @dataclass
 class MicroBatch:
     """One forward pass: rows of prompt + completion, right-padded to the longest."""
@@ -97,10 +131,22 @@ class MicroBatch:
     """(b, T, L, k) experts to replay per input position, or None."""
     routed_valid: Tensor | None = None
     """(b, T) positions whose experts are replayed."""
+    layout: Layout | None = None
+    """The rows' ``Layout`` (lengths and shared prompts, on the host), so that a
+    pass indexes without reading the device; None: read from the tensors when needed."""
 
     @property
     def width(self) -> int:
         return int(self.completion_lens.max())
+
+
+def to_device(t: Tensor, device: Any) -> Tensor:
+    """``t`` (on the host) on ``device``: on CUDA from pinned memory without blocking, so the
+    copy queues behind the device's work instead of waiting for it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def pad_rows(rows: list[list[float]], width: int, value: float = 0.0) -> Tensor:
@@ -139,12 +185,14 @@ def make_micro_batch(batch: TrainBatch, rows: list[int], pad_id: int, device: An
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.tensor(s)
         att[i, : len(s)] = 1
+    clens = [len(batch.completion_ids[r]) for r in rows]
     mb = MicroBatch(
         rows=torch.tensor(rows),
-        input_ids=ids.to(device),
-        attention_mask=att.to(device),
+        input_ids=to_device(ids, device),
+        attention_mask=to_device(att, device),
         prompt_lens=torch.tensor([len(batch.prompt_ids[r]) for r in rows]),
-        completion_lens=torch.tensor([len(batch.completion_ids[r]) for r in rows]),
+        completion_lens=torch.tensor(clens),
+        layout=Layout.of([batch.prompt_ids[r] for r in rows], clens),
     )
     recorded = [batch.routed[r] for r in rows]
     if all(x is not None for x in recorded):
@@ -154,5 +202,5 @@ def make_micro_batch(batch: TrainBatch, rows: list[int], pad_id: int, device: An
         for i, x in enumerate(recorded):
             routed[i, : x.shape[0]] = x.long()
             valid[i, : x.shape[0]] = True
-        mb.routed, mb.routed_valid = routed.to(device), valid.to(device)
+        mb.routed, mb.routed_valid = to_device(routed, device), to_device(valid, device)
     return mb

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from rollouts.sharing import SHARED_PROMPT_MODELS, prompt_owners
+from grpo.batch import Layout, to_device
+from rollouts.sharing import SHARED_PROMPT_MODELS
 
 _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "output_multiplier")
 
@@ -135,27 +137,29 @@ def chunked_head_topk(head: nn.Module, hidden: Tensor, targets: Tensor, k: int,
     return torch.cat(ids), torch.cat(logps), torch.cat(tlogps)
 
 
-def _completion_positions(input_ids: Tensor, prompt_lens: Tensor, completion_lens: Tensor):
+def _completion_positions(layout: Layout, device: torch.device):
     """mask (B, C) of real completion tokens, and for the M of them (row-major) their rows,
-    columns and positions in the input."""
-    c = int(completion_lens.max()) if len(completion_lens) else 0
-    j = torch.arange(c, device=input_ids.device)  # (C,)
-    mask = j[None, :] < completion_lens[:, None].to(input_ids.device)  # (B, C)
-    target_pos = prompt_lens[:, None].to(input_ids.device) + j[None, :]  # (B, C)
-    rows, cols = mask.nonzero(as_tuple=True)  # M completion tokens, row-major
-    return mask, rows, cols, target_pos[rows, cols]
+    columns and positions in the input: built on the host from the layout, then copied."""
+    clens = np.asarray(layout.completion_lens, dtype=np.int64)
+    rows = np.repeat(np.arange(len(clens)), clens)  # (M,) row-major
+    cols = np.arange(len(rows)) - np.repeat(np.cumsum(clens) - clens, clens)
+    pos = np.asarray(layout.prompt_lens, dtype=np.int64)[rows] + cols
+    rows_t, cols_t, pos_t, clens_t = (to_device(torch.from_numpy(x), device)
+                                      for x in (rows, cols, pos, clens))
+    mask = torch.arange(int(clens.max(initial=0)), device=device)[None, :] < clens_t[:, None]
+    return mask, rows_t, cols_t, pos_t
 
 
-def shared_layout(input_ids: Tensor, prompt_lens: Tensor, completion_lens: Tensor,
-                  owners: tuple[Tensor, Tensor]) -> Tensor:
-    """(B * T,) for each position of the right-padded (B, T) rows, row-major, the index of the
-    same token among the shared-prompt pass's tokens laid end to end: the P distinct prompts
-    (P x Lp), then the B completions (B x C). Padding positions get an arbitrary valid index."""
-    firsts, owner = owners
-    b, t = input_ids.shape
-    plens, clens = prompt_lens.cpu(), completion_lens.cpu()
-    width, c = int(plens[firsts].max()), max(int(clens.max()), 1)
-    pos = torch.arange(t)[None, :]  # (1, T)
+def shared_layout(layout: Layout, width_t: int) -> Tensor:
+    """(B * T,) for each position of the right-padded (B, T) rows (``width_t`` = T), row-major,
+    the index of the same token among the shared-prompt pass's tokens laid end to end: the P
+    distinct prompts (P x Lp), then the B completions (B x C). Padding positions get an
+    arbitrary valid index. Built on the host from ``layout``, which must have owners."""
+    firsts, owner = (torch.tensor(x) for x in layout.owners)
+    plens, clens = torch.tensor(layout.prompt_lens), layout.completion_lens
+    b = len(clens)
+    width, c = max(layout.prompt_lens[f] for f in layout.owners[0]), max(max(clens), 1)
+    pos = torch.arange(width_t)[None, :]  # (1, T)
     prompt = owner[:, None] * width + pos  # (B, T)
     completion = (len(firsts) * width + torch.arange(b)[:, None] * c
                   + (pos - plens[:, None]).clamp(0, c - 1))
@@ -177,7 +181,8 @@ def _shares_prompts(decoder: nn.Module) -> bool:
 
 
 def completion_hidden(decoder: nn.Module, input_ids: Tensor, attention_mask: Tensor,
-                      prompt_lens: Tensor, completion_lens: Tensor, share_prompts: bool = False
+                      prompt_lens: Tensor, completion_lens: Tensor, share_prompts: bool = False,
+                      layout: Layout | None = None
                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, int]:
     """The final hidden states that predict each completion token, padding-free: ``(hidden (M, H),
     targets (M,), mask (B, C), rows (M,), cols (M,))`` and the number of decoder calls made.
@@ -187,17 +192,21 @@ def completion_hidden(decoder: nn.Module, input_ids: Tensor, attention_mask: Ten
     which is indexed out to the B rows, and a second pass runs only the completions against it
     (explicit positions; padded prompt slots masked as keys). A group of n samples then costs one
     prompt and n completions instead of n of each, in the forward and in the backward pass
-    (gradients reach the prompt's activations through the cache). Without sharing, one pass."""
-    mask, rows, cols, pos = _completion_positions(input_ids, prompt_lens, completion_lens)
-    owners = prompt_owners(input_ids, prompt_lens) if share_prompts else None
-    if owners is None or not _shares_prompts(decoder):
+    (gradients reach the prompt's activations through the cache). Without sharing, one pass.
+
+    ``layout``: the rows' ``Layout`` on the host (the trainer's micro-batches carry one); without
+    it the lengths and prompts are read from the tensors, a host sync on a device."""
+    if layout is None:
+        layout = Layout.read(input_ids, prompt_lens, completion_lens, owners=share_prompts)
+    dev = input_ids.device
+    mask, rows, cols, pos = _completion_positions(layout, dev)
+    if not share_prompts or layout.owners is None or not _shares_prompts(decoder):
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
                          use_cache=False).last_hidden_state  # (B, T, H)
         return hidden[rows, pos - 1], input_ids[rows, pos], mask, rows, cols, 1
-    dev = input_ids.device
-    firsts, owner = (t.to(dev) for t in owners)
-    plens = prompt_lens.to(dev)
-    width = int(plens[firsts].max())
+    firsts, owner, plens = (to_device(torch.tensor(x, dtype=torch.long), dev)
+                            for x in (*layout.owners, layout.prompt_lens))
+    width = max(layout.prompt_lens[f] for f in layout.owners[0])
     p_mask = (torch.arange(width, device=dev)[None, :] < plens[firsts][:, None]).long()  # (P, Lp)
     pre = decoder(input_ids=input_ids[firsts, :width], attention_mask=p_mask,
                   position_ids=torch.arange(width, device=dev)[None].expand(len(firsts), -1),
@@ -227,6 +236,7 @@ def completion_logprobs(
     chunk_tokens: int = 1024,
     extra_ids: Tensor | None = None,
     share_prompts: bool = False,
+    layout: Layout | None = None,
 ) -> TokenLogprobs:
     """Log-probs and entropies of the completion tokens of right-padded rows.
 
@@ -234,11 +244,12 @@ def completion_logprobs(
     (``completion_lens[b]`` tokens) then padding. Returns (B, C) tensors, C = max completion length.
     ``extra_ids`` (B, >= C, K): at each completion position, K more token ids whose log-probs
     are returned as ``extra_logp`` (B, C, K) (0 on padding). ``share_prompts``: rows with the
-    same prompt run it once (``completion_hidden``).
+    same prompt run it once (``completion_hidden``). ``layout``: the rows' ``Layout``, if the
+    caller holds it (no host sync).
     """
     decoder, head = split_model(model)
     h, targets, mask, rows, cols, _ = completion_hidden(
-        decoder, input_ids, attention_mask, prompt_lens, completion_lens, share_prompts)
+        decoder, input_ids, attention_mask, prompt_lens, completion_lens, share_prompts, layout)
     b, c = mask.shape
     extra = None if extra_ids is None else extra_ids.to(input_ids.device)[rows, cols]  # (M, K)
     got = chunked_head_logprobs(head, h, targets, chunk_tokens, extra)

@@ -43,6 +43,7 @@ through the tables at the bottom.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -394,20 +395,24 @@ MISMATCH_CORRECTIONS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
 }
 
 
-def mismatch_stats(old: Tensor, sampler: Tensor, mask: Tensor) -> dict[str, float]:
-    """How far the sampler's log-probs are from the trainer's on the sampled tokens.
+def mismatch_stats(old: Tensor, sampler: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """How far the sampler's log-probs are from the trainer's on the sampled tokens, as 0-dim
+    tensors on the inputs' device (nothing is read on the host: the trainer sums them over
+    micro-batches and reads once per update).
 
     ``kl`` estimates KL(sampler || trainer) with k3 on the sampler's own samples; ``k1`` is the
-    plain mean log-ratio; ``max_ratio`` / ``min_ratio`` are the extreme token weights.
+    plain mean log-ratio; ``max_ratio`` / ``min_ratio`` are the extreme token weights (1 when
+    no token counts).
     """
     n = mask.sum().clamp(min=1)
     d = (old - sampler) * mask  # log(trainer / sampler) on sampled tokens
     w = torch.exp(d)
     valid = mask.bool()
+    some = valid.any()
     return {
-        "kl": float(((w - d - 1) * mask).sum() / n),
-        "k1": float(-(d.sum()) / n),
-        "max_ratio": float(w[valid].max()) if valid.any() else 1.0,
-        "min_ratio": float(w[valid].min()) if valid.any() else 1.0,
-        "abs_logp_diff_max": float(d.abs().max()),
+        "kl": ((w - d - 1) * mask).sum() / n,
+        "k1": -(d.sum()) / n,
+        "max_ratio": torch.where(some, w.masked_fill(~valid, -math.inf).amax(), 1.0),
+        "min_ratio": torch.where(some, w.masked_fill(~valid, math.inf).amin(), 1.0),
+        "abs_logp_diff_max": d.abs().max(),
     }

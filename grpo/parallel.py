@@ -52,6 +52,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from grpo.batch import Layout
 from grpo.logprobs import completion_logprobs, split_model
 from rollouts.moe_routers import moe_routers
 
@@ -67,11 +68,11 @@ class LogprobModule(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, prompt_lens: Tensor,
                 completion_lens: Tensor, chunk_tokens: int,
-                extra_ids: Tensor | None = None, share_prompts: bool = False
-                ) -> tuple[Tensor, ...]:
+                extra_ids: Tensor | None = None, share_prompts: bool = False,
+                layout: Layout | None = None) -> tuple[Tensor, ...]:
         tl = completion_logprobs(self.policy, input_ids, attention_mask, prompt_lens,
                                  completion_lens, chunk_tokens=chunk_tokens, extra_ids=extra_ids,
-                                 share_prompts=share_prompts)
+                                 share_prompts=share_prompts, layout=layout)
         out = (tl.logp, tl.entropy, tl.mask)
         return out if tl.extra_logp is None else (*out, tl.extra_logp)
 
@@ -275,14 +276,6 @@ class Parallel:
         x = t.to(self._comm_device())
         torch.distributed.all_reduce(x)
         return x.to(t.device)
-
-    def total(self, value: float) -> float:
-        """Sum over ranks (each rank's loss is its share of the global loss)."""
-        if not self.active:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self._comm_device())
-        torch.distributed.all_reduce(t)
-        return float(t.item())
 
     def _comm_device(self) -> torch.device:
         backend = torch.distributed.get_backend()

@@ -170,16 +170,24 @@ class RouterCounts:
     def of(topk_per_layer: list[Tensor], num_experts: int, valid: Tensor,
            reference: list[Tensor] | None = None, kinds: list[str] | None = None
            ) -> RouterCounts:
+        # Counted on the experts' device with masked sums (no boolean indexing, no bincount:
+        # both wait for the device), then brought to the host in one copy.
         load, changed = [], []
         for layer, idx in enumerate(topk_per_layer):
             v = valid.to(idx.device, torch.bool)
-            load.append(torch.bincount(idx[v].reshape(-1), minlength=num_experts).double().cpu())
+            hits = v[:, None].expand_as(idx).reshape(-1).double()
+            load.append(torch.zeros(num_experts, dtype=torch.float64, device=idx.device)
+                        .scatter_add_(0, idx.reshape(-1).long(), hits))
             if reference is not None:
                 ref = reference[layer].to(idx.device)
                 diff = (idx.sort(-1).values != ref.sort(-1).values).any(-1)  # (tokens,)
-                changed.append(diff[v].double().sum().cpu())
-        return RouterCounts(torch.stack(load), torch.stack(changed) if changed else None,
-                            float(valid.sum()), kinds)
+                changed.append((diff & v).double().sum())
+        layers = len(load)
+        packed = torch.cat([torch.stack(load).reshape(-1), *(c.reshape(1) for c in changed),
+                            valid.to(load[0].device).double().sum().reshape(1)]).cpu()
+        return RouterCounts(packed[: layers * num_experts].reshape(layers, num_experts),
+                            packed[layers * num_experts: -1] if changed else None,
+                            float(packed[-1]), kinds)
 
     def merge(self, other: RouterCounts) -> RouterCounts:
         both = self.changed is not None and other.changed is not None
@@ -239,13 +247,14 @@ def update_router_counts(recorded: list) -> RouterCounts:
     (``mb.routed``) when every micro-batch carries it; only positions it covers are compared."""
     num_experts = recorded[0][0].routers[0].num_experts
     layers = len(recorded[0][0].calls[-1])
-    topk = [torch.cat([rec.calls[-1][i].cpu() for rec, _ in recorded]) for i in range(layers)]
-    valid = torch.cat([mb.attention_mask.bool().flatten().cpu() for _, mb in recorded])
+    # Laid end to end on the device; RouterCounts.of counts there and copies once.
+    topk = [torch.cat([rec.calls[-1][i] for rec, _ in recorded]) for i in range(layers)]
+    valid = torch.cat([mb.attention_mask.bool().flatten() for _, mb in recorded])
     reference = None
     if all(mb.routed is not None for _, mb in recorded):
-        reference = [torch.cat([mb.routed[:, :, i].reshape(-1, mb.routed.shape[-1]).cpu()
+        reference = [torch.cat([mb.routed[:, :, i].reshape(-1, mb.routed.shape[-1])
                                 for _, mb in recorded]) for i in range(layers)]
-        valid = valid & torch.cat([mb.routed_valid.flatten().cpu() for _, mb in recorded])
+        valid = valid & torch.cat([mb.routed_valid.flatten() for _, mb in recorded])
     return RouterCounts.of(topk, num_experts, valid, reference,
                            router_kinds(recorded[0][0].routers))
 
@@ -287,8 +296,10 @@ def _sequence_balance_loss(logits: list[Tensor], experts: list[Tensor], valid: T
         k = idx.shape[-1]
         s = lg.float().sigmoid()
         s = (s / s.sum(-1, keepdim=True)).view(B, T, E)  # normalised affinities s'
-        hits = F.one_hot(idx, E).sum(-2).view(B, T, E).float()  # (B, T, E)
+        hits = torch.zeros(idx.shape[0], E, device=idx.device).scatter_add_(
+            1, idx.long(), torch.ones(idx.shape, device=idx.device)).view(B, T, E)  # (B, T, E)
         f = (hits * m[..., None]).sum(1) * E / (k * n[:, None])  # (B, E)
         p = (s * m[..., None]).sum(1) / n[:, None]  # (B, E)
-        losses.append((f * p).sum(-1)[m.sum(-1) > 0].mean())
+        has = (m.sum(-1) > 0).float()  # sequences with a valid token (a masked mean: no sync)
+        losses.append(((f * p).sum(-1) * has).sum() / has.sum())
     return torch.stack(losses).mean()

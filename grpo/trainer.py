@@ -198,6 +198,9 @@ class GRPOTrainer:
         self._pool = None
         self.device = next(parts.policy.parameters()).device
         self.mhc = has_mhc(parts.policy)
+        # The colocated vLLM engine gives its GPU memory to the update (rollout.sleep).
+        self.sleeps = parts.engine is not None and parts.cfg.rollout.sleeps(
+            self.device.type == "cuda", parts.cfg.train.async_steps)
 
     # -- 1. rollout + score -----------------------------------------------------------------
     def rollout(self, step: int | None = None) -> Rollout:
@@ -449,21 +452,24 @@ class GRPOTrainer:
                     total = piece if total is None else total + piece
                     if rec is not None and epoch == t.epochs - 1:
                         router.append((rec, mb))
-                # Summed over ranks first, so that every rank stops on a non-finite loss (a
-                # rank stopping alone would leave the others in the next collective).
-                summed = par.total(float(total) / par.world)
-                check_finite(self.step, "loss", torch.tensor(summed))
                 params = [p for p in model.parameters() if p.grad is not None]
                 gn = par.full_norm(torch.nn.utils.get_total_norm([p.grad for p in params]))
-                check_grad_norm(self.step, model, gn)  # before clipping rescales anything
+                # The loss and the gradient norm in one read of the device. The loss is summed
+                # over ranks first, so that every rank stops on a non-finite loss (a rank
+                # stopping alone would leave the others in the next collective).
+                loss = par.sum_over_ranks(total.reshape(1)).to(gn.device)[0] / par.world
+                summed, gn_value = torch.stack([loss, gn.detach().double()]).tolist()
+                if not math.isfinite(summed):
+                    check_finite(self.step, "loss", torch.tensor(summed))
+                check_grad_norm(self.step, model, gn_value)  # before clipping rescales anything
                 if t.max_grad_norm > 0:
                     torch.nn.utils.clip_grads_with_norm_(params, t.max_grad_norm, gn)
                 opt.step()
                 check_params(self.step, model)
                 self.p.scheduler.step()
-                grad_norms.append(float(gn))
+                grad_norms.append(gn_value)
                 losses.append(summed)
-        return self._update_stats(par.merge_sums(sums), losses, grad_norms, router)
+        return self._update_stats(par.merge_sums(sums.resolved()), losses, grad_norms, router)
 
     def _update_stats(self, sums: Sums, losses, grad_norms, router) -> dict[str, float]:
         s, tok = sums, max(sums.tokens, 1.0)
@@ -509,7 +515,11 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         for f in self.ahead:  # the engine finishes what it samples before its weights change
             f.result()
+        if self.sleeps:  # the weights' memory first, the KV cache once they are synced
+            self.p.engine.wake(["weights"])
         self.push_weights()
+        if self.sleeps:
+            self.p.engine.wake(["kv_cache"])
         self.version += 1
         return time.perf_counter() - t0
 
@@ -543,6 +553,8 @@ class GRPOTrainer:
                                    "time/wait_rollout": time.perf_counter() - t0}
         if ro.groups:
             t1 = time.perf_counter()
+            if self.sleeps:  # level 2: the sync replaces the weights it drops
+                self.p.engine.sleep(level=2)
             batch = self.prepare(ro)
             metrics.update(batch.stats)
             metrics.update(self.update(batch))

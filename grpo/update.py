@@ -14,6 +14,7 @@ reaches the weights.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -21,8 +22,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from grpo.batch import MicroBatch, TrainBatch, make_micro_batch, plan_micro_batches
-from grpo.logprobs import TokenLogprobs, completion_logprobs, prompt_owners, shared_layout
+from grpo.batch import (
+    Layout,
+    MicroBatch,
+    TrainBatch,
+    make_micro_batch,
+    plan_micro_batches,
+    to_device,
+)
+from grpo.logprobs import TokenLogprobs, completion_logprobs, shared_layout
 from grpo.losses import (
     AGGREGATIONS,
     KL_ESTIMATORS,
@@ -83,37 +91,77 @@ class Objective:
 class Sums:
     """Statistics of an update, over its micro-batches (and ranks): token-weighted sums, which
     the trainer divides by ``tokens``, and extremes. A field set by name that does not exist
-    is an AttributeError (slots), never a silent new key."""
+    is an AttributeError (slots), never a silent new key.
 
-    tokens: float = 0.0
-    entropy: float = 0.0
-    clipped: float = 0.0
+    During the update the fields are 0-dim tensors on the policy's device, added to without
+    reading them (a read would wait for the device once per micro-batch); ``resolved`` reads
+    them all at once. An extreme over no token is -inf (``ratio_max``, ``mismatch_max_ratio``)
+    or +inf (the minima) on the device and None once resolved: every ratio is an exponential,
+    so a real maximum is never -inf, and a real minimum of +inf makes the loss non-finite,
+    which stops the step first."""
+
+    tokens: float | Tensor = 0.0
+    entropy: float | Tensor = 0.0
+    clipped: float | Tensor = 0.0
     """Tokens whose policy ratio was clipped."""
-    ratio_sq_dev: float = 0.0
+    ratio_sq_dev: float | Tensor = 0.0
     """Sum of (ratio - 1)^2 over tokens."""
-    mismatch_kl: float = 0.0
+    mismatch_kl: float | Tensor = 0.0
     """Sampler-to-trainer KL, token-weighted."""
-    mismatch_dropped: float = 0.0
+    mismatch_dropped: float | Tensor = 0.0
     """Tokens the mismatch correction dropped."""
-    kl: float | None = None
+    kl: float | Tensor | None = None
     """KL to the reference; None when the KL term is off."""
-    distill_forward_kl: float | None = None
+    distill_forward_kl: float | Tensor | None = None
     """Forward KL to the teacher's top-k; None outside ``distill.loss: forward_kl``."""
-    ratio_max: float | None = None
-    ratio_min: float | None = None
-    mismatch_max_ratio: float | None = None
-    mismatch_min_ratio: float | None = None
+    ratio_max: float | Tensor | None = None
+    ratio_min: float | Tensor | None = None
+    mismatch_max_ratio: float | Tensor | None = None
+    mismatch_min_ratio: float | Tensor | None = None
 
     def add(self, name: str, value: float | Tensor) -> None:
-        setattr(self, name, (getattr(self, name) or 0.0) + float(value))
+        old = getattr(self, name)
+        value = _kept(value)
+        setattr(self, name, value if old is None else old + value)
 
     def high(self, name: str, value: float | Tensor) -> None:
-        old = getattr(self, name)
-        setattr(self, name, float(value) if old is None else max(old, float(value)))
+        self._fold(name, _kept(value), torch.maximum, max)
 
     def low(self, name: str, value: float | Tensor) -> None:
+        self._fold(name, _kept(value), torch.minimum, min)
+
+    def _fold(self, name: str, value: float | Tensor, on_device, on_host) -> None:
         old = getattr(self, name)
-        setattr(self, name, float(value) if old is None else min(old, float(value)))
+        if old is None:
+            setattr(self, name, value)
+        elif isinstance(old, Tensor) or isinstance(value, Tensor):
+            like = old if isinstance(old, Tensor) else value
+            setattr(self, name, on_device(torch.as_tensor(old, device=like.device),
+                                          torch.as_tensor(value, device=like.device)))
+        else:
+            setattr(self, name, on_host(old, value))
+
+    def resolved(self) -> Sums:
+        """These statistics as Python numbers: every tensor field read in one transfer per
+        device, an extreme over no token (an infinity) as None.
+
+        >>> s = Sums(); s.add("tokens", torch.tensor(3.0))
+        >>> s.high("ratio_max", torch.tensor(-math.inf)); r = s.resolved(); (r.tokens, r.ratio_max)
+        (3.0, None)
+        """
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        by_device: dict[torch.device, list[str]] = {}
+        for name, v in values.items():
+            if isinstance(v, Tensor):
+                by_device.setdefault(v.device, []).append(name)
+        for names in by_device.values():
+            read = torch.stack([values[n].double().reshape(()) for n in names]).tolist()
+            values.update(zip(names, read))
+        for name in _EXTREMES:
+            if values[name] is not None and math.isinf(values[name]) and (
+                    (values[name] < 0) == (_EXTREMES[name] is Sums.high)):
+                values[name] = None
+        return Sums(**values)
 
     def merge(self, other: Sums) -> None:
         """Add ``other``'s sums to these and widen the extremes by its own.
@@ -126,6 +174,12 @@ class Sums:
             value = getattr(other, f.name)
             if value is not None:
                 _EXTREMES.get(f.name, Sums.add)(self, f.name, value)
+
+
+def _kept(value: float | Tensor) -> float | Tensor:
+    """A statistic as ``Sums`` keeps it: a detached float64 tensor (sums of many micro-batches
+    keep their precision), or the Python number it was."""
+    return value.detach().double() if isinstance(value, Tensor) else float(value)
 
 
 # The extremes and how each folds; every other field of Sums is a sum.
@@ -167,15 +221,14 @@ def forward_logprobs(model: nn.Module, mb: MicroBatch, chunk: int, replay: bool,
         if runner is not None:  # data-parallel: the DDP / FSDP2 root (grpo.parallel)
             tl = TokenLogprobs.from_tuple(runner(mb.input_ids, mb.attention_mask,
                                                  mb.prompt_lens, mb.completion_lens, chunk,
-                                                 extra_ids, share))
+                                                 extra_ids, share, mb.layout))
         else:
             tl = completion_logprobs(model, mb.input_ids, mb.attention_mask, mb.prompt_lens,
                                      mb.completion_lens, chunk_tokens=chunk, extra_ids=extra_ids,
-                                     share_prompts=share)
+                                     share_prompts=share, layout=mb.layout)
     if recorder is not None and len(recorder.calls) == calls + 2:  # the shared-prompt pass
-        owners = prompt_owners(mb.input_ids, mb.prompt_lens)
-        recorder.merge_last(2, shared_layout(mb.input_ids, mb.prompt_lens, mb.completion_lens,
-                                             owners))
+        layout = mb.layout or Layout.read(mb.input_ids, mb.prompt_lens, mb.completion_lens)
+        recorder.merge_last(2, shared_layout(layout, mb.input_ids.shape[1]))
     return tl
 
 
@@ -195,11 +248,11 @@ def microbatch_loss(model: nn.Module, batch: TrainBatch, mb: MicroBatch, obj: Ob
     c = tl.logp.shape[1]
 
     def take(t: Tensor) -> Tensor:  # (N, C, ...) -> (b, c, ...)
-        return t[mb.rows][:, :c].to(dev)
+        return to_device(t[mb.rows][:, :c], dev)
 
     mask, sampler = take(batch.mask), take(batch.sampler_logp)
     old = take(batch.old_logp) if batch.old_logp is not None else tl.logp.detach()
-    adv = batch.advantages[mb.rows].to(dev)  # (b,), or (b, C) per-token advantages
+    adv = to_device(batch.advantages[mb.rows], dev)  # (b,), or (b, C) per-token advantages
     if adv.dim() == 2:
         adv = adv[:, :c]
     w, kept = MISMATCH_CORRECTIONS[obj.mismatch](old, sampler, mask, obj.mismatch_params)
@@ -225,18 +278,20 @@ def microbatch_loss(model: nn.Module, batch: TrainBatch, mb: MicroBatch, obj: Ob
 
 
 def _record(sums: Sums, entropy, clipped, ratio, mask, kept, old, sampler) -> None:
+    """Adds a micro-batch's statistics to ``sums`` on the device: masked reductions, with no
+    boolean indexing or read that would wait for the device."""
     m = mask.bool()
+    ratio = ratio.detach()
     sums.add("tokens", mask.sum())
     sums.add("entropy", (entropy.detach() * mask).sum())
     sums.add("clipped", (clipped & m).sum())
     sums.add("mismatch_dropped", (mask - kept * mask).sum())
-    if m.any():
-        sums.high("ratio_max", ratio[m].max())
-        sums.low("ratio_min", ratio[m].min())
-        d = ratio[m] - 1
-        sums.add("ratio_sq_dev", (d * d).sum())
+    sums.high("ratio_max", ratio.masked_fill(~m, -math.inf).amax())
+    sums.low("ratio_min", ratio.masked_fill(~m, math.inf).amin())
+    d = torch.where(m, ratio - 1, 0.0)
+    sums.add("ratio_sq_dev", (d * d).sum())
     ms = mismatch_stats(old, sampler, mask)
-    sums.add("mismatch_kl", ms["kl"] * float(mask.sum()))
+    sums.add("mismatch_kl", ms["kl"] * mask.sum())
     sums.high("mismatch_max_ratio", ms["max_ratio"])
     sums.low("mismatch_min_ratio", ms["min_ratio"])
 
@@ -252,14 +307,15 @@ def check_finite(step: int, name: str, t: Tensor, updated: bool = False) -> None
                              f"; {state}; the last checkpoint is intact")
 
 
-def check_grad_norm(step: int, model: nn.Module, norm: Tensor) -> None:
-    """A finite global norm means every gradient is finite; otherwise name the first bad one."""
-    if torch.isfinite(norm):
+def check_grad_norm(step: int, model: nn.Module, norm: float) -> None:
+    """A finite global norm (read on the host) means every gradient is finite; otherwise name
+    the first bad one."""
+    if math.isfinite(norm):
         return
     for name, p in model.named_parameters():
         if p.grad is not None:
             check_finite(step, f"gradient of {name}", p.grad)
-    check_finite(step, "gradient norm", norm)
+    check_finite(step, "gradient norm", torch.tensor(norm))
 
 
 def check_params(step: int, model: nn.Module) -> None:
@@ -270,7 +326,10 @@ def check_params(step: int, model: nn.Module) -> None:
     for _, p in trained:
         local = p.to_local() if hasattr(p, "to_local") else p  # an FSDP2 shard
         by_device.setdefault(local.device, []).append(torch.isfinite(local).all())
-    if all(bool(torch.stack(flags).all()) for flags in by_device.values()):
+    finite = True
+    for flags in by_device.values():  # one read per device
+        finite = finite and bool(torch.stack(flags).all())
+    if finite:
         return
     for name, p in trained:
         check_finite(step, f"parameter {name}", p, updated=True)

@@ -122,10 +122,16 @@ def check_lora_parameters(model: torch.nn.Module, targets: list[str]) -> None:
                              f"are {fused or 'none'}")
 
 
-def make_optimizer(cfg: Config, policy: torch.nn.Module):
+def make_optimizer(cfg: Config, policy: torch.nn.Module, fused: bool | None = None):
+    """AdamW and the learning-rate schedule. ``fused`` (default: when the parameters are on
+    CUDA): torch's fused AdamW, one kernel for every parameter with its step counts on the
+    device; the default for-each AdamW keeps them on the host and reads each one per step."""
     t = cfg.train
     params = [p for p in policy.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    if fused is None:
+        fused = bool(params) and all(p.device.type == "cuda" for p in params)
+    opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay,
+                            fused=True if fused else None)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(
         lr_factor, warmup=max(t.warmup_steps, 0), schedule=t.lr_schedule,
         total=t.steps * t.epochs * t.minibatches))
@@ -267,9 +273,18 @@ def check_fit(cfg: Config, parallel: Parallel) -> None:
         raise ConfigError(why)
 
 
+def engine_sleeps(cfg: Config) -> bool:
+    """Whether the colocated vLLM engine sleeps through each update (``rollout.sleep``)."""
+    return cfg.rollout.sleeps(device_of(cfg).type == "cuda", cfg.train.async_steps)
+
+
 def check_layout(cfg: Config, parallel: Parallel) -> None:
     """Sharding settings this launch cannot honour, refused before anything loads."""
     t = cfg.train
+    try:
+        engine_sleeps(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if parallel.active and cfg.rollout.engine == "vllm":
         raise ConfigError(f"rollout.engine=vllm with {parallel.world} ranks: the colocated vLLM "
                           "engine would start its own process group beside the trainers' and "
@@ -294,7 +309,8 @@ def _start(parts: Parts, base: Path, ckpt: Path | None, out: Path, show_progress
         with output_to(out / ("engine.log" if main else f"engine.rank{par.rank}.log")):
             parts.engine = r.start_engine(base, cfg.model.dtype, model=parts.policy,
                                           tokenizer=parts.tokenizer,
-                                          record_routing=cfg.algo.routing_replay)
+                                          record_routing=cfg.algo.routing_replay,
+                                          sleep_mode=engine_sleeps(cfg))
         t0 = time.perf_counter()
         if not parts.scorer.warmup():
             log.warning("the reward workers did not finish starting in 120 s; training goes on")

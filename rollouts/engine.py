@@ -28,13 +28,16 @@ class Engine(Protocol):
         model, possibly MoE, possibly LoRA-wrapped)."""
         ...
 
-    def sleep(self) -> None:
-        """Give accelerator memory back while the trainer runs; a no-op where the backend has
-        nothing to give back (documented per engine)."""
+    def sleep(self, level: int = 1) -> None:
+        """Give accelerator memory back while the trainer runs: the KV cache, and the weights
+        (level 1: kept on the host; level 2: dropped, for a weight sync to replace). A no-op
+        where the backend has nothing to give back (documented per engine)."""
         ...
 
-    def wake(self) -> None:
-        """Undo ``sleep``."""
+    def wake(self, tags: Sequence[str] | None = None) -> None:
+        """Undo ``sleep``: everything, or only ``tags`` (``"weights"``, then ``"kv_cache"``
+        once the weights are synced, so that the two are never resident beside the trainer's
+        gradients at once)."""
         ...
 
     def close(self) -> None:

@@ -57,6 +57,7 @@ def make_engine(
     record_routing: bool = False,
     data_parallel_size: int = 1,
     tensor_parallel_size: int = 1,
+    sleep_mode: bool = False,
 ) -> Engine:
     """Start an engine of ``kind`` on the checkpoint at ``model_path``.
 
@@ -64,7 +65,8 @@ def make_engine(
     that very object (no copy); the vLLM engines load ``model_path`` and are synced from
     ``model`` by the trainer. ``record_routing`` asks for each token's routed experts where the
     engine can report them (the HF engine; vLLM only on GPU). ``data_parallel_size`` and
-    ``tensor_parallel_size`` size the ``vllm_server`` engine; the others run one replica."""
+    ``tensor_parallel_size`` size the ``vllm_server`` engine; the others run one replica.
+    ``sleep_mode``: the colocated vLLM engine can ``sleep`` (GPU only)."""
     if kind == "hf":
         import torch
 
@@ -85,7 +87,7 @@ def make_engine(
 
         return VLLMEngine(model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
                           gpu_memory_utilization=gpu_memory_utilization,
-                          return_routed_experts=record_routing)
+                          return_routed_experts=record_routing, enable_sleep_mode=sleep_mode)
     if kind == "vllm_server":
         import torch
 

@@ -291,10 +291,10 @@ class HFEngine:
             raise RuntimeError(f"the sharded model's weights did not cover {sorted(missing)[:5]}")
         self.model, self._owns_model = own, True
 
-    def sleep(self) -> None:
+    def sleep(self, level: int = 1) -> None:
         """Nothing to release: the weights belong to the trainer."""
 
-    def wake(self) -> None:
+    def wake(self, tags: Sequence[str] | None = None) -> None:
         """Nothing to restore."""
 
     def close(self) -> None:

@@ -626,20 +626,20 @@ class VLLMServerEngine:
                               ) from e.__cause__
 
     # -- sleep ----------------------------------------------------------------------------------
-    def sleep(self) -> None:
-        """Free accelerator memory (``/sleep?level=1``) if started with ``sleep_mode``; else a
+    def sleep(self, level: int = 1) -> None:
+        """Free accelerator memory (``/sleep?level=...``) if started with ``sleep_mode``; else a
         logged no-op (vLLM's CPU backend has no sleep mode)."""
         if not self.sleep_mode:
             log.info("%s runs without sleep mode: sleep() frees nothing", self.url)
             return
-        self._request("POST", "/sleep", params={"level": 1})
+        self._request("POST", "/sleep", params={"level": level})
 
-    def wake(self) -> None:
-        """Undo ``sleep``."""
+    def wake(self, tags: Sequence[str] | None = None) -> None:
+        """Undo ``sleep`` (only ``tags``, e.g. ``["weights"]``, when given)."""
         if not self.sleep_mode:
             log.info("%s runs without sleep mode: wake() has nothing to restore", self.url)
             return
-        self._request("POST", "/wake_up")
+        self._request("POST", "/wake_up", params={"tags": list(tags)} if tags else None)
 
 
 # -- command line -------------------------------------------------------------------------------

@@ -58,6 +58,12 @@ class RolloutConfig:
     rank's share of a step's prompts on its own engine (whole groups, seeded per prompt, so the
     rollout is the one-rank rollout) and gathers the pieces; ``rank0`` samples everything on
     rank 0 and broadcasts it. A ``vllm_server`` is one sampler: rank 0 drives it."""
+    sleep: Literal["auto", "always", "never"] = "auto"
+    """The colocated vLLM engine (``engine: vllm``) between rollouts: ``always`` puts it to sleep
+    after each rollout (level 2: its KV cache and weights give their GPU memory back to the
+    update) and wakes it around the weight sync (weights, sync, then the KV cache); ``auto``
+    does so on a GPU when nothing samples during the update (``train.async_steps: 0``);
+    ``never`` keeps the engine resident. vLLM has no sleep mode on CPU."""
     batch_size: int = 16
     """Rows per forward batch in the HF engine: prompts x ``n`` completions are sampled
     ``batch_size`` rows at a time (``r1kit generate`` also hands the engine ``batch_size``
@@ -86,6 +92,30 @@ class RolloutConfig:
             return self.seeded == "always"
         return not (on_gpu and self.engine in ("vllm", "vllm_server"))
 
+    def sleeps(self, on_gpu: bool, async_steps: int) -> bool:
+        """Whether the engine sleeps through each update (``sleep``); ``ValueError`` where
+        ``always`` cannot be honoured.
+
+        >>> [RolloutConfig(engine="vllm").sleeps(g, 0) for g in (False, True)]
+        [False, True]
+        >>> RolloutConfig(engine="vllm").sleeps(True, 1), RolloutConfig().sleeps(True, 0)
+        (False, False)
+        """
+        if self.sleep == "never" or (self.sleep == "auto" and (
+                self.engine != "vllm" or not on_gpu or async_steps)):
+            return False
+        if self.engine != "vllm":
+            raise ValueError(f"rollout.sleep=always puts the colocated vLLM engine to sleep; "
+                             f"rollout.engine={self.engine} has none: use rollout.sleep=auto")
+        if not on_gpu:
+            raise ValueError("rollout.sleep=always: vLLM has no sleep mode on CPU; use "
+                             "rollout.sleep=auto")
+        if async_steps:
+            raise ValueError(f"rollout.sleep=always with train.async_steps={async_steps}: the engine "
+                             "samples the next steps during the update, so it cannot sleep "
+                             "through it; use rollout.sleep=auto")
+        return True
+
     def every_rank_samples(self, world: int) -> bool:
         """Whether each of ``world`` trainer ranks samples its share of a rollout.
 
@@ -99,10 +129,11 @@ class RolloutConfig:
     def start_engine(self, model_path: str | Path, dtype: str, *, kind: str | None = None,
                      max_model_len: int | None = None, seed: int | None = None,
                      model: Any = None, tokenizer: Any = None,
-                     record_routing: bool = False) -> Engine:
+                     record_routing: bool = False, sleep_mode: bool = False) -> Engine:
         """The engine of this section on ``model_path`` (``rollouts.factory.make_engine``).
         ``kind``, ``max_model_len`` and ``seed`` default to this section's; an evaluation
-        passes its own. A trainer passes its live ``model`` and ``tokenizer``."""
+        passes its own. A trainer passes its live ``model`` and ``tokenizer``, and
+        ``sleep_mode`` when the engine will sleep through updates (``sleeps``)."""
         return make_engine(kind or self.engine, model_path, dtype=dtype,
                            max_model_len=max_model_len or self.max_model_len,
                            seed=self.seed if seed is None else seed,
@@ -110,4 +141,5 @@ class RolloutConfig:
                            batch_size=self.batch_size, model=model, tokenizer=tokenizer,
                            record_routing=record_routing,
                            data_parallel_size=self.data_parallel_size,
-                           tensor_parallel_size=self.tensor_parallel_size)
+                           tensor_parallel_size=self.tensor_parallel_size,
+                           sleep_mode=sleep_mode)

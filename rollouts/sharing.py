@@ -6,6 +6,8 @@ trainer agree.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -15,22 +17,32 @@ from torch import Tensor
 SHARED_PROMPT_MODELS = ("qwen3_moe", "qwen3", "qwen2", "qwen2_moe", "llama", "deepseek_v3")
 
 
-def prompt_owners(input_ids: Tensor, prompt_lens: Tensor) -> tuple[Tensor, Tensor] | None:
-    """Rows with the same prompt (a GRPO group's samples): ``(firsts, owner)``, the first row of
-    each distinct prompt (P,) and, per row, the index into ``firsts`` of its prompt (B,); None
-    when no two rows share a prompt.
+def owners_of(prompts: Sequence[Sequence[int]]) -> tuple[list[int], list[int]] | None:
+    """``prompt_owners`` of prompts given as token id lists (on the host: nothing is read from
+    a device).
 
-    >>> prompt_owners(torch.tensor([[5, 6, 1], [5, 6, 2], [7, 1, 1]]), torch.tensor([2, 2, 1]))
-    (tensor([0, 2]), tensor([0, 0, 1]))
+    >>> owners_of([[5, 6], [5, 6], [7]])
+    ([0, 2], [0, 0, 1])
     """
     seen: dict[tuple[int, ...], int] = {}
     firsts, owner = [], []
-    for r, (row, n) in enumerate(zip(input_ids.tolist(), prompt_lens.tolist())):
-        key = tuple(row[:n])
+    for r, prompt in enumerate(prompts):
+        key = tuple(prompt)
         if key not in seen:
             seen[key] = len(firsts)
             firsts.append(r)
         owner.append(seen[key])
-    if len(firsts) == len(owner):
-        return None
-    return torch.tensor(firsts), torch.tensor(owner)
+    return None if len(firsts) == len(owner) else (firsts, owner)
+
+
+def prompt_owners(input_ids: Tensor, prompt_lens: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Rows with the same prompt (a GRPO group's samples): ``(firsts, owner)``, the first row of
+    each distinct prompt (P,) and, per row, the index into ``firsts`` of its prompt (B,); None
+    when no two rows share a prompt. Reads ``input_ids`` on the host; callers that know the
+    prompts as lists use ``owners_of``.
+
+    >>> prompt_owners(torch.tensor([[5, 6, 1], [5, 6, 2], [7, 1, 1]]), torch.tensor([2, 2, 1]))
+    (tensor([0, 2]), tensor([0, 0, 1]))
+    """
+    found = owners_of([row[:n] for row, n in zip(input_ids.tolist(), prompt_lens.tolist())])
+    return None if found is None else (torch.tensor(found[0]), torch.tensor(found[1]))

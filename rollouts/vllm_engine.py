@@ -126,7 +126,7 @@ class VLLMEngine:
         self.max_model_len = max_model_len
         self.last_stats: GenerationStats | None = None
         self.last_sync_seconds: float | None = None
-        self._asleep = False
+        self._asleep: set[str] = set()  # what sleep() gave back and wake() has not restored
         cpu = _on_cpu()
         if enable_sleep_mode and cpu:
             raise ValueError("vLLM has no sleep mode on CPU; use enable_sleep_mode=False")
@@ -223,8 +223,9 @@ class VLLMEngine:
         if lora_mode == "adapter":
             raise ValueError("lora_mode='adapter' is not supported: vLLM 0.32 loads LoRA adapters "
                              "only from disk; use lora_mode='merge' (exact) instead")
-        if self._asleep:
-            raise RuntimeError("the engine is asleep; call wake() before update_weights()")
+        if "weights" in self._asleep:
+            raise RuntimeError("the engine's weights are asleep; call wake(['weights']) before "
+                               "update_weights()")
         start = time.perf_counter()
         self.llm.collective_rpc("update_weights_from_tensors",
                                 args=(iter_checkpoint_weights(model),))
@@ -239,21 +240,27 @@ class VLLMEngine:
         self.last_sync_seconds = time.perf_counter() - start
 
     # -- memory and lifetime --------------------------------------------------------------------
-    def sleep(self) -> None:
-        """Offload weights and drop the KV cache (GPU, sleep mode on); otherwise a logged no-op."""
+    def sleep(self, level: int = 1) -> None:
+        """Drop the KV cache and give the weights' memory back (GPU, sleep mode on): level 1
+        offloads them to the host, level 2 discards them for ``update_weights`` to replace
+        (``wake(["weights"])`` first). Otherwise a logged no-op."""
         if not self.enable_sleep_mode:
             log.info("VLLMEngine.sleep: sleep mode is off (always on CPU); nothing to give back")
             return
-        self.llm.sleep(level=1)
-        self._asleep = True
+        self.llm.sleep(level=level)
+        self._asleep = {"weights", "kv_cache"}
 
-    def wake(self) -> None:
-        """Undo ``sleep``."""
+    def wake(self, tags: Sequence[str] | None = None) -> None:
+        """Undo ``sleep``, for everything or only ``tags`` (``"weights"``, ``"kv_cache"``); the
+        engine samples again once both are back."""
         if not self._asleep:
             return
-        self.llm.wake_up()
-        self.llm.reset_prefix_cache()
-        self._asleep = False
+        wanted = self._asleep & (set(tags) if tags is not None else self._asleep)
+        if wanted:
+            self.llm.wake_up(tags=sorted(wanted))
+        self._asleep -= wanted
+        if "kv_cache" in wanted:
+            self.llm.reset_prefix_cache()
 
     def close(self) -> None:
         """Shut the engine core down and free its memory; safe to call twice."""

@@ -376,11 +376,16 @@ def test_mismatch_weights_are_detached(name):
     assert not w.requires_grad and not keep.requires_grad
 
 
+def _floats(stats: dict[str, torch.Tensor]) -> dict[str, float]:
+    assert all(v.dim() == 0 for v in stats.values())  # read by the trainer once per update
+    return {k: float(v) for k, v in stats.items()}
+
+
 def test_mismatch_stats_by_hand():
     # loss tokens: log(trainer/sampler) d = ln2, 0, -ln2, 0 (the ln4 is padding); w = 2, 1, 0.5, 1
     old = T([[LN2, 0.0, -LN2], [0.0, math.log(4.0), 0.0]])
     mask = T([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-    s = mismatch_stats(old, torch.zeros_like(old), mask)
+    s = _floats(mismatch_stats(old, torch.zeros_like(old), mask))
     # kl = mean(w - d - 1) = ((2 - 0.69315 - 1) + 0 + (0.5 + 0.69315 - 1) + 0) / 4 = 0.5 / 4
     assert s["kl"] == pytest.approx(0.125, abs=1e-9)
     assert s["k1"] == pytest.approx(0.0, abs=1e-9)  # -(ln2 + 0 - ln2 + 0) / 4
@@ -388,12 +393,12 @@ def test_mismatch_stats_by_hand():
     assert s["min_ratio"] == pytest.approx(0.5)
     assert s["abs_logp_diff_max"] == pytest.approx(LN2)  # not ln4: padding is masked
     # k1 sign: sampler more confident than trainer -> KL(sampler || trainer) estimate > 0
-    s = mismatch_stats(T([[-LN2]]), T([[0.0]]), T([[1.0]]))
+    s = _floats(mismatch_stats(T([[-LN2]]), T([[0.0]]), T([[1.0]])))
     assert s["k1"] == pytest.approx(LN2) and s["kl"] == pytest.approx(0.5 + LN2 - 1)
 
 
 def test_mismatch_stats_empty_mask():
-    s = mismatch_stats(T([[1.0, 2.0]]), T([[0.0, 0.0]]), T([[0.0, 0.0]]))
+    s = _floats(mismatch_stats(T([[1.0, 2.0]]), T([[0.0, 0.0]]), T([[0.0, 0.0]])))
     assert s == {"kl": 0.0, "k1": 0.0, "max_ratio": 1.0, "min_ratio": 1.0, "abs_logp_diff_max": 0.0}
 
 
@@ -795,7 +800,7 @@ def test_mismatch_stats_match_loop(seed):
                 k1 += -d
                 ratios.append(math.exp(d))
                 n += 1
-    s = mismatch_stats(old, sampler, mask)
+    s = _floats(mismatch_stats(old, sampler, mask))
     assert s["kl"] == pytest.approx(k3 / n, rel=1e-9)
     assert s["k1"] == pytest.approx(k1 / n, rel=1e-9)
     assert s["max_ratio"] == pytest.approx(max(ratios))
