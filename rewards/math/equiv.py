@@ -54,7 +54,8 @@ Stages, in order; the first that can decide does:
    tolerance), and only for leaves outside its subset the
    ``rational``/``numeric``/``symbolic`` stages of :mod:`rewards.math.symbolic`,
    all such leaves of one answer in one bounded helper call
-   (:mod:`rewards.math.bounded`).
+   (:mod:`rewards.math.bounded`), made only when the leaves decided in-process
+   leave the verdict open (:func:`_forced`).
 
 :class:`Options` changes three rules where math-verify has an option of the
 same kind (float rounding precision, strict variables, set against
@@ -427,6 +428,9 @@ def _equal(pred: str, gold: str, timeout_s: float, precision: int | None) -> Ver
         else:
             table[pair] = verdict
     if pending:
+        forced = _forced(sp, sg, table, pending)
+        if forced is not None:
+            return forced
         keys = {pair: json.dumps(req) for pair, req in pending.items()}
         misses = {pair: req for pair, req in pending.items() if keys[pair] not in _DECIDED}
         if misses:
@@ -436,6 +440,30 @@ def _equal(pred: str, gold: str, timeout_s: float, precision: int | None) -> Ver
             _remember({keys[pair]: res for pair, res in zip(misses, results)})
         table.update({pair: _DECIDED[keys[pair]] for pair in pending})
     return _decide(sp, sg, table)
+
+
+def _forced(sp: Node, sg: Node, table: dict, pending: dict) -> Verdict | None:
+    """The verdict when the leaves decided in-process already fix it, whatever the pending
+    leaves turn out to be; else None. :func:`_decide` is monotone in the leaf verdicts (a leaf,
+    all pairs of an ordered node, a perfect matching of an unordered one): if it says equal with
+    every pending leaf unequal, it says equal for any outcome, and if it says unequal with every
+    pending leaf equal, unequal for any outcome. Either way the helper is not needed.
+
+    >>> from rewards.math.structure import Leaf, Seq
+    >>> p = Seq("set", (Leaf("a"), Leaf("b")))
+    >>> g = Seq("set", (Leaf("b"), Leaf("a")))
+    >>> table = {(Leaf("a"), Leaf("b")): None, (Leaf("a"), Leaf("a")): (True, "string"),
+    ...          (Leaf("b"), Leaf("b")): (True, "string"), (Leaf("b"), Leaf("a")): None}
+    >>> _forced(p, g, table, {k: [] for k, v in table.items() if v is None})
+    (True, 'string')
+    """
+    unequal = {pair: (False, "pending") for pair in pending}
+    verdict = _decide(sp, sg, {**table, **unequal})
+    if verdict[0]:
+        return verdict
+    equal = {pair: (True, "pending") for pair in pending}
+    verdict = _decide(sp, sg, {**table, **equal})
+    return None if verdict[0] else verdict
 
 
 # Symbolic decisions already made in this process (request JSON -> verdict), least recently

@@ -44,6 +44,7 @@ REL_TOL = sympy.Rational(1, 10**10)  # relative tolerance of the numeric stage
 DIGITS = 40  # significant digits of numeric evaluation
 SAMPLE_POINTS = 3  # random points tried to refute a symbolic identity before simplify
 HELPER_MEMORY_BYTES = 2 << 30  # address-space cap of the helper process
+PARSE_CACHE = 1024  # parsed texts kept: a gold recurs across the leaf pairs of one answer
 
 
 def parse(text: str) -> sympy.Basic:
@@ -53,14 +54,26 @@ def parse(text: str) -> sympy.Basic:
     True
     >>> parse("0.1") == sympy.Rational(1, 10)
     True
+
+    Sympy results are kept, oldest dropped first past :data:`PARSE_CACHE` (they are immutable,
+    and the parse depends on the text alone); a matrix (mutable) or a failed parse is redone.
     """
+    cached = _PARSED.get(text)
+    if cached is not None:
+        return cached
     expr = latex2sympy(text)
     if isinstance(expr, sympy.Basic):
         floats = expr.atoms(sympy.Float)
         if floats:
             expr = expr.xreplace({f: sympy.Rational(str(f)) for f in floats})
         expr = expr.doit() if isinstance(expr, sympy.Expr) else expr
+        if len(_PARSED) >= PARSE_CACHE:
+            _PARSED.pop(next(iter(_PARSED)), None)
+        _PARSED[text] = expr
     return expr
+
+
+_PARSED: dict[str, sympy.Basic] = {}
 
 
 def _numeric_equal(a: sympy.Expr, b: sympy.Expr, point: dict | None = None) -> bool | None:
