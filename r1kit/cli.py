@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from r1kit.config import ConfigError, config_help, folder_problem, load_config
+from r1kit.config import ConfigError, Interrupted, config_help, folder_problem, load_config
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,9 +26,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help for usage)\n")
 
 
+class _ProgressSafeHandler(logging.StreamHandler):
+    """Records on stderr through ``tqdm.write``: a progress bar on screen is cleared first and
+    drawn again below, so no record lands on its line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:  # noqa: BLE001  (logging's own rule: a failing handler reports)
+            self.handleError(record)
+
+
 def _setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    handler = _ProgressSafeHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def cmd_tiny(argv: list[str]) -> int:
@@ -83,7 +98,8 @@ def cmd_generate(argv: list[str]) -> int:
     ap = _recipe_parser(
         "r1kit generate",
         "Sample groups of completions for a recipe's problems, score them with its rewards, and "
-        "write completions.jsonl and metrics.json to log.out_dir.",
+        "write completions.jsonl (appended as it goes) and metrics.json to log.out_dir; "
+        "re-running with the same out_dir and settings resumes.",
         ["model", "data", "rollout", "reward", "log"])
     ap.add_argument("recipe", nargs="?", help="recipe YAML (defaults apply without one)")
     ap.add_argument("overrides", nargs="*", help="section.key=value")
@@ -131,15 +147,17 @@ def cmd_train(argv: list[str]) -> int:
     if args.dry_run:
         from r1kit.dryrun import dry_run
 
+        _setup_logging("WARNING")
         return dry_run(recipe, overrides, show_progress=not args.no_progress, keep=args.keep)
     from r1kit.config import validate_training
 
     cfg = load_config(recipe, overrides)
     validate_training(cfg)
     _setup_logging(cfg.log.level)
-    from r1kit.train import run_train
+    from r1kit.train import no_update_problem, run_train
 
-    return _run_job(lambda: run_train(cfg, show_progress=not args.no_progress), "training")
+    return _run_job(lambda: run_train(cfg, show_progress=not args.no_progress), "training",
+                    verdict=no_update_problem)
 
 
 def _job_args(ap: argparse.ArgumentParser, argv: list[str]):
@@ -157,10 +175,12 @@ def _job_args(ap: argparse.ArgumentParser, argv: list[str]):
     return (args, *_recipe_and_overrides(args))
 
 
-def _run_job(job, what: str, user_errors: tuple[type[Exception], ...] = ()) -> int:
+def _run_job(job, what: str, user_errors: tuple[type[Exception], ...] = (),
+             verdict: Callable[[dict], str | None] | None = None) -> int:
     """Run a training-like ``job`` and print its result as JSON (exit 0); a setting or input
     problem prints one line (exit 2), a run that stopped on NaN or a failing reward one line
-    naming ``what`` (exit 1)."""
+    naming ``what`` (exit 1), and so does a finished run that ``verdict`` finds wanting (its
+    result is printed first)."""
     from grpo.update import NonFiniteError
     from r1kit.generate import PromptTooLong
     from r1kit.train import ResumeError
@@ -175,6 +195,10 @@ def _run_job(job, what: str, user_errors: tuple[type[Exception], ...] = ()) -> i
         print(f"r1kit: {what} stopped: {e}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=1))
+    problem = verdict(result) if verdict else None
+    if problem:
+        print(f"r1kit: {problem}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -483,7 +507,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"r1kit: config error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # the server engine's handler has already said so on stderr
+    except Interrupted as e:
+        print(f"r1kit: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("r1kit: interrupted", file=sys.stderr)
         return 130
 
 

@@ -42,6 +42,11 @@ class ConfigError(ValueError):
     """A recipe or override is invalid; the message is one line naming file and key."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a job; the message is one line saying where it stopped and how a re-run
+    resumes (the CLI prints it and exits 130)."""
+
+
 @dataclass
 class ModelConfig:
     path: str = "tiny:qwen3_moe"
@@ -704,8 +709,8 @@ def resolve_teacher(cfg: Config) -> str:
 
         ckpt = latest_checkpoint(p)
         if ckpt is None:
-            raise ConfigError(f"{cfg.source}: distill.teacher: run folder {path!r} holds no "
-                              "complete checkpoint")
+            raise ConfigError(f"{origin(cfg, 'distill.teacher')}: distill.teacher: run folder "
+                              f"{path!r} holds no complete checkpoint")
         return str(ckpt / "model")
     probe = Config(source=cfg.source)
     probe.model.path = path

@@ -12,7 +12,10 @@ Phases, each with its own progress bar, all writing into the recipe's ``log.out_
    format, response length, entropy and KL against step) and ``report.md``, printed at the end.
 
 Re-running continues where a run stopped: the base is cached, training resumes from its last
-checkpoint (``train.resume: auto``) and evaluations skip finished problems.
+checkpoint (``train.resume: auto``) and evaluations skip finished problems. ``demo.json``
+records what the run was made from (the recipe, the base, the evaluation's size); when that
+changed, the old run folder is moved aside to ``<log.out_dir>.old-<time>`` and the demo starts
+afresh.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +133,39 @@ def check_finite(metrics_path: Path) -> None:
             raise RuntimeError(f"step {row['step']}: non-finite {', '.join(bad)}")
 
 
+def demo_inputs(cfg: Config, base: Path, heldout: int, n: int) -> dict[str, Any]:
+    """Everything the demo's phases depend on, flat (``section.key``): the recipe but its
+    ``log`` section, the base (its folder and how it was built) and the evaluation's size."""
+    flat = {f"{section}.{key}": value for section, fields in asdict(cfg).items()
+            if isinstance(fields, dict) and section != "log" for key, value in fields.items()}
+    meta = base / "r1kit_tiny.json"
+    flat["base"] = json.loads(meta.read_text()).get("base") if meta.is_file() else None
+    return json.loads(json.dumps({**flat, "heldout": heldout, "n": n}))
+
+
+def start_afresh_if_changed(out: Path, inputs: dict[str, Any]) -> str | None:
+    """Resume when ``out`` was made from the same ``inputs`` (``demo.json``); otherwise move what
+    it holds aside to ``<out>.old-<time>`` and start afresh. Returns the line saying so, or None.
+    A folder from a demo that wrote no ``demo.json`` counts as made from other inputs."""
+    record = out / "demo.json"
+    before = json.loads(record.read_text()) if record.is_file() else None
+    held = list(out.iterdir()) if out.is_dir() else []
+    line = None
+    if held and before != inputs:
+        changed = ([k for k in inputs if before.get(k) != inputs[k]] if before is not None
+                   else ["no demo.json"])
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = next(a for a in (out.with_name(f"{out.name}.old-{stamp}{s}")
+                                 for s in ("", *(f"-{i}" for i in range(2, 1000))))
+                     if not a.exists())
+        out.rename(aside)
+        out.mkdir(parents=True)
+        line = (f"r1kit demo: {out} was made from other inputs ({', '.join(changed)}); moved it "
+                f"to {aside} and starting afresh")
+    record.write_text(json.dumps(inputs, indent=1))
+    return line
+
+
 def run_demo(cfg: Config, *, heldout: int = 200, n: int = 4, base_steps: int | None = None,
              progress: bool = True) -> dict[str, Any]:
     """Run every phase; return the paths and figures the report shows."""
@@ -145,6 +182,9 @@ def run_demo(cfg: Config, *, heldout: int = 200, n: int = 4, base_steps: int | N
                       steps=base_steps or SFT_STEPS)
     cfg.model.path = str(base)
     timings["base"] = time.perf_counter() - t
+    aside = start_afresh_if_changed(out, demo_inputs(cfg, base, heldout, n))
+    if aside:
+        say(aside)
 
     suite = out / "heldout.jsonl"
     write_heldout(cfg, suite, heldout)

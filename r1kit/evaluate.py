@@ -28,9 +28,9 @@ from eval.replay import ReplayEngine
 from eval.report import samples_path, summarise, write_outputs
 from eval.types import EvalProblem, Grade, SuitePlan, graded_text
 from grpo.observe import output_to, route_logs
-from r1kit.config import Config, ConfigError
+from r1kit.config import Config, ConfigError, Interrupted
 from r1kit.eval_plan import context_length, plan_suites
-from r1kit.generate import resolve_model_path
+from r1kit.generate import announce_engine, resolve_model_path
 from rewards.format import format_reward
 from rollouts.engine import Engine
 from rollouts.types import Sampling
@@ -125,6 +125,7 @@ def _make_engine(cfg: Config, model_path: Path | None, tokenizer: Any, context: 
 
         return ReplayEngine.from_jsonl(e.replay, tokenizer)
 
+    announce_engine(e.engine, out / "engine.log")
     with output_to(out / "engine.log"):
         return cfg.rollout.start_engine(model_path, cfg.model.dtype, kind=e.engine,
                                         max_model_len=context, seed=e.seed)
@@ -184,6 +185,10 @@ def run_eval(cfg: Config, *, show_progress: bool = True, engine: Engine | None =
                         rows = run_batch(engine, plan, chunk, seed, cost)
                         _append(samples_path(out, plan.suite.name), rows)
                         bar.update(len(chunk))
+        except KeyboardInterrupt:
+            done = sum(len(finished_ids(samples_path(out, p.suite.name))) for p in plans)
+            raise Interrupted(f"eval interrupted after {done} of {total} problems (kept in "
+                              f"{out}/samples); re-run the same command to resume") from None
         finally:
             if own:
                 engine.close()

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from r1kit.config import Config, ConfigError, config_help, load_config
+from r1kit.config import Config, ConfigError, config_help, load_config, origin
 from r1kit.estimate import (
     DTYPE_BYTES,
     FSDP2_REDUCES_EVERY_MICRO_BATCH,
@@ -55,12 +55,14 @@ def check_plan(cfg: Config) -> None:
     for key, value in (("plan.gpus", p.gpus), ("plan.nodes", p.nodes),
                        ("plan.engine_tp", p.engine_tp)):
         if value < 1:
-            raise ConfigError(f"{cfg.source}: {key}: must be >= 1, got {value}")
+            raise ConfigError(f"{origin(cfg, key)}: {key}: must be >= 1, got {value}")
     if not 0 < p.mfu <= 1:
-        raise ConfigError(f"{cfg.source}: plan.mfu: must be in (0, 1], got {p.mfu}")
+        raise ConfigError(f"{origin(cfg, 'plan.mfu')}: plan.mfu: must be in (0, 1], got {p.mfu}")
     if p.gpus % p.engine_tp:
-        raise ConfigError(f"{cfg.source}: plan.engine_tp: {p.engine_tp} does not divide "
-                          f"plan.gpus={p.gpus} (a replica's GPUs are on one node)")
+        where = {origin(cfg, "plan.engine_tp"), origin(cfg, "plan.gpus")}
+        raise ConfigError(f"{'command line' if 'command line' in where else cfg.source}: "
+                          f"plan.engine_tp: {p.engine_tp} does not divide plan.gpus={p.gpus} "
+                          "(a replica's GPUs are on one node)")
 
 
 def launch_refusal(cfg: Config, gpus: int, nodes: int, gpu_bytes: float,
@@ -86,10 +88,11 @@ def counts_of(cfg: Config, arch) -> Counts:
     t = cfg.train
     c = count_params(arch, t.lora_rank, t.lora_targets, t.lora_target_parameters)
     if t.lora_rank and not c.lora:
-        raise ConfigError(f"{cfg.source}: train.lora_targets: no Linear module of "
-                          f"{type(arch).__name__} is named {t.lora_targets}")
+        raise ConfigError(f"{origin(cfg, 'train.lora_targets')}: train.lora_targets: no "
+                          f"Linear module of {type(arch).__name__} is named {t.lora_targets}")
     if t.lora_target_parameters and not c.lora_experts:
-        raise ConfigError(f"{cfg.source}: train.lora_target_parameters: no 3-D parameter of "
+        raise ConfigError(f"{origin(cfg, 'train.lora_target_parameters')}: "
+                          f"train.lora_target_parameters: no 3-D parameter of "
                           f"{type(arch).__name__} is named {t.lora_target_parameters}")
     return c
 

@@ -38,7 +38,7 @@ from grpo.observe import RunLog, output_to, route_logs
 from grpo.parallel import Parallel
 from grpo.trainer import GRPOTrainer, Parts, ProblemStream, TeacherSignal
 from grpo.update import Objective
-from r1kit.config import Config, ConfigError
+from r1kit.config import Config, ConfigError, Interrupted
 from r1kit.generate import check_prompt_lengths, load_problems, resolve_model_path
 from r1kit.plan import launch_refusal
 from rollouts.prompts import build_prompt
@@ -401,10 +401,34 @@ def run_train(cfg: Config, show_progress: bool = True, teacher: TeacherSignal | 
             if ((every and trainer.step % every == 0) or trainer.step == cfg.train.steps
                     or (export and trainer.p.parallel.sharded and trainer.step % export == 0)):
                 last_saved = save(trainer, final=trainer.step == cfg.train.steps)
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_line(cfg, trainer.step + 1)) from None
     finally:
         trainer.close()  # rollouts sampled ahead finish before their engine stops
         trainer.p.close()
         trainer.p.parallel.close()
     final = last_saved or latest_checkpoint(cfg.log.out_dir)
     return {"step": trainer.step, "checkpoint": str(final / "model") if final else None,
-            "out_dir": str(cfg.log.out_dir), **metrics}
+            "out_dir": str(cfg.log.out_dir), **metrics, "version": trainer.version}
+
+
+def interrupted_line(cfg: Config, step: int) -> str:
+    """Where a run stopped by Ctrl-C during ``step`` (1-based) resumes from."""
+    ckpt = latest_checkpoint(cfg.log.out_dir)
+    head = f"interrupted at step {step} of {cfg.train.steps}"
+    if ckpt is None:
+        return f"{head}; no checkpoint was saved yet: re-run the same command to start again"
+    how = ("re-run the same command" if cfg.train.resume == "auto"
+           else "re-run with train.resume=auto")
+    return f"{head}; {how} to resume from {ckpt.name}"
+
+
+def no_update_problem(result: dict[str, Any]) -> str | None:
+    """One line when a finished run never updated the policy (its checkpoint is the starting
+    model), else None. ``version`` counts updates over the whole run, resumes included."""
+    if result.get("version", 1) > 0:
+        return None
+    return (f"training made no update in {result['step']} steps: every group had zero reward "
+            "variance (all its completions scored the same), so the checkpoint is the starting "
+            "model; check the rewards against the completions (samples.md, train.log), or start "
+            "from a model that sometimes earns a reward")

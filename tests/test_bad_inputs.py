@@ -47,6 +47,8 @@ def files(tmp_path, monkeypatch) -> dict[str, str]:
     f["replay"] = str(tmp_path / "replay.jsonl")
     (tmp_path / "empty").mkdir()
     f["empty"] = str(tmp_path / "empty")
+    (tmp_path / "norun" / "checkpoints").mkdir(parents=True)
+    f["norun"] = str(tmp_path / "norun")
     f["run_a"] = str(write_run(tmp_path / "run_a", {"s": [[True]] * 3}))
     return f
 
@@ -111,6 +113,15 @@ CASES = [
     (["plan", "plan.gpu=a100_10g"], "plan.gpu: expected one of"),
     (["plan", "model.path=/nonexistent/ckpt"], "model.path"),
     (["plan", "plan.mfu=nan"], "plan.mfu: must be a finite number"),
+    # a value typed on the command line is blamed on it, not on the recipe beside it
+    (["plan", TINY_RECIPE, "plan.gpus=0"], "command line: plan.gpus: must be >= 1"),
+    (["plan", TINY_RECIPE, "plan.mfu=2"], "command line: plan.mfu: must be in (0, 1]"),
+    (["plan", TINY_RECIPE, "plan.gpus=3", "plan.engine_tp=2"],
+     "command line: plan.engine_tp: 2 does not divide plan.gpus=3"),
+    (["plan", TINY_RECIPE, "train.lora_rank=8", "train.lora_targets=[nosuch]"],
+     "command line: train.lora_targets: no Linear module"),
+    (["distill", TINY_RECIPE, "distill.teacher={norun}", "log.out_dir={out}"],
+     "command line: distill.teacher: run folder '{norun}' holds no complete checkpoint"),
     # grade
     (["grade", "--jsonl", "{tmp}/missing.jsonl"], "missing.jsonl"),
     (["grade", "--jsonl", "{bad_jsonl}"], "bad.jsonl:1"),
