@@ -54,6 +54,14 @@ from rollouts.sharing import SHARED_PROMPT_MODELS, prompt_owners
 from rollouts.types import Completion, GenerationStats, Group, Sampling
 from rollouts.weights import iter_live_weights
 
+ANY_EVERY = 8
+"""On a GPU, decode steps between host reads of whether any row still runs: at most
+``ANY_EVERY - 1`` steps of padding are sampled after the last row ends, and dropped."""
+
+
+def _any_every(device: torch.device) -> int:
+    return ANY_EVERY if device.type == "cuda" else 1
+
 
 def _hf_config(model: Any) -> Any:
     """The transformers config of ``model`` (a peft model's base model's)."""
@@ -182,6 +190,7 @@ class HFEngine:
                                      keys)
         done = [self._completion(new[r].tolist(), logp[r].tolist(), s) for r in range(len(new))]
         if self.record_routing:
+            del recorder.calls[new.shape[1]:]  # the passes of steps that sampled only padding
             routed = _routed_experts(recorder, len(new), width + new.shape[1] - 1)  # (B, W, L, k)
             for r, (c, ids) in enumerate(zip(done, prompt_ids)):
                 start = width - len(ids)  # left padding
@@ -202,6 +211,10 @@ class HFEngine:
         cache, position = out.past_key_values, position[:, -1:]  # (B, 1)
         tokens, logps = [], []
         running = torch.ones(b, dtype=torch.bool, device=input_ids.device)  # (B,)
+        # Whether any row still runs, read on the host every `every` tokens on a GPU (a read
+        # waits for the device) and after every token elsewhere, where it costs nothing.
+        every = _any_every(input_ids.device)
+        live: list[torch.Tensor] = []  # per step: some row still ran after it
         stops = _StopStrings(self.tokenizer, s.stop) if s.stop else None
         for t in range(s.max_tokens):
             logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V), raw
@@ -219,12 +232,16 @@ class HFEngine:
                 running &= token != eos
             if stops is not None and t + 1 >= s.min_tokens:
                 running &= ~stops.hit(torch.stack(tokens, dim=1), running)
-            if t + 1 == s.max_tokens or not bool(running.any()):
+            live.append(running.any())
+            if t + 1 == s.max_tokens or ((t + 1) % every == 0 and not bool(live[-1])):
                 break
             position = position + 1
             out = self.model(input_ids=token[:, None], attention_mask=full_mask[:, : width + t + 1],
                              position_ids=position, past_key_values=cache, use_cache=True)
-        return torch.stack(tokens, dim=1).cpu(), torch.stack(logps, dim=1).float().cpu()
+        # Steps after every row ended (at most every - 1 of them) sampled only padding: dropped.
+        kept = 1 + int(torch.stack(live[:-1]).sum()) if len(live) > 1 else len(tokens)
+        return (torch.stack(tokens[:kept], dim=1).cpu(),
+                torch.stack(logps[:kept], dim=1).float().cpu())
 
     def _prefill(self, input_ids: torch.Tensor, mask: torch.Tensor, position: torch.Tensor):
         """The prompt forward, filling the KV cache. A group's samples share one prompt: each

@@ -323,3 +323,45 @@ def test_row_uniforms_are_uniform_and_independent():
         r = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]
         assert abs(float(r)) < 4 / a.numel() ** 0.5
     assert not torch.equal(row_uniforms(row_keys(4, list(range(200)), keys.device), 0), u[:, :1])
+
+
+def test_reading_whether_rows_run_every_few_tokens_changes_nothing(tiny_qwen, monkeypatch):
+    """On a GPU the decode loop reads whether any row still runs every ``ANY_EVERY`` tokens
+    (``_any_every``; a read waits for the device): the padding steps sampled after the last row
+    ended are dropped, so completions, log-probs and recorded experts equal those of the loop
+    that reads after every token. Run here by asking for the GPU's interval on the CPU, with the
+    EOS logit raised so that rows end at different steps."""
+    import rollouts.hf as hf
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen, dtype=torch.float64,
+                                                 experts_implementation="eager")
+    tok = AutoTokenizer.from_pretrained(tiny_qwen)
+    eos = tok.eos_token_id
+
+    def likelier_eos(module, args, out):  # about 6% a step: rows stop early and unevenly
+        out[..., eos] += 4.0
+        return out
+
+    s = Sampling(max_tokens=24, seed=7)
+    calls: list[int] = []
+    hook = model.model.register_forward_pre_hook(lambda *a: calls.append(1))
+    bias = model.lm_head.register_forward_hook(likelier_eos)
+    got = {}
+    try:
+        for every in (1, hf.ANY_EVERY):
+            monkeypatch.setattr(hf, "_any_every", lambda device, every=every: every)
+            calls.clear()
+            engine = HFEngine(model, tok, batch_size=4, record_routing=True)  # a group a batch
+            got[every] = (engine.generate(PROMPTS, 4, s), len(calls))
+    finally:
+        hook.remove()
+        bias.remove()
+    (each, passes_each), (few, passes_few) = got[1], got[hf.ANY_EVERY]
+    lengths = {len(c.token_ids) for g in each for c in g.completions}
+    assert len(lengths) > 2, lengths  # rows end at different steps
+    assert passes_few > passes_each  # a batch ended early: padding steps ran, and were dropped
+    for g, h in zip(each, few):
+        for a, b in zip(g.completions, h.completions):
+            assert (a.token_ids, a.finish_reason) == (b.token_ids, b.finish_reason)
+            assert a.logprobs == b.logprobs
+            assert torch.equal(a.routed_experts, b.routed_experts)
