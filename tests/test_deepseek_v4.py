@@ -262,7 +262,7 @@ def test_grpo_steps_change_weights_with_finite_metrics(tmp_path):
     from r1kit.config import load_config
     from r1kit.train import build_trainer
 
-    cfg = load_config(REPO / "recipes/tiny_grpo_hf.yaml", [
+    cfg = load_config(REPO / "tests/data/tiny_grpo_random.yaml", [
         f"log.out_dir={tmp_path}", "model.path=tiny:deepseek_v4", "rollout.n=4",
         "rollout.batch_size=4", "rollout.max_tokens=12", "train.prompts_per_step=2",
         "train.steps=3", "train.lr=1e-3", "train.sample_every=0", "train.save_every=0",

@@ -44,7 +44,7 @@ def test_sleep_on_where_it_cannot_work_is_refused(engine, gpu, async_steps, says
 def test_train_refuses_sleep_on_cpu_in_one_line(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "r1kit.cli", "train", str(REPO / "recipes/tiny_grpo_hf.yaml"),
+        [sys.executable, "-m", "r1kit.cli", "train", str(REPO / "tests/data/tiny_grpo_random.yaml"),
          f"log.out_dir={out}", "rollout.engine=vllm", "rollout.sleep=always"],
         capture_output=True, text=True, timeout=300, cwd=REPO, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -85,7 +85,7 @@ def test_trainer_sleeps_after_the_rollout_and_wakes_weights_before_the_kv_cache(
     from r1kit.config import load_config
     from r1kit.train import build_trainer
 
-    cfg = load_config(REPO / "recipes/tiny_grpo_hf.yaml", [
+    cfg = load_config(REPO / "tests/data/tiny_grpo_random.yaml", [
         f"log.out_dir={tmp_path}", "reward.funcs=[rewards.toy:digit_share]",
         "reward.weights=[1.0]", "rollout.max_tokens=8", "algo.filter_zero_variance=false",
         "train.steps=1", "train.sample_every=0", "train.tensorboard=false", "algo.beta=0.01"])

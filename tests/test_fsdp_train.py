@@ -29,7 +29,7 @@ from tests.test_resume import complete_lines, kill_when
 
 pytestmark = pytest.mark.slow
 
-ARGS = ["recipes/tiny_grpo_hf.yaml", "reward.funcs=[rewards.toy:digit_share]",
+ARGS = ["tests/data/tiny_grpo_random.yaml", "reward.funcs=[rewards.toy:digit_share]",
         "reward.weights=[1.0]", "algo.mask_truncated=false", "rollout.max_tokens=16",
         "train.lr=1e-2", "train.token_budget=128", "rollout.max_model_len=128",
         "train.tensorboard=false", "train.deterministic=true", "reward.workers=1",

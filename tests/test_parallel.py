@@ -83,7 +83,7 @@ def test_every_rank_samples_the_one_rank_rollout(tmp_path, tiny_cache):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "R1KIT_CACHE": str(tiny_cache),
            "PYTHONPATH": str(REPO)}
     args = ["-m", "bench.ranks", "--worker"]  # saves each rank's step-0 rollout
-    common = [str(REPO / "recipes/tiny_grpo_hf.yaml"),
+    common = [str(REPO / "tests/data/tiny_grpo_random.yaml"),
               "reward.funcs=[rewards.toy:digit_share_odd_only]",
               "reward.weights=[1.0]", "rollout.max_tokens=12", "rollout.n=3",
               "train.prompts_per_step=5", "rollout.batch_size=4", "rollout.max_model_len=128",
@@ -124,7 +124,7 @@ def test_r1kit_train_on_two_processes_matches_one(tmp_path, tiny_cache):
     from safetensors.torch import load_file
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "R1KIT_CACHE": str(tiny_cache)}
-    args = ["-m", "r1kit.cli", "train", "--no-progress", str(REPO / "recipes/tiny_grpo_hf.yaml"),
+    args = ["-m", "r1kit.cli", "train", "--no-progress", str(REPO / "tests/data/tiny_grpo_random.yaml"),
             "reward.funcs=[rewards.toy:digit_share]", "reward.weights=[1.0]",
             "algo.mask_truncated=false", "rollout.max_tokens=16", "train.lr=1e-2",
             "train.token_budget=128", "rollout.max_model_len=128", "train.steps=2",
@@ -162,7 +162,7 @@ def test_colocated_vllm_engine_on_two_ranks_is_refused_before_loading(tmp_path, 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "R1KIT_CACHE": str(tiny_cache)}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "r1kit.cli", "train", "--no-progress", str(REPO / "recipes/tiny_grpo_hf.yaml"),
+         "-m", "r1kit.cli", "train", "--no-progress", str(REPO / "tests/data/tiny_grpo_random.yaml"),
          "rollout.engine=vllm", f"log.out_dir={tmp_path}"],
         env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode != 0

@@ -328,7 +328,7 @@ def test_bad_plan_settings_name_the_key():
 
 def test_main_prints_the_tables_and_writes_json(tmp_path, capsys):
     out = tmp_path / "plan.json"
-    rc = main([str(REPO / "recipes/tiny_grpo_hf.yaml"), "plan.gpus=2", "train.parallel=fsdp2",
+    rc = main([str(REPO / "tests/data/tiny_grpo_random.yaml"), "plan.gpus=2", "train.parallel=fsdp2",
                "--json", str(out)])
     assert rc == 0
     text = capsys.readouterr().out

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slow
 
 STEPS = 6
 ARGS = [
-    "recipes/tiny_grpo_hf.yaml",
+    "tests/data/tiny_grpo_random.yaml",
     "rollout.n=4", "train.prompts_per_step=2", "rollout.max_tokens=16",
     f"train.steps={STEPS}", "train.save_every=2", "train.keep_last=2", "train.lr=1e-2",
     "algo.mask_truncated=false", "reward.funcs=[rewards.toy:digit_share]", "reward.weights=[1.0]",

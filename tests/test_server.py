@@ -347,7 +347,7 @@ def test_sigkill_of_r1kit_training_on_a_data_parallel_server_leaves_nothing(tiny
     env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
     env.update(R1KIT_CACHE=str(tiny_cache), VLLM_CPU_KVCACHE_SPACE="1", TMPDIR=str(tmp),
                TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
-    cmd = [sys.executable, "-m", "r1kit.cli", "train", str(REPO / "recipes/tiny_grpo_hf.yaml"),
+    cmd = [sys.executable, "-m", "r1kit.cli", "train", str(REPO / "tests/data/tiny_grpo_random.yaml"),
            f"log.out_dir={out}", *TRAIN_DP]
     with open(tmp_path / "train.stderr", "w") as err:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)

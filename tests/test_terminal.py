@@ -47,7 +47,7 @@ def no_update_run(tmp_path_factory) -> tuple[int, str, str]:
     """``r1kit train`` with progress bars where no step updates: the random-init policy never
     answers right in 4 tokens, so every group has zero reward variance (each step warns)."""
     out = tmp_path_factory.mktemp("no-update")
-    proc = start("train", "recipes/tiny_grpo_hf.yaml", f"log.out_dir={out}", *TINY,
+    proc = start("train", "tests/data/tiny_grpo_random.yaml", f"log.out_dir={out}", *TINY,
                  "train.steps=2", "rollout.max_tokens=4", "algo.max_refills=0",
                  "reward.funcs=[accuracy]", "reward.weights=[1.0]")
     stdout, stderr = proc.communicate(timeout=300)
@@ -79,7 +79,7 @@ def test_warnings_do_not_land_on_the_progress_bar_line(no_update_run):
 def test_ctrl_c_during_training_names_the_checkpoint_to_resume_from(tmp_path):
     """Ctrl-C once a checkpoint exists: exit 130 and one line on stderr giving the step it
     stopped at and the checkpoint a re-run resumes from (the newest one on disk)."""
-    proc = start("train", "recipes/tiny_grpo_hf.yaml", f"log.out_dir={tmp_path}", *TINY,
+    proc = start("train", "tests/data/tiny_grpo_random.yaml", f"log.out_dir={tmp_path}", *TINY,
                  "train.steps=100000", "train.save_every=1", "rollout.max_tokens=8",
                  "reward.funcs=[rewards.toy:digit_share]", "reward.weights=[1.0]",
                  "algo.mask_truncated=false", "--no-progress")

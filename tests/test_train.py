@@ -26,7 +26,7 @@ LEARN = ["reward.funcs=[rewards.toy:digit_share]", "reward.weights=[1.0]",
 
 def train(out: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    cmd = [sys.executable, "-m", "r1kit.cli", "train", str(REPO / "recipes/tiny_grpo_hf.yaml"),
+    cmd = [sys.executable, "-m", "r1kit.cli", "train", str(REPO / "tests/data/tiny_grpo_random.yaml"),
            f"log.out_dir={out}", *overrides]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     if check:
@@ -227,7 +227,7 @@ def test_reward_workers_start_before_the_model_and_stop_when_building_fails(tmp_
     from r1kit.generate import PromptTooLong
     from r1kit.train import build_trainer
 
-    cfg = load_config(REPO / "recipes/tiny_grpo_hf.yaml", [
+    cfg = load_config(REPO / "tests/data/tiny_grpo_random.yaml", [
         f"log.out_dir={tmp_path}", "rollout.max_model_len=100", "rollout.max_tokens=60",
         "train.token_budget=4096", "reward.workers=2"])
     me = psutil.Process()
@@ -250,7 +250,7 @@ def test_truncated_reward_replaces_the_score_of_unfinished_completions(tmp_path)
 
     got = {}
     for value in ("null", "-0.5"):
-        cfg = load_config(REPO / "recipes/tiny_grpo_hf.yaml", [
+        cfg = load_config(REPO / "tests/data/tiny_grpo_random.yaml", [
             f"log.out_dir={tmp_path / value}", *LEARN, "rollout.max_tokens=4",
             "algo.filter_zero_variance=false", f"algo.truncated_reward={value}",
             "train.tensorboard=false"])
@@ -271,7 +271,7 @@ def _one_bf16_step(out: Path, mixed: bool):
     from r1kit.config import load_config
     from r1kit.train import build_trainer
 
-    cfg = load_config(REPO / "recipes/tiny_grpo_hf.yaml", [
+    cfg = load_config(REPO / "tests/data/tiny_grpo_random.yaml", [
         f"log.out_dir={out}", "model.dtype=bfloat16", f"train.mixed_precision={str(mixed).lower()}",
         *LEARN, "train.lr=1e-5", "train.steps=1", "train.sample_every=0", "algo.beta=0.01",
         "train.tensorboard=false"])
