@@ -7,9 +7,10 @@ batches. What it guarantees:
 - A reward that raises, returns the wrong number of scores, or returns a non-finite score,
   scores 0 for the affected samples and counts as an *error*; one that runs past its time
   limit scores 0 and counts as a *timeout*; one whose worker dies (``os._exit``, a signal,
-  the OOM killer) scores 0 and counts as a *crash*. Each is logged (``logging``, warning),
-  and counted per reward label in the batch's ``ScoreResult`` and in ``failures``. None of
-  them raises out of ``score``.
+  the OOM killer) scores 0 and counts as a *crash*. Each is counted per reward label in the
+  batch's ``ScoreResult`` and in ``failures``, and logged: one warning per reward and batch
+  (counts and the first failure; each sample's at debug level). None of them raises out of
+  ``score``.
 - A timed-out worker is killed and replaced, and a dead one replaced (pebble does both).
   Processes a gone worker started are killed too if they stayed in its process group:
   each worker makes itself a group leader, and the scorer kills the groups of gone
@@ -193,13 +194,25 @@ class _Batch:
     scores: dict[str, list[float]]
     failures: dict[str, FailureCounts]
     failed: dict[str, list[int]] = field(default_factory=dict)
+    first: dict[str, tuple[int, str]] = field(default_factory=dict)
+    """label -> the lowest failing sample and its message, for the batch's summary line."""
 
     def fail(self, label: str, index: int, kind: str, detail: str) -> None:
         counts = self.failures[label]
         setattr(counts, kind, getattr(counts, kind) + 1)
         self.failed.setdefault(label, []).append(index)
         word = {"errors": "error", "timeouts": "timeout", "crashes": "crash"}[kind]
-        log.warning("reward %r failed on sample %d (%s): %s", label, index, word, detail)
+        if label not in self.first or index < self.first[label][0]:
+            self.first[label] = (index, f"sample {index} ({word}): {detail}")
+        log.debug("reward %r failed on sample %d (%s): %s", label, index, word, detail)
+
+    def summarise(self, n: int) -> None:
+        """One warning per reward that failed in this batch, not one per sample."""
+        for label, counts in self.failures.items():
+            if counts.total:
+                log.warning("reward %r failed on %d of %d samples (%d errors, %d timeouts, "
+                            "%d crashes); the first: %s", label, counts.total, n, counts.errors,
+                            counts.timeouts, counts.crashes, self.first[label][1])
 
 
 class Scorer:
@@ -290,6 +303,7 @@ class Scorer:
         self._drain(pending, batch, completions, columns)
         if any(c.total for c in batch.failures.values()):
             self._kill_orphan_groups()
+            batch.summarise(n)
         for label, counts in batch.failures.items():
             for kind in ("errors", "timeouts", "crashes"):
                 cum = self.failures[label]

@@ -81,6 +81,16 @@ def scorer():
         yield s
 
 
+def test_a_reward_failing_on_every_sample_warns_once_for_the_batch(scorer, caplog):
+    with caplog.at_level(logging.WARNING, logger="rewards.scorer"):
+        result = scorer.score(["boom"] * 6, answer=["x"] * 6)
+    assert result.failures["raises_on_boom"] == FailureCounts(errors=6)
+    lines = [r.getMessage() for r in caplog.records if "raises_on_boom" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "failed on 6 of 6 samples (6 errors, 0 timeouts, 0 crashes)" in lines[0]
+    assert "sample 0 (error): RuntimeError: boom" in lines[0]
+
+
 def test_misbehaving_rewards_score_zero_and_are_counted(scorer, caplog):
     completions = ["ok1", "boom", "hang", "die", "big", "ok22", "nan", "ok333", "ok4444"]
     answers = ["ok1", "x", "hang", "x", "x", "ok22", "x", "x", "ok4444"]
@@ -112,6 +122,9 @@ def test_misbehaving_rewards_score_zero_and_are_counted(scorer, caplog):
     logged = caplog.text
     assert "RuntimeError: boom" in logged and "MemoryError" in logged
     assert "timeout" in logged and "crash" in logged and "non-finite" in logged
+
+    # One warning per failing reward and batch, not one per sample.
+    assert sum("raises_on_boom" in r.getMessage() for r in caplog.records) == 1
 
     # The pool keeps working for the next batch, and the counts accumulate.
     again = scorer.score(["a", "bb", "hang"], answer=["a", "x", "x"])
