@@ -32,8 +32,10 @@ update peak memory, seconds and MFU), ``logprob_memory`` (the chunked log-prob p
 logits at V=151,936, and the ``logprob_chunk`` sweep with the recommended chunk),
 ``sync_debug`` (synchronizing CUDA calls in one update and one generate), ``deterministic``
 (update and generate twice, bit-identical, in a fresh process with ``CUBLAS_WORKSPACE_CONFIG``)
-and ``trl_step`` (the same step through TRL's ``GRPOTrainer``, ``bench.gpu_trl``). Running the
-CPU test subset on ``cuda`` is not part of it: the tests pick their devices themselves.
+and ``trl_step`` (the same step through TRL's ``GRPOTrainer``, ``bench.gpu_trl``). Last, on a
+GPU, ``cpu_tests``: the loss, log-prob and host-sync tests (``CPU_TESTS``) run again under
+pytest with ``R1KIT_TEST_DEVICE=cuda``, which makes the GPU torch's default device for every
+tensor they create (``tests/conftest.py``), in the last ``CPU_TESTS_SHARE`` of the budget.
 
 It prints one Markdown table and writes the JSON (``--out``) and the same table as Markdown next
 to it (``X.json`` -> ``X.md``, for ``docs/BENCHMARKS.md``). Without a GPU it exits with one
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,6 +65,9 @@ from bench.harness import machine, parser, write_result
 CHUNK = 1024  # train.logprob_chunk for the FSDP2 check
 GIB = 2**30
 SECTIONS = ("grpo_step", "trl_step", "logprob_memory", "sync_debug", "deterministic")
+# CPU tests run again with every tensor they make on the GPU (R1KIT_TEST_DEVICE, tests/conftest.py).
+CPU_TESTS = ("tests/test_grpo_losses.py", "tests/test_logprobs.py", "tests/test_host_syncs.py")
+CPU_TESTS_SHARE = 0.15  # of the budget, kept for them after the sections
 
 
 def worker(out: str, device: str, small: bool, rows: int, tokens: int) -> None:
@@ -279,7 +285,7 @@ def rows_of(res: dict[str, Any]) -> list[list[str]]:
                 out += ROWS[name](res)
             except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:  # the JSON has it
                 out.append([name, "ERROR", f"figures not rendered ({type(e).__name__}: {e})", ""])
-    return out
+    return out + cpu_test_rows(res)
 
 
 def markdown(headers: list[str], rows: list[list[str]]) -> str:
@@ -290,14 +296,16 @@ def markdown(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(headers), line(["---"] * len(headers)), *map(line, rows)])
 
 
-def start(cmd: list[str], log: Path) -> subprocess.Popen:
+def start(cmd: list[str], log: Path, extra_env: dict[str, str] | None = None
+          ) -> subprocess.Popen:
     """A worker in its own process group (so that a timeout kills all of it), its output to
-    ``log``."""
+    ``log``; run from the repository (the CPU tests' paths are relative to it)."""
     repo = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]),
+           **(extra_env or {})}
     with open(log, "w") as f:
         return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, cwd=repo)
 
 
 def finish(proc: subprocess.Popen, log: Path, deadline: float) -> str | None:
@@ -333,7 +341,7 @@ def run_all(args: Any, tmp: Path) -> dict[str, Any]:
                   fsdp2_log)
     cuda = args.device == "cuda"
     fsdp2_why = finish(fsdp2, fsdp2_log, begin + 0.4 * args.budget_s) if cuda else None
-    end = begin + args.budget_s
+    end = begin + args.budget_s * (1 - CPU_TESTS_SHARE if cuda else 1)
     steps = start([sys.executable, "-m", "bench.gpu_sections", str(steps_out), args.device,
                    str(int(args.small)), str(time.time() + end - time.perf_counter() - 0.08 * args.budget_s)],
                   steps_log)
@@ -348,9 +356,47 @@ def run_all(args: Any, tmp: Path) -> dict[str, Any]:
     for name in SECTIONS:
         if steps_why and name not in res:
             res[name] = {"error": steps_why}
+    if cuda:
+        res["cpu_tests"] = cpu_tests(tmp / "cpu_tests.log", begin + args.budget_s)
     res["device"] = res["fsdp2"].get("device") or res.get("device", args.device)
     res["seconds"] = time.perf_counter() - begin
     return res
+
+
+def cpu_tests(log: Path, deadline: float, device: str = "cuda",
+              tests: tuple[str, ...] = CPU_TESTS) -> dict[str, Any]:
+    """``tests`` under pytest with ``R1KIT_TEST_DEVICE=device``: the loss, log-prob and
+    host-sync tests with their tensors on the GPU. Their counts, and the failing tests' ids."""
+    if deadline - time.perf_counter() < 20:
+        return {"skipped": BUDGET_SPENT}
+    t0 = time.perf_counter()
+    proc = start([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+                 log, {"R1KIT_TEST_DEVICE": device})
+    why = finish(proc, log, deadline)
+    text = log.read_text(errors="replace")
+    counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|errors?)\b",
+                                                     text.splitlines()[-1] if text else "")}
+    out: dict[str, Any] = {"passed": counts.get("passed", 0),
+                           "failed": [ln.split()[1] for ln in text.splitlines()
+                                      if ln.startswith(("FAILED ", "ERROR "))],
+                           "seconds": time.perf_counter() - t0}
+    if why and not out["failed"]:  # killed, or pytest itself failed: no test said why
+        out["error"] = why
+    return out
+
+
+def cpu_test_rows(res: dict[str, Any]) -> list[list[str]]:
+    sec = res.get("cpu_tests")
+    if sec is None:
+        return []
+    if "error" in sec or "skipped" in sec:
+        return [["cpu_tests", "ERROR" if "error" in sec else "skipped",
+                 summary(sec["error"]) if "error" in sec else sec["skipped"], ""]]
+    failed = sec["failed"]
+    what = f"{len(CPU_TESTS)} CPU test files on cuda"
+    told = f"{sec['passed']} passed, {len(failed)} failed" + (
+        f" ({', '.join(failed[:4])}{', ...' if len(failed) > 4 else ''})" if failed else "")
+    return [["cpu_tests", what, told, f"{sec['seconds']:.0f}"]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -394,6 +440,9 @@ def ok(res: dict[str, Any]) -> bool:
     if "error" in f or any("error" in res.get(name, {"error": 1}) for name in SECTIONS):
         return False
     if any(res.get(name, {}).get("skipped") == BUDGET_SPENT for name in SECTIONS):
+        return False
+    tests = res.get("cpu_tests", {})
+    if "error" in tests or tests.get("failed"):
         return False
     same = "skipped" in d or all(d.get(k) for k in ("tokens_equal", "loss_equal",
                                                       "grad_norm_equal", "weights_equal"))

@@ -144,7 +144,7 @@ def to_device(t: Tensor, device: Any) -> Tensor:
     """``t`` (on the host) on ``device``: on CUDA from pinned memory without blocking, so the
     copy queues behind the device's work instead of waiting for it."""
     device = torch.device(device)
-    if device.type == "cuda":
+    if device.type == "cuda" and t.device.type == "cpu":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
 

@@ -12,6 +12,11 @@ import pytest
 # vLLM's CPU backend reserves this many GiB of KV cache per engine; tests need little.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
+if os.environ.get("R1KIT_TEST_DEVICE"):  # `make gpu-check` runs a subset with tensors on a GPU
+    import torch
+
+    torch.set_default_device(os.environ["R1KIT_TEST_DEVICE"])
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,6 +14,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -119,3 +120,22 @@ def test_gpu_check_without_a_gpu_says_so_in_one_line():
                           text=True, timeout=120, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "no CUDA device" in proc.stderr
+
+
+def test_cpu_tests_on_a_device_are_counted_and_a_failure_named(tmp_path):
+    """The ``cpu_tests`` part (run on a GPU with ``R1KIT_TEST_DEVICE=cuda``), here with the CPU
+    as the device: a passing and a failing test (an assertion on the default device, which
+    ``R1KIT_TEST_DEVICE`` sets) are counted, the failure named, and its row fails the check."""
+    from bench.gpu_check import cpu_test_rows, cpu_tests
+
+    probe = tmp_path / "test_probe.py"
+    probe.write_text("import torch\n\ndef test_on_the_device():\n"
+                     "    assert torch.zeros(1).device.type == 'cpu'\n\n"
+                     "def test_elsewhere():\n    assert torch.zeros(1).device.type == 'meta'\n")
+    res = cpu_tests(tmp_path / "log", time.perf_counter() + 120, "cpu", (str(probe),))
+    assert res["passed"] == 1 and [t.split("::")[1] for t in res["failed"]] == ["test_elsewhere"]
+    row = cpu_test_rows({"cpu_tests": res})[0]
+    assert row[2].startswith("1 passed, 1 failed (")
+    base = {"fsdp2": {"placement": {"off_device": 0}, "checkpoint": {"equal": True}}}
+    base.update({name: {"ok": 1} for name in SECTIONS}, deterministic={"skipped": "cpu"})
+    assert ok(base) and not ok({**base, "cpu_tests": res})
