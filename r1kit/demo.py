@@ -85,6 +85,80 @@ def plot_curves(metrics_path: Path, png: Path) -> None:
     plt.close(fig)
 
 
+def graded(run: Path, suite: str) -> dict[str, tuple[list[bool], list[bool]]]:
+    """Per problem id, each completion's correctness and format flag (``samples/``)."""
+    out = {}
+    for line in (run / "samples" / f"{suite}.jsonl").read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            cs = row["completions"]
+            out[row["id"]] = ([bool(c["correct"]) for c in cs], [bool(c["format"]) for c in cs])
+    return out
+
+
+def pass_curve(rows: dict[str, tuple[list[bool], list[bool]]], n: int) -> list[float]:
+    """pass@k for k = 1..n (unbiased, mean over problems)."""
+    from eval.metrics import pass_at_k
+
+    return [sum(pass_at_k(n, sum(c), k) for c, _ in rows.values()) / len(rows)
+            for k in range(1, n + 1)]
+
+
+def formatted_accuracy(before: dict, after: dict, samples: int = 2000,
+                       seed: int = 0) -> dict[str, float]:
+    """Accuracy among completions in the R1 format, before and after, over the problems both
+    runs scored, and the paired 95% interval of the difference: problems resampled with
+    replacement (the same draw for both runs), each run's ratio pooled over its formatted
+    completions; a draw where either run has none is dropped.
+
+    >>> b = {"p": ([True, False], [True, True]), "q": ([False, False], [False, True])}
+    >>> a = {"p": ([True, True], [True, True]), "q": ([True, False], [True, True])}
+    >>> r = formatted_accuracy(b, a, samples=200); round(r["before"], 3), round(r["after"], 3)
+    (0.333, 0.75)
+    """
+    import numpy as np
+
+    ids = sorted(set(before) & set(after))
+
+    def counts(rows):  # (problems, 2): correct-and-formatted, formatted
+        return np.array([[sum(c and f for c, f in zip(*rows[i])), sum(rows[i][1])] for i in ids],
+                        dtype=float)
+
+    cb, ca = counts(before), counts(after)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(ids), size=(samples, len(ids)))
+    sb, sa = cb[draws].sum(1), ca[draws].sum(1)  # (samples, 2)
+    keep = (sb[:, 1] > 0) & (sa[:, 1] > 0)
+    diff = sa[keep, 0] / sa[keep, 1] - sb[keep, 0] / sb[keep, 1]
+    b_all, a_all = cb.sum(0), ca.sum(0)
+    low, high = (np.percentile(diff, [2.5, 97.5]) if keep.any() else (float("nan"),) * 2)
+    return {"before": float(b_all[0] / max(b_all[1], 1)),
+            "after": float(a_all[0] / max(a_all[1], 1)),
+            "formatted_before": int(b_all[1]), "formatted_after": int(a_all[1]),
+            "low": float(low), "high": float(high)}
+
+
+def plot_pass_curve(before: list[float], after: list[float], png: Path) -> None:
+    """pass@k against k, base and RL policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = range(1, len(before) + 1)
+    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    ax.plot(ks, [100 * v for v in before], "o-", label="base")
+    ax.plot(ks, [100 * v for v in after], "s-", label="after RL")
+    ax.set_xlabel("k")
+    ax.set_ylabel("pass@k (%)")
+    ax.set_xticks(list(ks))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
 def _first_sample(run: Path, suite: str) -> tuple[str, str, bool]:
     row = json.loads((run / "samples" / f"{suite}.jsonl").read_text().splitlines()[0])
     c = row["completions"][0]
@@ -103,6 +177,24 @@ def report(out: Path, before: dict, after: dict, cmp: dict, timings: dict, suite
 
     q, before_text, ok_b = _first_sample(out / "eval_before", suite)
     _, after_text, ok_a = _first_sample(out / "eval_after", suite)
+    rows_b, rows_a = graded(out / "eval_before", suite), graded(out / "eval_after", suite)
+    curve_b, curve_a = pass_curve(rows_b, n), pass_curve(rows_a, n)
+    plot_pass_curve(curve_b, curve_a, out / "pass_at_k.png")
+    fa = formatted_accuracy(rows_b, rows_a)
+    maj = f"maj@{n}"
+    sharpen = [
+        "RL and the answers the model already gives (DeepSeekMath, section 5.2.2): pass@k for "
+        f"k = 1..{n} and maj@{n}, in % (`pass_at_k.png`):", "",
+        "| metric (%) | base | after RL |", "|---|---|---|",
+        *[f"| pass@{k} | {100 * x:.1f} | {100 * y:.1f} |"
+          for k, x, y in zip(range(1, n + 1), curve_b, curve_a)],
+        *([f"| {maj} | {100 * b['metrics'][maj]['value']:.1f} | "
+           f"{100 * a['metrics'][maj]['value']:.1f} |"] if maj in b["metrics"] else []), "",
+        f"Accuracy among answers in the R1 format: {100 * fa['before']:.1f}% of "
+        f"{fa['formatted_before']} formatted completions before, {100 * fa['after']:.1f}% of "
+        f"{fa['formatted_after']} after; difference {100 * (fa['after'] - fa['before']):+.1f} "
+        f"points, paired 95% interval {100 * fa['low']:+.1f} to {100 * fa['high']:+.1f} "
+        "(problems resampled).", ""]
     lines = [
         "# r1kit demo: R1-Zero on the tiny Qwen3-MoE", "",
         f"Held-out arithmetic, {b['problems']} problems x {n} samples (temperature "
@@ -112,12 +204,13 @@ def report(out: Path, before: dict, after: dict, cmp: dict, timings: dict, suite
         row("format compliance", b["format"], a["format"]),
         f"| mean length (tokens) | {b['length']:.1f} | {a['length']:.1f} |", "",
         f"Paired comparison over the same problems: {m['verdict']}", "",
+        *sharpen,
         f"Example, \"{q}\":", "",
         f"- base ({'right' if ok_b else 'wrong'}): `{' '.join(before_text.split())}`",
         f"- after RL ({'right' if ok_a else 'wrong'}): `{' '.join(after_text.split())}`", "",
         "| phase | seconds |", "|---|---|",
         *[f"| {k} | {v:.0f} |" for k, v in timings.items()], "",
-        "Files: `curves.png`, `metrics.jsonl`, `tb/` (TensorBoard), `checkpoints/` (the final "
+        "Files: `curves.png`, `pass_at_k.png`, `metrics.jsonl`, `tb/` (TensorBoard), `checkpoints/` (the final "
         "model opens with `AutoModelForCausalLM.from_pretrained`), `eval_before/` and "
         "`eval_after/` (report.md, summary.json, samples/), `compare.json`.",
     ]

@@ -31,6 +31,9 @@ def test_short_demo_writes_every_artefact(tiny_cache, tmp_path):
         assert (out / path).is_file() and (out / path).stat().st_size > 0, path
     assert any((out / "tb").iterdir())
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "pass_at_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| pass@1 |" in r.stdout and "| pass@2 |" in r.stdout and "| maj@2 |" in r.stdout
+    assert "Accuracy among answers in the R1 format" in r.stdout
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2, 3]
     for row in rows:  # a weak base may give steps with no update (all groups filtered)
@@ -62,3 +65,22 @@ def test_base_is_reproducible_from_its_seed(tiny_cache, tmp_path):
     assert all(torch.equal(first[k], second[k]) for k in first)
     meta = json.loads((b / "r1kit_tiny.json").read_text())
     assert meta["base"]["sft_steps"] == 4 and meta["family"] == "qwen3_moe"
+
+
+def test_formatted_accuracy_interval_is_paired_over_problems():
+    """The same runs: a difference of 0 inside the interval; every formatted answer turned right
+    on 40 problems: an interval above 0. Unformatted completions count in neither."""
+    import random
+
+    from r1kit.demo import formatted_accuracy
+
+    rnd = random.Random(0)
+    base = {f"p{i}": ([rnd.random() < 0.5 for _ in range(4)], [rnd.random() < 0.7 for _ in range(4)])
+            for i in range(40)}
+    same = formatted_accuracy(base, base)
+    assert same["before"] == same["after"] and same["low"] <= 0 <= same["high"]
+    better = {i: ([True] * 4, f) for i, (_, f) in base.items()}
+    up = formatted_accuracy(base, better)
+    assert up["after"] == 1.0 and up["low"] > 0
+    only_unformatted = {i: ([True] * 4, [False] * 4) for i in base}
+    assert formatted_accuracy(only_unformatted, better)["formatted_before"] == 0
