@@ -23,7 +23,8 @@ Completions are forced to the full 64 tokens on every engine: ``min_new_tokens=6
 ``generation_kwargs``, ``rollout.min_tokens=64`` for r1kit (``Sampling.min_tokens``, which the HF
 engine's decode loop and vLLM's ``min_tokens`` honour). Each contender runs 1 warm-up step, then
 K timed steps; a step is everything between two steps (generation, reward, advantages, loss,
-backward, optimiser, weight sync, logging); the figure is the median. Peak RSS is the worker's ``ru_maxrss`` (reward worker processes not included).
+backward, optimiser, weight sync, logging); the figure is the median. Peak RSS is the worker's
+``ru_maxrss`` (reward worker processes not included).
 
 Memory. A Qwen3-MoE as small as the tiny one but with Qwen's 151,936-token vocabulary (random
 init, no tokenizer), 8 sequences x (512 prompt + 512 completion) tokens: one on-policy log-prob +
@@ -41,14 +42,23 @@ with hardware of its own; vLLM's default binds its threads to every core). The t
 seconds per step, the median generate, update and sync-plus-wait times that explain them, the
 staleness, and the speedup of one-step-off over synchronous (target 1.3x).
 
+``--grid`` runs ``r1kit_hf`` against ``trl_hf`` on rows of settings (a ``Row`` each): the tiny
+Qwen3-MoE and the tiny DeepSeek-V3 (MLA, sigmoid routing with a shared expert) x beta 0 and 0.04
+(KL to the reference, k3, in the loss) x router aux loss 0 and 0.001, both trainers given the same
+prompt token ids (R1-Zero text). Per row, ``--pairs`` (3) interleaved pairs of fresh runs of
+1 + ``--steps`` steps; per run the mean of all steps (the first included: what a short job pays)
+and of steps 2-N; per row the median over pairs of each, and r1kit's ratio to TRL as the median of
+the pairs' ratios (target <= 0.6 on both). The table lists the settings in which the two runs of a
+row differ (``Row.differences``), and r1kit's scoring seconds in step 1 against later steps.
+
 Every contender runs in a fresh subprocess (``python -m bench.train --worker NAME``), so one's
 memory and threads never touch another's. ``OMP_NUM_THREADS`` is set for each (default 1): on a
 small shared machine, two spinning OpenMP threads per process made the same step 8x slower and
 swing from run to run when other jobs were busy; one thread gives stable figures (the JSON records
 the 1-minute load average around each contender). Prints a table and writes JSON.
 
-Run: ``r1kit bench train [--steps 5] [--out runs/bench_train.json] [--no-vocab-bench] [--quick]``
-(also ``python -m bench.train``).
+Run: ``r1kit bench train [--steps 5] [--out runs/bench_train.json] [--no-vocab-bench] [--quick]``,
+``r1kit bench train --grid [FAMILY,BETA,AUX ...] [--pairs 3]`` (also ``python -m bench.train``).
 """
 
 from __future__ import annotations
@@ -64,11 +74,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from bench.harness import Stopwatch, machine, parser, table, timed, write_result
+from bench.harness import Stopwatch, interleaved, machine, parser, table, timed, write_result
 
 PROMPTS, GROUP, MAX_TOKENS = 4, 8, 64
 LR, CLIP_LOW, CLIP_HIGH = 1e-6, 0.2, 0.28
@@ -81,6 +92,87 @@ ASYNC_TARGET = 1.3
 """``--async``: one-step-off training at least this many times faster than synchronous."""
 TARGETS = {"r1kit_hf": 0.5, "r1kit_vllm": 0.33, "r1kit_memory": 0.25}
 """r1kit's goal as a ratio to TRL (step time for the step contenders, peak memory increase)."""
+
+
+NO_HF_AUX_LOSS = ("deepseek_v3",)
+"""Families whose transformers model returns no router aux loss (``outputs.aux_loss`` is None)."""
+COMMON_DIFFERENCES = (
+    ("reward: r1kit scores in its reward worker processes (reward.workers=2, started with the "
+     "trainer), TRL calls the function in its own process"),
+    "prompt order: each trainer's own seeded shuffle of the same 64 problems")
+"""``--grid``: where r1kit's and TRL's runs of every row differ, besides the trainers' code."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One configuration that r1kit and TRL both train: ``--grid`` runs several, each in
+    interleaved pairs; the default bench runs ``DEFAULT_ROW``."""
+
+    family: str = "qwen3_moe"
+    """Tiny model family (``r1kit.tiny``): the same checkpoint for both trainers."""
+    beta: float = 0.0
+    """KL coefficient to the reference model; k3 estimator, a per-token loss term, in both."""
+    aux_loss_coef: float = 0.0
+    """MoE router load-balancing loss coefficient: r1kit's ``algo.aux_loss_coef``, TRL's
+    ``router_aux_loss_coef`` (the model's own ``load_balancing_loss_func``)."""
+    prompt_style: str = "r1_zero"
+    """r1kit's ``rollout.prompt_style``. TRL is given the R1-Zero text, so ``r1_zero`` feeds both
+    the same prompt token ids."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.family} beta={self.beta:g} aux={self.aux_loss_coef:g}"
+
+    @property
+    def arg(self) -> str:
+        """The row as ``--row`` takes it.
+
+        >>> Row.parse(Row("deepseek_v3", 0.04, 0.001).arg)
+        Row(family='deepseek_v3', beta=0.04, aux_loss_coef=0.001, prompt_style='r1_zero')
+        """
+        return f"{self.family},{self.beta:g},{self.aux_loss_coef:g},{self.prompt_style}"
+
+    @classmethod
+    def parse(cls, text: str) -> Row:
+        """``FAMILY,BETA,AUX[,PROMPT_STYLE]``."""
+        family, beta, aux, *style = text.split(",")
+        return cls(family, float(beta), float(aux), *style)
+
+    @property
+    def trl_aux_loss_coef(self) -> float:
+        """TRL's coefficient: 0 where transformers' model has no aux loss to weight (TRL would
+        fail on the missing ``aux_loss``); r1kit computes DeepSeek-V3's sequence-wise one."""
+        return 0.0 if self.family in NO_HF_AUX_LOSS else self.aux_loss_coef
+
+    def differences(self) -> list[str]:
+        """Where the two trainers' runs of this row differ, besides the trainers' own code.
+
+        >>> Row().differences() == list(COMMON_DIFFERENCES)
+        True
+        >>> for line in Row("deepseek_v3", 0.04, 0.001, "chat_think").differences()[2:]:
+        ...     print(line)
+        prompts: r1kit's chat_think template, TRL the R1-Zero text
+        aux loss: TRL none (its deepseek_v3 has no aux_loss), r1kit's sequence-wise one x 0.001
+        """
+        out = list(COMMON_DIFFERENCES)
+        if self.prompt_style != "r1_zero":
+            out.append(f"prompts: r1kit's {self.prompt_style} template, TRL the R1-Zero text")
+        if self.aux_loss_coef != self.trl_aux_loss_coef:
+            out.append(f"aux loss: TRL none (its {self.family} has no aux_loss), r1kit's "
+                       f"sequence-wise one x {self.aux_loss_coef:g}")
+        return out
+
+
+DEFAULT_ROW = Row(prompt_style="chat_think")
+"""The default bench's configuration: r1kit in its default prompt style (chat_think), TRL on the
+R1-Zero text, as the bench has always run them."""
+V4_ROW = Row("deepseek_v4", prompt_style="chat_think")
+"""``r1kit_hf_v4``: the default bench on the tiny DeepSeek-V4."""
+GRID = tuple(Row(family, beta, aux) for family in ("qwen3_moe", "deepseek_v3")
+             for beta in (0.0, 0.04) for aux in (0.0, 0.001))
+GRID_TARGET = 0.6
+"""``--grid``: r1kit's step time at most this many times TRL's, on the 6-step mean (first step
+included) and on steps 2-N, median of the interleaved pairs."""
 
 
 def digit_reward(completions: list[str], **_: Any) -> list[float]:
@@ -137,6 +229,7 @@ def _step_summary(seconds: list[float], extra: dict[str, Any]) -> dict[str, Any]
 
 
 def _problems() -> list[str]:
+    """TRL's prompts: the R1-Zero text of the problems r1kit draws (``data.num_prompts=64``)."""
     from r1kit.config import DataConfig
     from r1kit.generate import load_problems
     from rollouts.prompts import r1_zero_prompt
@@ -148,7 +241,7 @@ def _problems() -> list[str]:
 # Step-time workers
 
 
-def worker_trl_hf(steps: int) -> dict[str, Any]:
+def worker_trl_hf(steps: int, row: Row = DEFAULT_ROW) -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -156,7 +249,7 @@ def worker_trl_hf(steps: int) -> dict[str, Any]:
 
     from r1kit.tiny import build_tiny
 
-    path = build_tiny("qwen3_moe")
+    path = build_tiny(row.family)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
 
@@ -181,10 +274,10 @@ def worker_trl_hf(steps: int) -> dict[str, Any]:
         output_dir=out, report_to="none", use_vllm=False, use_cpu=True, bf16=False,
         temperature=1.0, num_generations=GROUP, per_device_train_batch_size=PROMPTS * GROUP,
         generation_batch_size=PROMPTS * GROUP, max_completion_length=MAX_TOKENS,
-        generation_kwargs={"min_new_tokens": MAX_TOKENS}, beta=0.0, loss_type="dapo",
+        generation_kwargs={"min_new_tokens": MAX_TOKENS}, beta=row.beta, loss_type="dapo",
         epsilon=CLIP_LOW, epsilon_high=CLIP_HIGH, learning_rate=LR, max_grad_norm=1.0,
-        router_aux_loss_coef=0.0, max_steps=1 + steps, save_strategy="no", logging_steps=1,
-        disable_tqdm=True, seed=0)
+        router_aux_loss_coef=row.trl_aux_loss_coef, max_steps=1 + steps, save_strategy="no",
+        logging_steps=1, disable_tqdm=True, seed=0)
     clock = Clock()
     trainer = GRPOTrainer(
         model=model, reward_funcs=lambda completions, **kw: digit_reward(completions),
@@ -194,7 +287,7 @@ def worker_trl_hf(steps: int) -> dict[str, Any]:
     return _step_summary(clock.watch.laps, {"completion_len": statistics.mean(clock.lengths)})
 
 
-def _r1kit_steps(engine: str, steps: int, family: str = "qwen3_moe",
+def _r1kit_steps(engine: str, steps: int, row: Row = DEFAULT_ROW,
                  async_steps: int = 0) -> dict[str, Any]:
     from r1kit.config import load_config, validate_training
     from r1kit.train import build_trainer
@@ -203,10 +296,12 @@ def _r1kit_steps(engine: str, steps: int, family: str = "qwen3_moe",
     cfg = load_config(None, [
         f"rollout.engine={engine}", f"rollout.n={GROUP}", f"rollout.max_tokens={MAX_TOKENS}",
         f"rollout.min_tokens={MAX_TOKENS}",
-        f"rollout.batch_size={GROUP if family == 'deepseek_v4' else PROMPTS * GROUP}",
-        f"model.path=tiny:{family}", "data.num_prompts=64",
+        f"rollout.batch_size={GROUP if row.family == 'deepseek_v4' else PROMPTS * GROUP}",
+        f"rollout.prompt_style={row.prompt_style}", f"model.path=tiny:{row.family}",
+        "data.num_prompts=64",
         "reward.funcs=[bench.train:digit_reward]", "reward.weights=[1.0]",
-        "algo.filter_zero_variance=false", "algo.mask_truncated=false", "algo.beta=0.0",
+        "algo.filter_zero_variance=false", "algo.mask_truncated=false", f"algo.beta={row.beta}",
+        "algo.kl_estimator=k3", f"algo.aux_loss_coef={row.aux_loss_coef}",
         "algo.aggregation=token_mean", "algo.policy_loss=ppo_clip",
         f"algo.clip_low={CLIP_LOW}", f"algo.clip_high={CLIP_HIGH}",
         f"train.prompts_per_step={PROMPTS}", f"train.steps={1 + steps}", f"train.lr={LR}",
@@ -244,7 +339,8 @@ def _r1kit_steps(engine: str, steps: int, family: str = "qwen3_moe",
     tokens = statistics.mean(m["response_len"] for m in metrics) * PROMPTS * GROUP
     return _step_summary(seconds, {"completion_len": statistics.mean(
         m["response_len"] for m in metrics), **parts,
-        "tokens_per_s": tokens / statistics.median(seconds[1:] or seconds)})
+        "tokens_per_s": tokens / statistics.median(seconds[1:] or seconds),
+        "step_parts": [{k: v for k, v in m.items() if k.startswith("time/")} for m in metrics]})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,10 +437,10 @@ def worker_trl_memory(quick: bool) -> dict[str, Any]:
 
 
 WORKERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
-    "trl_hf": lambda a: worker_trl_hf(a.steps),
-    "r1kit_hf": lambda a: _r1kit_steps("hf", a.steps),
+    "trl_hf": lambda a: worker_trl_hf(a.steps, a.row),
+    "r1kit_hf": lambda a: _r1kit_steps("hf", a.steps, a.row),
     "r1kit_vllm": lambda a: _r1kit_steps("vllm", a.steps),
-    "r1kit_hf_v4": lambda a: _r1kit_steps("hf", a.steps, family="deepseek_v4"),
+    "r1kit_hf_v4": lambda a: _r1kit_steps("hf", a.steps, V4_ROW),
     "r1kit_server_sync": lambda a: _r1kit_steps("vllm_server", a.steps),
     "r1kit_server_async": lambda a: _r1kit_steps("vllm_server", a.steps, async_steps=1),
     "trl_memory": lambda a: worker_trl_memory(a.quick),
@@ -356,13 +452,15 @@ WORKERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 # The driver
 
 
-def run_worker(name: str, steps: int, quick: bool, threads: int,
-               timeout_s: float = 1800) -> dict[str, Any]:
-    """Run one contender in a fresh ``python -m bench.train --worker`` process."""
+def run_worker(name: str, steps: int, quick: bool, threads: int, timeout_s: float = 1800,
+               row: Row | None = None) -> dict[str, Any]:
+    """Run one contender in a fresh ``python -m bench.train --worker`` process (on ``row``'s
+    configuration where the contender takes one, ``DEFAULT_ROW`` if None)."""
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         result = Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "bench.train", "--worker", name, "--steps", str(steps),
-               "--result", str(result)] + (["--quick"] if quick else [])
+               "--result", str(result)] + (["--quick"] if quick else []) + (
+               ["--row", row.arg] if row else [])
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get(
             "VLLM_CPU_KVCACHE_SPACE", "1"), "TOKENIZERS_PARALLELISM": "false"}
         env["TMPDIR"] = tmp  # run folders the worker makes are removed with this one
@@ -503,10 +601,99 @@ def _table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------
+# --grid: rows of settings, r1kit against TRL in interleaved pairs
+
+GRID_CONTENDERS = ("r1kit_hf", "trl_hf")
+
+
+def run_grid(rows: Sequence[Row], steps: int, pairs: int, threads: int = 1,
+             save: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
+    """Each row's contenders in ``pairs`` interleaved rounds (the harness's ``interleaved``:
+    r1kit, TRL, then TRL, r1kit, ...), each run a fresh worker of 1 + ``steps`` steps;
+    ``save`` gets the result so far after every row (a long run keeps its finished rows)."""
+    import torch
+
+    load = [os.getloadavg()[0]]
+    result = {
+        "benchmark": "train_grid",
+        "settings": {"prompts": PROMPTS, "group": GROUP, "max_tokens": MAX_TOKENS,
+                     "steps": 1 + steps, "pairs": pairs, "dtype": "float32",
+                     "order": "per row, pairs interleaved r1kit/TRL, alternating who goes first"},
+        "machine": {**machine(torch=True), "threads": threads or torch.get_num_threads(),
+                    "load_average_1min": load},
+        "rows": {},
+        "target": GRID_TARGET,
+    }
+    for row in rows:
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in GRID_CONTENDERS}
+        for pair, name in interleaved(range(pairs), GRID_CONTENDERS):
+            print(f"  {row.name}, pair {pair + 1}/{pairs}: {name} ...", file=sys.stderr,
+                  flush=True)
+            runs[name].append(run_worker(name, steps, False, threads, row=row))
+            load.append(os.getloadavg()[0])
+            print(f"    {_brief(runs[name][-1])}", file=sys.stderr, flush=True)
+        result["rows"][row.name] = {"row": asdict(row), "differences": row.differences(),
+                                    "runs": runs, **_pair_summary(runs)}
+        if save:
+            save(result)
+    return result
+
+
+def _pair_summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per span (``all`` steps, the first included; ``after_first``: steps 2-N) each contender's
+    median over pairs of its mean step, and r1kit's ratio to TRL: the median of the pairs'
+    ratios (a pair shares the machine's load). With r1kit's scoring seconds of step 1 and the
+    median of the later steps'."""
+    errors = [r["error"] for rs in runs.values() for r in rs if "error" in r]
+    if errors:
+        return {"error": errors[0]}
+    out: dict[str, Any] = {}
+    for span, first in (("all", 0), ("after_first", 1)):
+        means = {name: [statistics.mean(r["step_seconds"][first:]) for r in rs]
+                 for name, rs in runs.items()}
+        ratios = [a / b for a, b in zip(means["r1kit_hf"], means["trl_hf"])]
+        out[span] = {**{name: statistics.median(m) for name, m in means.items()},
+                     "ratio": statistics.median(ratios), "pair_ratios": ratios}
+    out["met"] = all(out[span]["ratio"] <= GRID_TARGET for span in ("all", "after_first"))
+    score = [[p.get("time/score", math.nan) for p in r["step_parts"]] for r in runs["r1kit_hf"]]
+    out["r1kit_score_first_s"] = statistics.median(s[0] for s in score)
+    out["r1kit_score_later_s"] = statistics.median(statistics.median(s[1:] or s) for s in score)
+    return out
+
+
+def _grid_table(result: dict[str, Any]) -> str:
+    s, rows = result["settings"], result["rows"]
+    cells = []
+    for name, r in rows.items():
+        if "error" in r:
+            cells.append([name, f"ERROR {r['error'][:100]}"])
+            continue
+        a, b = r["all"], r["after_first"]
+        cells.append([name, *(_fmt(x, ".2f") for x in (
+            a["r1kit_hf"], a["trl_hf"], a["ratio"], b["r1kit_hf"], b["trl_hf"], b["ratio"])),
+            "yes" if r["met"] else "no",
+            _fmt(r["r1kit_score_first_s"], ".2f"), _fmt(r["r1kit_score_later_s"], ".3f")])
+    n = s["steps"]
+    extra = {d: [name for name, r in rows.items() if d in r["differences"]]
+             for r in rows.values() for d in r["differences"] if d not in COMMON_DIFFERENCES}
+    return "\n".join([
+        (f"train grid: {s['prompts']} prompts x {s['group']} completions of {s['max_tokens']} "
+         f"tokens, {n} steps per run, r1kit (HF engine) and TRL in {s['pairs']} interleaved "
+         f"pair(s) per row, median over pairs; {result['machine']['threads']} thread(s), "
+         f"float32; x TRL: median of the pairs' ratios, target <= {result['target']} on both"),
+        table(("row", "r1kit all", "TRL all", "x TRL", "r1kit 2-N", "TRL 2-N", "x TRL",
+               "met", "score 1st", "later"), cells, widths=(31, 9, 7, 5, 9, 7, 5, 3, 9, 6)),
+        (f"all: mean of the {n} steps, the first included; 2-N: mean of steps 2-{n}; score: "
+         "r1kit's scoring seconds in step 1 and later (median)"),
+        "differences in every row: " + "; ".join(COMMON_DIFFERENCES),
+        *(f"differences in {', '.join(names)}: {d}" for d, names in extra.items())])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = parser("r1kit bench train", __doc__,
                 out_help="JSON output path (default runs/bench_train.json; with --async, "
-                "runs/bench_train_async.json)",
+                "runs/bench_train_async.json; with --grid, runs/bench_train_grid.json)",
                 quick=f"a small memory case {MEMORY_SHAPE['quick']} (for smoke tests)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps after 1 warm-up step")
     ap.add_argument("--vocab-bench", action=argparse.BooleanOptionalAction, default=True,
@@ -517,11 +704,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--async", dest="async_mode", action="store_true",
                     help="instead: synchronous against one-step-off training (train.async_steps"
                     "=1) with the vllm_server engine, seconds per step and their parts")
+    ap.add_argument("--grid", nargs="*", type=Row.parse, metavar="FAMILY,BETA,AUX",
+                    help="instead: r1kit_hf against TRL on rows of settings (default: "
+                    "qwen3_moe and deepseek_v3 x beta 0, 0.04 x aux loss 0, 0.001), in "
+                    "interleaved pairs; the mean of all steps and of steps 2-N")
+    ap.add_argument("--pairs", type=int, default=3, help="--grid: interleaved pairs per row")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    ap.add_argument("--row", type=Row.parse, default=DEFAULT_ROW, help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.steps < 1:
-        ap.error("--steps must be >= 1")
+    if args.steps < 1 or args.pairs < 1:
+        ap.error("--steps and --pairs must be >= 1")
     if args.worker:  # inside a subprocess started by run_worker
         import torch
 
@@ -529,6 +722,12 @@ def main(argv: list[str] | None = None) -> int:
         out = WORKERS[args.worker](args)
         Path(args.result).write_text(json.dumps({**out, "torch_threads": threads}))
         return 0
+    if args.grid is not None:
+        path = args.out or Path("runs/bench_train_grid.json")
+        result = run_grid(args.grid or GRID, args.steps, args.pairs, args.threads,
+                          save=lambda r: write_result(path, r))
+        print(_grid_table(result))
+        return 0 if not any("error" in r for r in result["rows"].values()) else 1
     result = run(args.steps, args.vocab_bench, args.quick, args.threads, args.async_mode)
     print(_async_table(result) if args.async_mode else _table(result))
     write_result(args.out or ("runs/bench_train_async.json" if args.async_mode

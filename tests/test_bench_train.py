@@ -1,5 +1,5 @@
 """Smoke test of ``r1kit bench train``: every contender runs (1 timed step, the small memory
-case) and reports finite numbers."""
+case) and reports finite numbers; ``--grid`` runs a row (KL and aux loss on) as a pair."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.vllm]  # ~1 min: 5 subprocesses, one starts vLLM
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]  # ~1.5 min: 7 subprocesses, one starts vLLM
 
 
 def test_bench_train_quick_writes_finite_json(tiny_qwen, tiny_cache, tmp_path, monkeypatch):
@@ -33,6 +33,18 @@ def test_bench_train_quick_writes_finite_json(tiny_qwen, tiny_cache, tmp_path, m
         assert "error" not in r, (name, r)
         assert math.isfinite(r["peak_increase_mb"]) and r["peak_increase_mb"] > 0, (name, r)
     assert all(v is not None and math.isfinite(v) for v in result["ratios"].values())
+
+    row = bench.Row("qwen3_moe", beta=0.04, aux_loss_coef=0.001)  # reference and aux loss on
+    out = tmp_path / "bench_train_grid.json"
+    assert bench.main(["--grid", row.arg, "--steps", "1", "--pairs", "1", "--out", str(out)]) == 0
+    (name, r), = json.loads(out.read_text())["rows"].items()
+    assert name == row.name and r["differences"] == row.differences()
+    assert {k: len(v) for k, v in r["runs"].items()} == {"r1kit_hf": 1, "trl_hf": 1}
+    for run in (r["runs"]["r1kit_hf"][0], r["runs"]["trl_hf"][0]):
+        assert len(run["step_seconds"]) == 2 and run["completion_len"] == bench.MAX_TOKENS
+    for span in ("all", "after_first"):
+        assert math.isfinite(r[span]["ratio"]) and r[span]["ratio"] > 0, (span, r)
+    assert r["r1kit_score_first_s"] > 0 and isinstance(r["met"], bool)
 
 
 @pytest.mark.slow
