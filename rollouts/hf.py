@@ -47,6 +47,7 @@ from typing import Any, Sequence
 import torch
 
 from rollouts.engine import check_generate_args, peak_memory_bytes
+from rollouts.mla import incremental_expansion
 from rollouts.model_check import check_causal_lm
 from rollouts.moe_routers import RoutingRecorder, moe_routers
 from rollouts.prompts import encode_prompt
@@ -81,6 +82,7 @@ class HFEngine:
         record_routing: bool = False,
         share_prompts: bool = True,
         compute_dtype: torch.dtype | None = None,
+        incremental_mla: bool = True,
     ):
         """``model`` is a live model or a checkpoint folder; ``batch_size`` counts sequences
         (prompt x completion) per forward batch; ``record_routing`` fills
@@ -88,7 +90,8 @@ class HFEngine:
         ``share_prompts``: a prompt repeated in a batch (a group's samples) is prefilled once
         (``_prefill``); ``compute_dtype``: decode under autocast in this dtype (a policy with
         float32 master weights trained in mixed precision samples in the dtype its training
-        passes compute in, not in float32)."""
+        passes compute in, not in float32); ``incremental_mla``: an MLA model's decode steps
+        expand only the cache positions they add (``rollouts.mla``)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if isinstance(model, (str, Path)):
@@ -107,6 +110,7 @@ class HFEngine:
         self.record_routing = record_routing
         self.share_prompts = share_prompts
         self.compute_dtype = compute_dtype
+        self.incremental_mla = incremental_mla
         # DeepSeek-V4's compressed attention pools fixed windows of tensor positions, so a
         # left-padded row would pool padding: such models batch only prompts of one length.
         self.equal_length_batches = getattr(model.config, "model_type", "") == "deepseek_v4"
@@ -185,7 +189,9 @@ class HFEngine:
         input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in prompt_ids])  # (B, T)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in prompt_ids])
         recorder = self._recorder()
-        with recorder:
+        expansion = (incremental_expansion(self.model) if self.incremental_mla
+                     else contextlib.nullcontext())
+        with recorder, expansion:
             new, logp = self._decode(input_ids.to(self.device), mask.to(self.device), s, pad,
                                      keys)
         done = [self._completion(new[r].tolist(), logp[r].tolist(), s) for r in range(len(new))]

@@ -365,3 +365,33 @@ def test_reading_whether_rows_run_every_few_tokens_changes_nothing(tiny_qwen, mo
             assert (a.token_ids, a.finish_reason) == (b.token_ids, b.finish_reason)
             assert a.logprobs == b.logprobs
             assert torch.equal(a.routed_experts, b.routed_experts)
+
+
+def test_mla_decoding_expands_only_new_cache_positions(tiny_deepseek):
+    """The tiny DeepSeek-V3 (MLA: a compressed KV cache that transformers expands through
+    ``kv_b_proj`` at every call): with ``rollouts.mla.incremental_expansion`` each decode step
+    expands only the positions it adds, far fewer rows in all, and the samples and log-probs
+    equal those of the full re-expansion (float64: to the bit here)."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_deepseek, dtype=torch.float64,
+                                                 experts_implementation="eager")
+    tok = AutoTokenizer.from_pretrained(tiny_deepseek)
+    rows: list[int] = []
+    layer = next(m for m in model.modules() if hasattr(m, "kv_b_proj"))
+    hook = layer.kv_b_proj.register_forward_hook(
+        lambda mod, args, out: rows.append(args[0].shape[:-1].numel()))
+    s = Sampling(max_tokens=24, seed=3)
+    got = {}
+    try:
+        for incremental in (False, True):
+            rows.clear()
+            engine = HFEngine(model, tok, incremental_mla=incremental)
+            got[incremental] = (engine.generate(PROMPTS, 4, s), sum(rows))
+    finally:
+        hook.remove()
+    (full, full_rows), (inc, inc_rows) = got[False], got[True]
+    assert inc_rows * 4 < full_rows, (inc_rows, full_rows)
+    for g, h in zip(full, inc):
+        for a, b in zip(g.completions, h.completions):
+            assert a.token_ids == b.token_ids
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-12)
+    assert not any("expand_kv" in vars(m) for m in model.modules())  # the patch is gone
