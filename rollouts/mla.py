@@ -26,9 +26,16 @@ from typing import Any
 import torch
 
 
+# Attention classes whose ``expand_kv`` is called on the whole cache at every step (checked in
+# tests/test_hf_engine.py). Other transformers models have an ``expand_kv`` too, some called on
+# positions a sparse indexer selects (DeepSeek-V3.2's DSA), where a prefix memo would be wrong:
+# they keep the full expansion until checked.
+MLA_CLASSES = ("DeepseekV3Attention",)
+
+
 def mla_layers(model: Any) -> list[Any]:
-    """The attention modules of ``model`` that expand a compressed cache (``expand_kv``)."""
-    return [m for m in model.modules() if hasattr(m, "expand_kv") and hasattr(m, "kv_b_proj")]
+    """The attention modules of ``model`` that expand a compressed cache (``MLA_CLASSES``)."""
+    return [m for m in model.modules() if type(m).__name__ in MLA_CLASSES]
 
 
 @contextlib.contextmanager
