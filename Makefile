@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -c "import transformers, vllm, peft, torch"
 	touch $(STAMP)
 
-# The whole suite (about 26 min on 2 idle cores), ending with its 30 slowest tests (docs/TESTING.md).
+# The whole suite (about 31 min on 2 cores), ending with its 30 slowest tests (docs/TESTING.md).
 test: setup
 	$(BIN)/python -m pytest -q --durations=30
 
