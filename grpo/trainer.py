@@ -198,9 +198,11 @@ class GRPOTrainer:
         self._pool = None
         self.device = next(parts.policy.parameters()).device
         self.mhc = has_mhc(parts.policy)
-        # The colocated vLLM engine gives its GPU memory to the update (rollout.sleep).
-        self.sleeps = parts.engine is not None and parts.cfg.rollout.sleeps(
-            self.device.type == "cuda", parts.cfg.train.async_steps)
+        # The colocated vLLM engine gives its GPU memory to the update: it was started with
+        # sleep mode where rollout.sleep says so (r1kit.train.engine_sleeps), never while
+        # rollouts are sampled ahead of the update.
+        self.sleeps = (bool(getattr(parts.engine, "enable_sleep_mode", False))
+                       and not parts.cfg.train.async_steps)
 
     # -- 1. rollout + score -----------------------------------------------------------------
     def rollout(self, step: int | None = None) -> Rollout:
@@ -459,7 +461,7 @@ class GRPOTrainer:
                 # stopping alone would leave the others in the next collective).
                 loss = par.sum_over_ranks(total.reshape(1)).to(gn.device)[0] / par.world
                 summed, gn_value = torch.stack([loss, gn.detach().double()]).tolist()
-                if not math.isfinite(summed):
+                if not math.isfinite(summed):  # a host float: its message from check_finite
                     check_finite(self.step, "loss", torch.tensor(summed))
                 check_grad_norm(self.step, model, gn_value)  # before clipping rescales anything
                 if t.max_grad_norm > 0:

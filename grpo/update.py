@@ -326,10 +326,7 @@ def check_params(step: int, model: nn.Module) -> None:
     for _, p in trained:
         local = p.to_local() if hasattr(p, "to_local") else p  # an FSDP2 shard
         by_device.setdefault(local.device, []).append(torch.isfinite(local).all())
-    finite = True
-    for flags in by_device.values():  # one read per device
-        finite = finite and bool(torch.stack(flags).all())
-    if finite:
+    if all(bool(torch.stack(flags).all()) for flags in by_device.values()):
         return
     for name, p in trained:
         check_finite(step, f"parameter {name}", p, updated=True)

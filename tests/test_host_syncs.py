@@ -42,12 +42,17 @@ _LIBRARIES = tuple(os.path.dirname(importlib.util.find_spec(m).origin)
                    for m in ("transformers", "peft"))
 
 
+# Frames of a comprehension or generator expression: the function around them is the caller.
+_INNER = ("<genexpr>", "<listcomp>", "<dictcomp>", "<setcomp>")
+
+
 def _caller() -> tuple[str, str]:
     """The file and function of the innermost frame outside torch (the code that asked for the
     operation)."""
     f = sys._getframe(2)
     while f is not None and (f.f_code.co_filename.startswith(_TORCH) or
-                             (f.f_code.co_filename, f.f_code.co_name) in _OWN_CODE):
+                             (f.f_code.co_filename, f.f_code.co_name) in _OWN_CODE or
+                             f.f_code.co_name in _INNER):
         f = f.f_back
     return ("", "") if f is None else (f.f_code.co_filename, f.f_code.co_name)
 
