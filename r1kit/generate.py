@@ -13,7 +13,6 @@ as an uninterrupted run would; with other settings it starts afresh.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -28,6 +27,7 @@ from r1kit.config import Config, ConfigError, DataConfig, Interrupted, ModelConf
 from r1kit.tasks import arithmetic_tasks
 from r1kit.tiny import build_tiny
 from rewards.scorer import RewardFailure
+from rollouts.engine import generate_chunk
 from rollouts.prompts import build_prompt, encode_prompt
 from rollouts.types import GenerationStats
 
@@ -150,14 +150,9 @@ def _sample_and_append(cfg: Config, model_path: Path, problems: list[Problem],
                          unit="completion", disable=not show, dynamic_ncols=True,
                          position=1) as scored:
                 for start in range(done, len(prompts), chunk):
-                    seed = None if sampling.seed is None else sampling.seed + start // chunk
-                    groups = engine.generate(prompts[start:start + chunk], n,
-                                             dataclasses.replace(sampling, seed=seed))
-                    st = engine.last_stats
-                    total = GenerationStats(
-                        total.prompts + st.prompts, total.completions + st.completions,
-                        total.new_tokens + st.new_tokens, total.seconds + st.seconds,
-                        max(total.peak_memory_bytes, st.peak_memory_bytes))
+                    groups = generate_chunk(engine, prompts[start:start + chunk], n, sampling,
+                                            start // chunk)
+                    total = total.plus(engine.last_stats)
                     bar.update(len(groups))
                     part = problems[start:start + chunk]
                     texts = [c.text for g in groups for c in g.completions]
@@ -229,7 +224,6 @@ def _mean(xs) -> float:
 def _append_groups(path: Path, problems, groups, scores, n: int) -> None:
     """One line per group, each completion with its total reward, its per-reward scores and the
     rewards that failed on it; flushed to disk before the next chunk is sampled."""
-    failed = {i for idx in scores.failed.values() for i in idx}
     with open(path, "a", encoding="utf-8") as f:
         for i, (p, g) in enumerate(zip(problems, groups)):
             comps = []
@@ -238,7 +232,7 @@ def _append_groups(path: Path, problems, groups, scores, n: int) -> None:
                 comps.append(dict(asdict(c), reward=scores.total[k],
                                   rewards={label: v[k] for label, v in scores.per_reward.items()},
                                   failed=[label for label, idx in scores.failed.items()
-                                          if k in idx] if k in failed else []))
+                                          if k in idx]))
             row = {"question": p.question, "answer": p.answer, "prompt": g.prompt,
                    "completions": comps}
             f.write(json.dumps(row) + "\n")

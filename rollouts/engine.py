@@ -66,21 +66,23 @@ def peak_memory_bytes(device: Any = None) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def generate_chunk(engine, prompts: list[str], n: int, sampling, index: int) -> list[Group]:
+    """``engine.generate`` of chunk ``index`` of a job sampled in chunks: with seed
+    ``sampling.seed + index`` (distinct draws for repeated prompts, and the same draws when a
+    stopped job samples that chunk again)."""
+    seed = None if sampling.seed is None else sampling.seed + index
+    return engine.generate(prompts, n, dataclasses.replace(sampling, seed=seed))
+
+
 def sample_with_progress(engine, prompts: list[str], n: int, sampling, chunk: int,
                          show: bool):
-    """``engine.generate`` over ``chunk`` prompts at a time under a progress bar; chunk ``i``
-    samples with seed ``sampling.seed + i`` (distinct draws for repeated prompts). Returns the
-    groups and the summed ``GenerationStats``."""
+    """``engine.generate`` over ``chunk`` prompts at a time under a progress bar (chunk ``i``
+    through ``generate_chunk``). Returns the groups and the summed ``GenerationStats``."""
     groups, total = [], GenerationStats(0, 0, 0, 0.0, 0)
     with tqdm(total=len(prompts), desc="sampling", unit="prompt", disable=not show,
               dynamic_ncols=True) as bar:
         for i, start in enumerate(range(0, len(prompts), chunk)):
-            seed = None if sampling.seed is None else sampling.seed + i
-            groups += engine.generate(prompts[start:start + chunk], n,
-                                      dataclasses.replace(sampling, seed=seed))
-            st = engine.last_stats
-            total = GenerationStats(total.prompts + st.prompts, total.completions + st.completions,
-                                    total.new_tokens + st.new_tokens, total.seconds + st.seconds,
-                                    max(total.peak_memory_bytes, st.peak_memory_bytes))
-            bar.update(st.prompts)
+            groups += generate_chunk(engine, prompts[start:start + chunk], n, sampling, i)
+            total = total.plus(engine.last_stats)
+            bar.update(engine.last_stats.prompts)
     return groups, total
