@@ -164,6 +164,28 @@ def test_close_leaves_no_workers_nor_their_children(tmp_path):
         scorer.score(["a"], pidfile=[str(pidfile)])
 
 
+def test_workers_import_the_rewards_modules_before_the_first_batch(tmp_path, monkeypatch):
+    # The first step's scoring costs what a later step's does: a reward's module (here a user's,
+    # outside the registry and outside every preload) is imported while the workers start,
+    # not by the first batch's tasks. The module notes each process that imports it.
+    log = tmp_path / "imported.txt"
+    (tmp_path / "user_reward_mod.py").write_text(
+        "import os\n"
+        f"with open({str(log)!r}, 'a') as f:\n"
+        "    f.write(f'{os.getpid()}\\n')\n"
+        "def user_reward(completions, **row):\n"
+        "    return [1.0] * len(completions)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import user_reward_mod
+
+    with Scorer([weighted(user_reward_mod.user_reward)], CONFIG) as s:
+        assert s.warmup(timeout_s=60)
+        workers = s.worker_pids()
+        imported = {int(p) for p in log.read_text().split()}
+        assert len(workers) == 2 and set(workers) <= imported, (workers, imported)
+        assert s.score(["a", "b"]).total == [1.0, 1.0]
+
+
 def test_unpicklable_reward_is_rejected_up_front():
     with pytest.raises(ValueError, match="cannot be sent to worker"):
         Scorer([WeightedReward("lam", lambda completions, **row: [1.0], 1.0)], CONFIG)
