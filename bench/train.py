@@ -323,7 +323,8 @@ def _grid_table(result: dict[str, Any]) -> str:
         cells.append([name, *(_fmt(x, ".2f") for x in (
             a["r1kit_hf"], a["trl_hf"], a["ratio"], b["r1kit_hf"], b["trl_hf"], b["ratio"])),
             "yes" if r["met"] else "no",
-            _fmt(r["r1kit_score_first_s"], ".2f"), _fmt(r["r1kit_score_later_s"], ".3f")])
+            _fmt(1000 * r["r1kit_score_first_s"], ".1f"),
+            _fmt(1000 * r["r1kit_score_later_s"], ".1f")])
     n = s["steps"]
     extra = {d: [name for name, r in rows.items() if d in r["differences"]]
              for r in rows.values() for d in r["differences"] if d not in COMMON_DIFFERENCES}
@@ -333,9 +334,10 @@ def _grid_table(result: dict[str, Any]) -> str:
          f"pair(s) per row, median over pairs; {result['machine']['threads']} thread(s), "
          f"float32; x TRL: median of the pairs' ratios, target <= {result['target']} on both"),
         table(("row", "r1kit all", "TRL all", "x TRL", "r1kit 2-N", "TRL 2-N", "x TRL",
-               "met", "score 1st", "later"), cells, widths=(31, 9, 7, 5, 9, 7, 5, 3, 9, 6)),
+               "met", "score 1st ms", "later ms"), cells,
+              widths=(31, 9, 7, 5, 9, 7, 5, 3, 12, 8)),
         (f"all: mean of the {n} steps, the first included; 2-N: mean of steps 2-{n}; score: "
-         "r1kit's scoring seconds in step 1 and later (median)"),
+         "r1kit's scoring milliseconds in step 1 and later (median)"),
         "differences in every row: " + "; ".join(COMMON_DIFFERENCES),
         *(f"differences in {', '.join(names)}: {d}" for d, names in extra.items())])
 
