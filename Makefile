@@ -53,8 +53,9 @@ lint: setup
 demo: setup
 	$(BIN)/r1kit demo recipes/tiny_r1_zero.yaml
 
-# The RL policy of `make demo` teaches a tiny dense Qwen3 by rejection-sampled SFT and by on-policy
-# distillation (r1kit/distill_demo.py; runs/tiny_distill). Trains the teacher first if absent.
+# The RL policy of `make demo` teaches a tiny dense Qwen3 by rejection-sampled SFT, by on-policy
+# distillation and by both in turn (r1kit/distill_demo.py; runs/tiny_distill). Trains the teacher
+# first if absent.
 distill-demo: setup
 	$(BIN)/r1kit distill-demo
 

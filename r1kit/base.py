@@ -11,12 +11,17 @@ that start from it), under the R1-Zero prompt. Each completion shows the worked 
 - ``untagged`` (30%): the think block closes but the result has no ``<answer>`` tags;
 - ``prose`` (30%): the think block never closes; the result ends a sentence.
 
-Only the first passes the format reward and is graded correct by ``rewards.math`` (the others
-hold no marked answer), so the base answers correctly only when it happens to pick the R1 format
-and gets the arithmetic right: about one time in five on held-out problems. A short training
-budget also leaves the arithmetic imperfect. RL with the accuracy and format rewards can
-therefore raise held-out accuracy both by settling on the format and by sharpening the
-arithmetic; ``make demo`` shows it.
+Only the first passes the format reward. A fifth of the completions (``SLIP``) carry a careless
+slip: the last step's result, and so the answer, off by one (``slipped``), as a real
+pre-training corpus holds worked solutions with mistakes. The base therefore answers a problem
+right most of the time, but not every time: many of its errors are sampling noise around an
+answer it mostly gets right, which is what RL sharpens (DeepSeekMath, section 5.2.2: RL raises
+pass@1 and maj@K, pass@K stays flat). Without slips the base's errors were facts it had not
+learnt (pass@1 among formatted answers 77% against maj@4 79% at temperature 0.6), which outcome
+RL on a few thousand problems cannot teach: it learnt the format and formatted accuracy stayed
+put or fell (docs/BENCHMARKS.md, the demo's sweep). RL with the accuracy and format rewards
+raises held-out accuracy by settling on the format and by removing the slips; ``make demo``
+shows both.
 
 Cached beside the random-init policies as ``{family}-base-seed{seed}-v{BUILD_VERSION}.{BASE_VERSION}``
 and built atomically (temporary folder, then rename). ``model.path: tiny:qwen3_moe/base`` names
@@ -35,8 +40,9 @@ from r1kit.tasks import arithmetic_steps, arithmetic_tasks
 from r1kit.tiny import BUILD_VERSION, build_tiny, default_cache_dir, save_checkpoint
 from rollouts.prompts import encode_prompt, r1kit_zero_prompt
 
-BASE_VERSION = 2  # bump when the data or training below change
+BASE_VERSION = 3  # bump when the data or training below change
 STYLES = {"r1": 0.4, "untagged": 0.3, "prose": 0.3}
+SLIP = 0.2  # share of completions whose last step slips by one (see the docstring)
 MAX_OPERAND = 9  # single-digit operands: arithmetic a 1M-parameter model learns in minutes
 TRAIN_PROBLEMS = 6000
 SFT_STEPS = 600  # about two minutes on 2 CPU cores; more steps leave RL less to do
@@ -44,7 +50,20 @@ SFT_LR = 3e-3
 ROWS_PER_STEP, ROW_TOKENS = 8, 1024
 
 
-def completion(expression: str, answer: str, style: str) -> str:
+def slipped(steps: list[str], rng: random.Random) -> tuple[list[str], str]:
+    """The worked steps with a careless slip in the last one (its result off by one, up or
+    down), and the answer that follows from it.
+
+    >>> slipped(["7 * 3 = 21", "12 + 21 = 33"], random.Random(0))
+    (['7 * 3 = 21', '12 + 21 = 34'], '34')
+    """
+    head, _, result = steps[-1].rpartition(" = ")
+    wrong = str(int(result) + rng.choice((-1, 1)))
+    return [*steps[:-1], f"{head} = {wrong}"], wrong
+
+
+def completion(expression: str, answer: str, style: str,
+               steps: list[str] | None = None) -> str:
     """A worked completion of the R1-Zero prompt (which ends in ``<think>``) in ``style``.
 
     >>> completion("2 * 3", "6", "r1")
@@ -54,7 +73,7 @@ def completion(expression: str, answer: str, style: str) -> str:
     >>> completion("2 * 3", "6", "prose")
     ' 2 * 3 = 6, so the result is 6.'
     """
-    steps = ", ".join(arithmetic_steps(expression))
+    steps = ", ".join(steps or arithmetic_steps(expression))
     if style == "r1":
         return f" {steps}.</think> <answer>{answer}</answer>"
     if style == "untagged":
@@ -64,41 +83,49 @@ def completion(expression: str, answer: str, style: str) -> str:
     raise ValueError(f"unknown style {style!r}; expected one of {list(STYLES)}")
 
 
-def base_examples(tokenizer, seed: int, count: int = TRAIN_PROBLEMS):
-    """SFT examples: R1-Zero prompt -> worked completion (style drawn per problem) + EOS."""
+def base_examples(tokenizer, seed: int, count: int = TRAIN_PROBLEMS, slip: float = SLIP):
+    """SFT examples: R1-Zero prompt -> worked completion (style drawn per problem, a slip in
+    the last step with probability ``slip``) + EOS."""
 
     rng = random.Random(f"base:{seed}")
     names, weights = list(STYLES), list(STYLES.values())
     out = []
     for t in arithmetic_tasks("train", count, seed=seed, max_operand=MAX_OPERAND):
-        text = completion(t.expression, t.answer, rng.choices(names, weights)[0])
+        style = rng.choices(names, weights)[0]
+        steps, answer = arithmetic_steps(t.expression), t.answer
+        if rng.random() < slip:
+            steps, answer = slipped(steps, rng)
+        text = completion(t.expression, answer, style, steps)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         out.append(SFTExample(encode_prompt(tokenizer, r1kit_zero_prompt(t.question)), ids))
     return out
 
 
 def base_path(family: str = "qwen3_moe", seed: int = 0, cache_dir: Path | None = None,
-              steps: int = SFT_STEPS) -> Path:
-    short = "" if steps == SFT_STEPS else f"-{steps}steps"
+              steps: int = SFT_STEPS, slip: float = SLIP) -> Path:
+    short = ("" if steps == SFT_STEPS else f"-{steps}steps") + ("" if slip == SLIP
+                                                                else f"-slip{slip:g}")
     name = f"{family}-base{short}-seed{seed}-v{BUILD_VERSION}.{BASE_VERSION}"
     return Path(cache_dir or default_cache_dir()) / name
 
 
 def build_base(family: str = "qwen3_moe", seed: int = 0, cache_dir: Path | None = None,
-               force: bool = False, progress: bool = False, steps: int = SFT_STEPS) -> Path:
+               force: bool = False, progress: bool = False, steps: int = SFT_STEPS,
+               slip: float = SLIP) -> Path:
     """Build (or reuse) the base checkpoint of ``family`` and return its folder; ``steps``
-    other than ``SFT_STEPS`` makes a differently named, weaker base (for quick tests)."""
+    other than ``SFT_STEPS`` makes a differently named, weaker base (for quick tests), and
+    ``slip`` other than ``SLIP`` a differently named one with that share of slips."""
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = base_path(family, seed, cache_dir, steps)
+    out = base_path(family, seed, cache_dir, steps, slip)
     if out.is_dir() and (out / "model.safetensors").exists() and not force:
         return out
     init = build_tiny(family, seed=seed, cache_dir=cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(init)
     model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32)
-    examples = base_examples(tokenizer, seed)
+    examples = base_examples(tokenizer, seed, slip=slip)
     torch.manual_seed(seed)
     start = time.perf_counter()
     with tqdm(total=steps, desc="base: supervised pre-training", unit="step",
@@ -111,7 +138,8 @@ def build_base(family: str = "qwen3_moe", seed: int = 0, cache_dir: Path | None 
             steps=steps, lr=SFT_LR, row_tokens=ROW_TOKENS, rows_per_step=ROWS_PER_STEP,
             warmup_steps=min(20, steps // 2), seed=seed), tokenizer.pad_token_id, on_step)
     meta = json.loads((init / "r1kit_tiny.json").read_text())
-    meta["base"] = {"version": BASE_VERSION, "styles": STYLES, "problems": len(examples),
+    meta["base"] = {"version": BASE_VERSION, "styles": STYLES, "slip": slip,
+                    "problems": len(examples),
                     "sft_steps": steps, "lr": SFT_LR, "final_loss": losses[-1],
                     "seconds": round(time.perf_counter() - start, 1)}
     return save_checkpoint(model, tokenizer, meta, out)

@@ -232,9 +232,10 @@ def cmd_distill_demo(argv: list[str]) -> int:
     ap = _Parser(
         prog="r1kit distill-demo",
         description="The RL-trained tiny MoE of `r1kit demo` (runs/tiny_r1_zero; trained first "
-        "if absent) teaches a tiny dense Qwen3 by rejection-sampled SFT and by on-policy "
-        "distillation; held-out accuracy of teacher and student before/after each method and "
-        "the teacher forward tokens each spent, side by side, in report.md and report.json.")
+        "if absent) teaches a tiny dense Qwen3 by rejection-sampled SFT, by on-policy "
+        "distillation, and by both in turn (SFT, then on-policy); held-out accuracy of teacher "
+        "and student before/after each method, the teacher forward tokens each spent, and the "
+        "paired comparison of SFT + on-policy against SFT alone, in report.md and report.json.")
     ap.add_argument("--out-dir", default="runs/tiny_distill", help="run folder")
     ap.add_argument("--teacher-run", default="runs/tiny_r1_zero",
                     help="the GRPO demo's run folder (trained with recipes/tiny_r1_zero.yaml "

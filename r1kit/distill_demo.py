@@ -16,9 +16,14 @@ Phases, all writing into ``--out-dir`` (default ``runs/tiny_distill``):
 4. **sft**: ``r1kit distill recipes/tiny_distill_sft.yaml`` -> ``sft/``, then evaluation.
 5. **on_policy**: ``r1kit distill recipes/tiny_distill_on_policy.yaml`` -> ``on_policy/``, then
    evaluation.
-6. **report**: accuracy of each model with its 95% interval, the share of the teacher's accuracy
-   each student reaches, and the teacher forward tokens each method spent (``distill.json``);
-   ``report.md`` and ``report.json``.
+6. **after_sft**: on-policy distillation again, started from the SFT student
+   (``recipes/tiny_distill_after_sft.yaml`` -> ``after_sft/``), then evaluation and a paired
+   comparison with the SFT student over the same problems: the two methods combined, as
+   DeepSeek-R1's distilled models and Qwen3's small ones are made (SFT first, then on-policy).
+7. **report**: accuracy of each model with its 95% interval, the share of the teacher's accuracy
+   each student reaches, the teacher forward tokens each method spent (``distill.json``; the
+   SFT-then-on-policy student is charged both), the paired verdict of SFT + on-policy against
+   SFT alone; ``report.md`` and ``report.json``.
 
 Re-running continues: the teacher, the student base and the SFT dataset are reused, finished
 runs are not redone, and evaluations skip finished problems.
@@ -32,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from eval.report import compare_runs
 from grpo.checkpoint import latest_checkpoint
 from r1kit.base import build_base
 from r1kit.config import load_config, resolve_teacher, validate_distill, validate_training
@@ -42,7 +48,10 @@ from r1kit.train import run_train
 REPO = Path(__file__).resolve().parent.parent
 TEACHER_RECIPE = REPO / "recipes" / "tiny_r1_zero.yaml"
 RECIPES = {"sft": REPO / "recipes" / "tiny_distill_sft.yaml",
-           "on_policy": REPO / "recipes" / "tiny_distill_on_policy.yaml"}
+           "on_policy": REPO / "recipes" / "tiny_distill_on_policy.yaml",
+           "after_sft": REPO / "recipes" / "tiny_distill_after_sft.yaml"}
+LABELS = {"sft": "rejection-sampled SFT", "on_policy": "on-policy distillation",
+          "after_sft": "on-policy distillation of the SFT student"}
 STUDENT_FAMILY = "qwen3_dense"
 TARGET = 0.8  # a student should reach this share of the teacher's held-out accuracy
 
@@ -75,12 +84,12 @@ def run_distill_demo(out_dir: str | Path, teacher_run: str | Path, *, heldout: i
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
-    say(f"[1/6] teacher: the RL-trained tiny MoE of `make demo` ({teacher_run})")
+    say(f"[1/7] teacher: the RL-trained tiny MoE of `make demo` ({teacher_run})")
     t = time.perf_counter()
     teacher_run = ensure_teacher(Path(teacher_run), progress)
     timings["teacher"] = time.perf_counter() - t
 
-    say("[2/6] student: the tiny dense Qwen3's supervised base (cached after the first build)")
+    say("[2/7] student: the tiny dense Qwen3's supervised base (cached after the first build)")
     t = time.perf_counter()
     student = build_base(STUDENT_FAMILY, progress=progress)
     timings["student base"] = time.perf_counter() - t
@@ -96,7 +105,7 @@ def run_distill_demo(out_dir: str | Path, teacher_run: str | Path, *, heldout: i
     write_heldout(cfgs["sft"], suite, heldout)
     name = suite.stem
 
-    say(f"[3/6] before: teacher and student on {heldout} held-out problems x {n} samples")
+    say(f"[3/7] before: teacher and student on {heldout} held-out problems x {n} samples")
     t = time.perf_counter()
     evals = {"teacher": evaluate(cfgs["sft"], teacher_model, suite, out / "eval_teacher", n,
                                  progress),
@@ -105,15 +114,20 @@ def run_distill_demo(out_dir: str | Path, teacher_run: str | Path, *, heldout: i
     timings["eval before"] = time.perf_counter() - t
 
     runs: dict[str, dict] = {}
+    retrained: set[str] = set()
     for i, (method, cfg) in enumerate(cfgs.items(), start=4):
-        label = "rejection-sampled SFT" if method == "sft" else "on-policy distillation"
-        say(f"[{i}/6] {method}: {label}, then evaluation")
+        say(f"[{i}/7] {method}: {LABELS[method]}, then evaluation")
         t = time.perf_counter()
+        if method == "after_sft":  # starts from the SFT student just trained
+            cfg.model.path = runs["sft"]["checkpoint"]
+            if "sft" in retrained:  # a run from an earlier SFT student is of another model
+                shutil.rmtree(cfg.log.out_dir, ignore_errors=True)
         record = Path(cfg.log.out_dir) / "distill.json"
         before = record.read_text() if record.is_file() else None
         runs[method] = run_distill(cfg, show_progress=progress)
         timings[method] = time.perf_counter() - t
         if record.read_text() != before:  # trained anew: earlier evaluation samples are stale
+            retrained.add(method)
             shutil.rmtree(out / f"eval_{method}", ignore_errors=True)
         t = time.perf_counter()
         evals[method] = evaluate(cfg, runs[method]["checkpoint"], suite, out / f"eval_{method}",
@@ -121,8 +135,11 @@ def run_distill_demo(out_dir: str | Path, teacher_run: str | Path, *, heldout: i
         timings[f"eval {method}"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - start
 
-    say("[6/6] report")
-    figures = summarise(evals, runs, name, n, heldout)
+    say("[7/7] report")
+    paired = compare_runs(out / "eval_sft", out / "eval_after_sft",
+                          labels=("the SFT student", "SFT + on-policy"))
+    (out / "compare_after_sft.json").write_text(json.dumps(paired, indent=1) + "\n")
+    figures = summarise(evals, runs, name, n, heldout, paired_verdict(paired, name))
     figures.update({"teacher": teacher_model, "teacher_run": str(teacher_ckpt),
                     "student": str(student), "timings_s": {k: round(v, 1)
                                                            for k, v in timings.items()}})
@@ -132,20 +149,33 @@ def run_distill_demo(out_dir: str | Path, teacher_run: str | Path, *, heldout: i
     return {"out_dir": str(out), "text": text, **figures}
 
 
-def summarise(evals: dict, runs: dict, suite: str, n: int, heldout: int) -> dict[str, Any]:
+def paired_verdict(cmp: dict, suite: str) -> dict[str, Any]:
+    """SFT + on-policy against SFT alone (``compare_runs``' avg@n row, after minus before):
+    the difference, its 95% interval, the p-value, the verdict, and the demo's target: not
+    significantly lower (the interval's upper end at or above 0)."""
+    m = cmp["suites"][suite]["metrics"]["avg@n"]
+    return {"difference": m["diff"], "low": m["low"], "high": m["high"], "p": m["p_value"],
+            "verdict": m["verdict"], "not_lower": m["high"] is not None and bool(m["high"] >= 0)}
+
+
+def summarise(evals: dict, runs: dict, suite: str, n: int, heldout: int,
+              after_sft_vs_sft: dict[str, Any]) -> dict[str, Any]:
     """Accuracies, shares of the teacher's, teacher tokens, and the verdicts on the targets."""
     acc = {k: accuracy(v, suite, n) for k, v in evals.items()}
     teacher = acc["teacher"]["value"]
     share = {k: (a["value"] / teacher if teacher > 0 else 0.0) for k, a in acc.items()}
     tokens = {m: r["teacher_tokens"] for m, r in runs.items()}
+    if "after_sft" in tokens:  # its student is the SFT student: it paid for SFT's traces too
+        tokens["after_sft"] += tokens["sft"]
     problems = {m: r["problems"] for m, r in runs.items()}
     return {
         "heldout_problems": heldout, "samples_per_problem": n, "accuracy": acc,
         "share_of_teacher": share, "teacher_tokens": tokens,
         "teacher_tokens_per_problem": {m: tokens[m] / max(problems[m], 1) for m in tokens},
         "training_problems": problems,
-        "runs": runs,
+        "runs": runs, "after_sft_vs_sft": after_sft_vs_sft,
         "targets": {
+            "after_sft_not_lower_than_sft": after_sft_vs_sft["not_lower"],
             "sft_reaches_80pct": share["sft"] >= TARGET,
             "on_policy_reaches_80pct": share["on_policy"] >= TARGET,
             "on_policy_fewer_teacher_tokens": tokens["on_policy"] < tokens["sft"],
@@ -158,6 +188,7 @@ def summarise(evals: dict, runs: dict, suite: str, n: int, heldout: int) -> dict
 def report(f: dict) -> str:
     acc, share, tok = f["accuracy"], f["share_of_teacher"], f["teacher_tokens"]
     n, sft, op = f["samples_per_problem"], f["runs"]["sft"], f["runs"]["on_policy"]
+    both, vs = f["runs"]["after_sft"], f["after_sft_vs_sft"]
 
     def pct(a: dict) -> str:
         return f"{100 * a['value']:.1f} ({100 * a['low']:.1f} to {100 * a['high']:.1f})"
@@ -169,6 +200,8 @@ def report(f: dict) -> str:
          f"{sft['seconds']:.0f}"),
         ("student after on-policy distillation", "on_policy", f"{tok['on_policy']:,.0f}",
          f"{op['seconds']:.0f}"),
+        ("student after SFT, then on-policy distillation", "after_sft",
+         f"{tok['after_sft']:,.0f}", f"{sft['seconds'] + both['seconds']:.0f}"),
     ]
     ok = {k: "yes" if v else "NO" for k, v in f["targets"].items()}
     intro = (f"Held-out arithmetic, {f['heldout_problems']} problems x {n} samples, accuracy "
@@ -179,7 +212,15 @@ def report(f: dict) -> str:
     runs = (f"SFT: {sft['traces_verified']} of {int(sft['traces_sampled'])} teacher traces "
             f"verified, {sft['traces_kept']} kept ({sft['problems_kept']} of {sft['problems']} "
             f"problems), {sft['steps']} steps. On-policy: {op['steps']} steps, "
-            f"{op['problems']} prompts x {op['n']} samples.")
+            f"{op['problems']} prompts x {op['n']} samples. On-policy after SFT: "
+            f"{both['steps']} steps, {both['problems']} prompts x {both['n']} samples, "
+            f"{both['teacher_tokens']:,.0f} teacher tokens on top of SFT's (the row charges "
+            "both).")
+    low, high = (("n/a", "n/a") if vs["low"] is None
+                 else (f"{100 * vs['low']:+.1f}", f"{100 * vs['high']:+.1f}"))
+    paired = (f"- SFT, then on-policy, is not lower than SFT alone (paired over the same "
+              f"problems): {ok['after_sft_not_lower_than_sft']} ({100 * vs['difference']:+.1f} "
+              f"points, 95% interval {low} to {high}, p = {vs['p']:.2g}; {vs['verdict']})")
     ratio = tok["on_policy"] / max(tok["sft"], 1)
     lines = [
         "# r1kit distill demo: the RL-trained tiny MoE teaches a tiny dense Qwen3", "", intro, "",
@@ -194,11 +235,11 @@ def report(f: dict) -> str:
         (f"- on-policy reaches that level in fewer teacher forward tokens: "
          f"{ok['on_policy_same_level_in_fewer_tokens']} ({100 * share['on_policy']:.0f}% of the "
          f"teacher with {tok['on_policy']:,.0f} tokens against SFT's {tok['sft']:,.0f}, "
-         f"{ratio:.2f}x)"), "",
+         f"{ratio:.2f}x)"), paired, "",
         "| phase | seconds |", "|---|---|",
         *[f"| {k} | {v:.0f} |" for k, v in f["timings_s"].items()], "",
         ("Files: `sft/` (traces.jsonl, checkpoints/, metrics.jsonl, distill.json), `on_policy/` "
-         "(checkpoints/, metrics.jsonl, tb/, distill.json), `eval_*/` (report.md, summary.json, "
-         "samples/), `report.json`."),
+         "and `after_sft/` (checkpoints/, metrics.jsonl, tb/, distill.json), `eval_*/` "
+         "(report.md, summary.json, samples/), `compare_after_sft.json`, `report.json`."),
     ]
     return "\n".join(lines) + "\n"

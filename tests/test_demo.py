@@ -67,6 +67,36 @@ def test_base_is_reproducible_from_its_seed(tiny_cache, tmp_path):
     assert meta["base"]["sft_steps"] == 4 and meta["family"] == "qwen3_moe"
 
 
+def test_a_fifth_of_the_base_completions_slip_by_one_in_their_last_step(tiny_qwen):
+    """The base's training data: ``SLIP`` of the completions carry a last step off by one and
+    the answer that follows from it; the others are right; every one shows its worked steps."""
+    import re
+
+    from transformers import AutoTokenizer
+
+    from r1kit.base import SLIP, base_examples
+    from r1kit.tasks import arithmetic_steps, arithmetic_tasks
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen)
+    count = 2000
+    examples = base_examples(tokenizer, seed=0, count=count)
+    tasks = arithmetic_tasks("train", count, seed=0, max_operand=9)
+    slips = 0
+    for ex, task in zip(examples, tasks, strict=True):
+        text = tokenizer.decode(ex.completion_ids, skip_special_tokens=True)
+        answer = re.findall(r"-?\d+", text)[-1]
+        steps = arithmetic_steps(task.expression)
+        if answer == task.answer:
+            assert ", ".join(steps) in text
+            continue
+        slips += 1  # earlier steps intact, the last one ends in the slipped answer
+        assert abs(int(answer) - int(task.answer)) == 1, (text, task.answer)
+        shown = [*steps[:-1], f"{steps[-1].rpartition(' = ')[0]} = {answer}"]
+        worked = " " + ", ".join(shown)
+        assert text.startswith((worked + ".", worked + ", so")), text
+    assert SLIP == 0.2 and abs(slips / count - SLIP) < 0.03, slips
+
+
 def test_formatted_accuracy_interval_is_paired_over_problems():
     """The same runs: a difference of 0 inside the interval; every formatted answer turned right
     on 40 problems: an interval above 0. Unformatted completions count in neither."""
