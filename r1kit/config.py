@@ -103,7 +103,8 @@ class EvalConfig:
     n: int | None = None
     """Samples per problem; null = each suite's default (e.g. 16 for AIME)."""
     k: list[int] = field(default_factory=list)
-    """pass@k values to report; empty = each suite's defaults that are <= n."""
+    """pass@k values to report; empty = 1, 2, 4, ... up to n, n itself and the suite's own ks
+    up to n (``r1kit.eval_plan.default_ks``): pass@k against k for any suite."""
     preset: Literal["r1", "greedy"] = "r1"
     """``r1``: DeepSeek-R1's evaluation: temperature 0.6, top-p 0.95, up to 32,768 new tokens
     (fewer where the model's context is smaller; the report says so), 64 samples on AIME and AMC

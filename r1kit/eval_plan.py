@@ -18,6 +18,7 @@ The presets:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -37,6 +38,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 WHOLE_TEXT_STYLES = ("qwen_math", "few_shot")
 """Prompt styles whose completions have no think block: ``graded_text: auto`` grades them whole."""
+
+
+def default_ks(suite_ks: Sequence[int], n: int) -> list[int]:
+    """pass@k values reported when ``eval.k`` is empty: 1, 2, 4, ... up to ``n``, ``n`` itself,
+    and the suite's own ks up to ``n``, so that pass@k against k (the curve RL papers plot,
+    DeepSeekMath section 5.2.2) is there for any suite sampled more than once.
+
+    >>> default_ks((1, 10), 10), default_ks((1,), 4), default_ks((1, 8, 16), 1)
+    ([1, 2, 4, 8, 10], [1, 2, 4], [1])
+    """
+    ladder = {2**i for i in range(n.bit_length()) if 2**i <= n} | {n}
+    return sorted(ladder | {k for k in suite_ks if k <= n})
 
 
 def _fail(cfg: Config, key: str, why: str) -> ConfigError:
@@ -97,7 +110,7 @@ def plan_suites(cfg: Config, tokenizer: Any) -> list[SuitePlan]:
             except ValueError as err:
                 raise _fail(cfg, "eval.lcb_window", str(err)) from None
         n = e.n or (1 if e.preset == "greedy" else preset["n"].get(suite.name, suite.n))
-        ks = sorted(set(e.k)) if e.k else [k for k in suite.ks if k <= n] or [1]
+        ks = sorted(set(e.k)) if e.k else default_ks(suite.ks, n)
         if ks[-1] > n:
             raise _fail(cfg, "eval.k", f"pass@{ks[-1]} needs at least {ks[-1]} samples per "
                         f"problem; suite {suite.name} has n={n}")
