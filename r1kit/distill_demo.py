@@ -19,8 +19,9 @@ Phases, all writing into ``--out-dir`` (default ``runs/tiny_distill``):
    evaluation.
 6. **after_sft**: on-policy distillation again, started from the SFT student
    (``recipes/tiny_distill_after_sft.yaml`` -> ``after_sft/``), then evaluation and a paired
-   comparison with the SFT student over the same problems: the two methods combined, as
-   DeepSeek-R1's distilled models and Qwen3's small ones are made (SFT first, then on-policy).
+   comparison with the SFT student over the same problems: the two methods combined, in the
+   order of Qwen3's strong-to-weak distillation (off-policy first, then on-policy; Qwen3
+   technical report, 2025).
 7. **report**: accuracy of each model with its 95% interval, the share of the teacher's accuracy
    each student reaches, the teacher forward tokens each method spent (``distill.json``; the
    SFT-then-on-policy student is charged both), the paired verdict of SFT + on-policy against
