@@ -141,7 +141,7 @@ class ScoreResult:
 
 
 def _init_worker(memory_limit_mb: int | None, preload: Sequence[str], pids,
-                 rewards: bytes = b"") -> None:
+                 rewards: bytes) -> None:
     """A worker's start: its own process group, the memory limit, the preload, then the
     rewards unpickled once (``rewards``: their pickle), which imports the modules they live
     in, so the first batch does not pay for a reward's import (a user's module can take tens
@@ -162,7 +162,7 @@ def _init_worker(memory_limit_mb: int | None, preload: Sequence[str], pids,
         except Exception:  # noqa: BLE001, S110 - the reward that needs it reports the error
             pass
     try:
-        pickle.loads(rewards or pickle.dumps(None))
+        pickle.loads(rewards)
     except Exception:  # noqa: BLE001, S110 - the first task that needs it reports the error
         pass
     pids.put(os.getpid())
@@ -249,6 +249,7 @@ class Scorer:
                     f"reward {r.label!r} cannot be sent to worker processes ({exc}); "
                     "use a module-level function or a functools.partial of one"
                 ) from exc
+        self._rewards_pickle = pickle.dumps([r.fn for r in self.rewards])  # workers load it
         self.failures = {r.label: FailureCounts() for r in self.rewards}
         self._ctx = multiprocessing.get_context(self.config.start_method)
         self._pids = self._ctx.SimpleQueue()
@@ -263,8 +264,7 @@ class Scorer:
             max_workers=cfg.workers,
             max_tasks=cfg.max_tasks_per_worker,
             initializer=_init_worker,
-            initargs=(cfg.memory_limit_mb, cfg.preload, self._pids,
-                      pickle.dumps([r.fn for r in self.rewards])),
+            initargs=(cfg.memory_limit_mb, cfg.preload, self._pids, self._rewards_pickle),
             context=self._ctx,
         )
         self._pool.schedule(_ping)  # starts the workers now, while the caller does other work
